@@ -1,0 +1,3 @@
+"""Reasoning distillation study: the code behind the notebooks in `notebooks/`."""
+
+__version__ = "0.1.0"

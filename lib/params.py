@@ -1,0 +1,312 @@
+"""Study parameters: one YAML file per study, validated before any work starts.
+
+Every section of `params/<study>.yaml` is a pydantic model that forbids unknown keys, so a
+typo ends the run at once with the file, the line, the dotted key and a close-match
+suggestion. This module must stay light to import (no torch, no transformers): the runner
+validates params in well under a second, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
+# Conditions whose training data the current pipeline produces; the others are accepted names
+# from METHOD.md whose data steps have not been built yet, and are refused with that reason.
+IMPLEMENTED_CONDITIONS = ("FT", "FT-CoT", "MT", "CFD")
+MC_FORMATS = ("commonsenseqa", "arc")
+
+
+class ParamsError(ValueError):
+    """A params file or override that cannot be used; the message says where and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunParams(_Section):
+    name: str = "quickstart"  # folder name under outputs/
+    seed: int = 0  # seeds data splits, sampling and training
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+
+
+class DataSource(_Section):
+    name: str  # short name used in tables (e.g. csqa, arc_easy)
+    format: Literal["commonsenseqa", "arc"]
+    source: str  # local file in the original format (relative to the project root) or a hub dataset id
+    split: str = "train"  # hub split; ignored for local files
+
+    @field_validator("source")
+    @classmethod
+    def _local_file_exists(cls, v: str) -> str:
+        """A source that names a file must exist; anything else is taken as a hub id."""
+        return check_local_source(v)
+
+
+class ClaimsSource(_Section):
+    source: str  # Climate-FEVER jsonl (original schema) or the hub id climate_fever
+
+    @field_validator("source")
+    @classmethod
+    def _local_file_exists(cls, v: str) -> str:
+        """A source that names a file must exist; anything else is taken as a hub id."""
+        return check_local_source(v)
+
+
+class DataParams(_Section):
+    train: DataSource  # in-distribution questions the students are trained on
+    test: DataSource | None = None  # in-distribution test set; null = hold out test_fraction of train
+    test_fraction: float = Field(0.3, gt=0, lt=1)  # share of train held out when test is null
+    ood: list[DataSource] = []  # extra test sets (train on one, test on the others)
+    claims: ClaimsSource | None = None  # Climate-FEVER claim-evidence pairs for the CAUSAL condition
+    max_train: int | None = Field(None, ge=2)  # cap on training questions (null = all)
+    max_test: int | None = Field(None, ge=1)  # cap on each test set (null = all)
+    max_claims: int | None = Field(None, ge=1)  # cap on claims (null = all)
+
+
+class TeacherParams(_Section):
+    backend: Literal["local", "replay"] = "local"  # local = in-process transformers model; replay = recorded outputs
+    model: str = "gemma3-270m-gguf"  # model spec (see lib.models): a hub id, a local folder, or a packaged default
+    replay_dir: str | None = None  # distilling step-by-step cqa folder (cqa_*.json + llm/), for backend=replay
+    n_shots: int = Field(2, ge=0, le=7)  # worked examples in the few-shot CoT prompt
+    max_new_tokens: int = Field(64, ge=8)  # tokens per teacher completion
+    batch_size: int = Field(8, ge=1)  # prompts per generate() call
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+
+    @model_validator(mode="after")
+    def _replay_needs_dir(self) -> "TeacherParams":
+        """The replay backend reads recorded files, so it needs their folder."""
+        if self.backend == "replay":
+            if not self.replay_dir:
+                raise ValueError("backend 'replay' needs teacher.replay_dir (the folder holding cqa_train.json and llm/)")
+            check_local_source(self.replay_dir, must_exist=True)
+        return self
+
+
+class StrategyTokens(_Section):
+    positive: str = "[Direct election]"  # marks a positive-view (argue for the answer) target
+    negative: str = "[Elimination method]"  # marks a negative-view (refute a wrong option) target
+
+
+class CounterfactualParams(_Section):
+    max_questions: int = Field(8, ge=1)  # training questions to build counterfactuals from
+    new_target: Literal["first_distractor", "random_distractor"] = "first_distractor"  # which wrong option becomes the new answer
+    votes: int = Field(3, ge=1)  # k teacher reasoning paths sampled per counterfactual
+    vote_temperature: float = Field(0.8, gt=0)  # sampling temperature of the k paths
+    accept_threshold: float = Field(0.6, gt=0, le=1)  # share of paths that must reach the new target
+    negative_views: int = Field(1, ge=0)  # wrong options refuted per question (multi-view CoT)
+    max_new_tokens: int = Field(48, ge=8)  # tokens per teacher call in this step
+    strategy_tokens: StrategyTokens = StrategyTokens()
+
+
+class LoraParams(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+
+
+class TrainingParams(_Section):
+    students: list[str] = ["gemma3-270m-gguf"]  # model specs of the students
+    conditions: list[str] = ["FT-CoT", "MT"]  # names from METHOD.md: FT, FT-CoT, MT, CF, MT+CF, CFD, CAUSAL
+    seeds: list[int] = [0]  # one training run per seed
+    finetune: Literal["lora", "qlora", "full"] = "lora"  # qlora = LoRA on 4-bit NF4 weights
+    lora: LoraParams = LoraParams()
+    epochs: float = Field(1.0, gt=0)  # passes over each condition's examples
+    max_steps: int = Field(-1, ge=-1)  # > 0 caps optimiser steps (overrides epochs)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
+    max_length: int = Field(256, ge=16)  # tokens per example (prompt + target), longer ones are cut
+
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, v: list[str]) -> list[str]:
+        """Condition names must be METHOD.md's, and their data must be buildable today."""
+        for name in v:
+            if name not in CONDITIONS:
+                hint = difflib.get_close_matches(name, CONDITIONS, n=1, cutoff=0.4)
+                raise ValueError(
+                    f"unknown condition {name!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" Known: {', '.join(CONDITIONS)}"
+                )
+            if name not in IMPLEMENTED_CONDITIONS:
+                raise ValueError(
+                    f"condition {name!r} needs teacher data this pipeline does not produce yet "
+                    f"(counterfactual rationales / causal explanations); use one of {', '.join(IMPLEMENTED_CONDITIONS)}"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError("conditions are listed twice")
+        return v
+
+
+class EvaluationParams(_Section):
+    max_new_tokens: int = Field(64, ge=8)  # tokens the student may generate (rationale + answer)
+    batch_size: int = Field(8, ge=1)
+    embedder: str = "all-MiniLM-L6-v2"  # sentence-transformer for CEC (packaged default, a hub id or a folder)
+
+
+class StatisticsParams(_Section):
+    outcomes: list[Literal["correct", "cec"]] = ["correct", "cec"]  # per-item outcomes tested across conditions
+    n_boot: int = Field(1000, ge=100)  # bootstrap resamples for confidence intervals
+
+
+class StudyParams(_Section):
+    run: RunParams = RunParams()
+    data: DataParams
+    teacher: TeacherParams = TeacherParams()
+    counterfactual: CounterfactualParams = CounterfactualParams()
+    training: TrainingParams = TrainingParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    statistics: StatisticsParams = StatisticsParams()
+
+
+def check_local_source(value: str, must_exist: bool = False) -> str:
+    """Reject a source that names a local file or folder that is not there."""
+    looks_local = must_exist or value.startswith((".", "/", "~")) or Path(value).suffix in {".json", ".jsonl"}
+    if looks_local and not resolve_path(value).exists():
+        raise ValueError(f"file not found: {value} (resolved to {resolve_path(value)}); relative paths start at {PROJECT_ROOT}")
+    return value
+
+
+def resolve_path(value: str | Path) -> Path:
+    """Resolve a params path: absolute as given, relative to the project root otherwise."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Map each dotted key of a YAML document to its 1-based line number."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                key = f"{prefix}.{i}"
+                lines.setdefault(key, item.start_mark.line + 1)
+                walk(item, key)
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Apply dotted-key overrides (`{"teacher.max_new_tokens": 32}`) to a raw params dict."""
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return raw
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    """Parse one `--set section.key=value`."""
+    if "=" not in text:
+        raise ParamsError(f"--set {text!r}: expected section.key=value, e.g. --set teacher.max_new_tokens=32")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `X`, `X | None` or `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if (found := _model_of(arg)) is not None:
+            return found
+    return None
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The field names allowed where a pydantic error points (the parent of its last key)."""
+    model: type[BaseModel] | None = StudyParams
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model else None
+        model = _model_of(field.annotation) if field else None
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def format_errors(exc: ValidationError, where: str, lines: dict[str, int], overridden: set[str] = frozenset()) -> str:
+    """Turn pydantic errors into one message per problem: place, dotted key, what is wrong, a hint."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        dotted = ".".join(str(p) for p in loc)
+        line = next((lines[k] for k in _prefixes(dotted) if k in lines), None)
+        set_by = next((k for k in _prefixes(dotted) if k in overridden), None)
+        place = f"--set {set_by}" if set_by else f"{where}:{line}" if line else where
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.5)
+            msg = f"unknown key '{dotted}'" + (f"; did you mean '{hint[0]}'?" if hint else "") + (
+                f" Allowed here: {', '.join(_fields_at(loc))}" if _fields_at(loc) else ""
+            )
+        elif err["type"] == "missing":
+            msg = f"'{dotted}' is required but missing"
+        else:
+            msg = f"'{dotted}': {msg} (got {err.get('input')!r})"
+        out.append(f"{place}: {msg}")
+    return "\n".join(out)
+
+
+def _prefixes(dotted: str) -> list[str]:
+    """`a.b.c` -> [`a.b.c`, `a.b`, `a`]: the closest key with a known line wins."""
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def load_params(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> StudyParams:
+    """Read, override and validate a study params file; raises ParamsError with every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file not found: {path}; the studies are in {PROJECT_ROOT / 'params'}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections (run, data, teacher, ...)")
+    overrides = overrides or []
+    pairs = dict(overrides) if isinstance(overrides, dict) else dict(_split_override(o) for o in overrides)
+    return validate_params(apply_overrides(raw, pairs), str(path), key_lines(text), set(pairs))
+
+
+def validate_params(raw: dict, where: str = "params", lines: dict[str, int] | None = None,
+                    overridden: set[str] = frozenset()) -> StudyParams:
+    """Validate a raw params dict; raises ParamsError naming each bad key."""
+    try:
+        return StudyParams.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(format_errors(exc, where, lines or {}, overridden)) from None
+
+
+def section_for(params: StudyParams, names: tuple[str, ...]) -> dict[str, Any]:
+    """The plain-dict values of the named params sections (for hashing and manifests)."""
+    dumped = params.model_dump(mode="json")
+    return {n: dumped[n] for n in names}

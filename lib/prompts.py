@@ -1,0 +1,73 @@
+"""Prompt templates: one text file per teacher task in lib/templates/, identified by a content hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from lib.data import MCQuestion, format_question, option_letters
+from lib.runs import sha256_text
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A prompt template file and the sha256 recorded with every output made from it."""
+
+    name: str
+    text: str
+    sha256: str
+
+    def render(self, **fields: str) -> str:
+        """Fill the template's {fields}; a missing field is an error naming it."""
+        try:
+            return self.text.format(**fields)
+        except KeyError as exc:
+            raise KeyError(f"template {self.name} needs field {exc.args[0]!r}") from None
+
+
+@lru_cache(maxsize=None)
+def load_template(name: str) -> Template:
+    """Read lib/templates/<name>.txt."""
+    path = TEMPLATES / f"{name}.txt"
+    if not path.exists():
+        known = sorted(p.stem for p in TEMPLATES.glob("*.txt"))
+        raise FileNotFoundError(f"no prompt template {name!r} in {TEMPLATES}; known: {', '.join(known)}")
+    text = path.read_text(encoding="utf-8")
+    return Template(name=name, text=text, sha256=sha256_text(text))
+
+
+@lru_cache(maxsize=None)
+def few_shot_examples() -> tuple[tuple[MCQuestion, str], ...]:
+    """The worked examples of the few-shot CoT prompt (written for this project)."""
+    shots = []
+    for i, line in enumerate((TEMPLATES / "cot_shots.jsonl").read_text(encoding="utf-8").splitlines()):
+        row = json.loads(line)
+        q = MCQuestion(id=f"shot-{i}", question=row["question"], choices=row["choices"],
+                       labels=option_letters(len(row["choices"])), answer=row["answer"])
+        shots.append((q, row["rationale"]))
+    return tuple(shots)
+
+
+def answer_sentence(q: MCQuestion, index: int) -> str:
+    """The closing sentence every CoT target and prompt uses: `So the answer is (b) text.`"""
+    return f"So the answer is ({option_letters(len(q.choices))[index]}) {q.choices[index]}."
+
+
+def cot_prompt(q: MCQuestion, n_shots: int) -> str:
+    """Standard few-shot CoT prompt: worked examples, then the question and `A:`."""
+    shots = "".join(
+        f"{format_question(s)}\nA: {rationale} {answer_sentence(s, s.answer)}\n\n"
+        for s, rationale in few_shot_examples()[:n_shots]
+    )
+    return load_template("cot").render(shots=shots, question=format_question(q))
+
+
+def view_prompt(q: MCQuestion, option: int, positive: bool) -> str:
+    """Ask for a rationale for (positive view) or against (negative view) one option."""
+    name = "positive_view" if positive else "negative_view"
+    letter = option_letters(len(q.choices))[option]
+    return load_template(name).render(question=format_question(q), letter=letter, option=q.choices[option])

@@ -1,0 +1,268 @@
+"""Run a whole study: validate params, then execute notebooks 01-06 with papermill, skipping cached steps.
+
+    python -m lib.study params/quickstart.yaml [--set section.key=value ...] [--steps 02,04-05] [--run-dir DIR]
+
+Each step's executed notebook lands in the run folder beside its artifacts (`<run>/<step>.ipynb`,
+`<run>/<step>/`), and `<run>/manifest.json` records params, code, environment, input hashes and
+every step's status. A step is skipped when its fingerprint (its params sections, the lib code, its
+notebook, the run's input files and every upstream artifact) matches the manifest's record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lib.params import PROJECT_ROOT, ParamsError, StudyParams, load_params, resolve_path
+from lib.runs import STEPS, read_json, sha256_file, sha256_json, write_json
+
+log = logging.getLogger("lib.study")
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+# The params sections each step reads; `run` minus its name is read by all of them.
+STEP_SECTIONS = {
+    "01_data": ("data",),
+    "02_teacher": ("teacher",),
+    "03_counterfactuals": ("counterfactual",),
+    "04_training": ("training",),
+    "05_evaluation": ("evaluation",),
+    "06_statistics": ("statistics",),
+}
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "sentence-transformers", "papermill",
+            "statsmodels", "seaborn", "pandas", "numpy", "pydantic", "openai")
+
+
+def parse_steps(text: str | None) -> list[str]:
+    """`02,04-05` -> the named steps in study order; None -> all steps."""
+    if not text:
+        return list(STEPS)
+    numbers: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            numbers.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ParamsError(f"--steps {text!r}: use step numbers and ranges such as 02,04-05") from None
+    unknown = sorted(n for n in numbers if not 1 <= n <= len(STEPS))
+    if unknown:
+        raise ParamsError(f"--steps {text!r}: no step {unknown[0]:02d}; steps are 01-{len(STEPS):02d}")
+    return [s for i, s in enumerate(STEPS, 1) if i in numbers]
+
+
+def code_hash() -> str:
+    """sha256 over every source and template file of lib/ (the code version a step ran with)."""
+    files = sorted(p for p in (PROJECT_ROOT / "lib").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    return sha256_json({str(p.relative_to(PROJECT_ROOT)): sha256_file(p) for p in files})
+
+
+def input_files(params: StudyParams) -> dict[str, str]:
+    """sha256 of every local data file the params name."""
+    d = params.data
+    sources = [d.train.source] + ([d.test.source] if d.test else []) + [s.source for s in d.ood]
+    sources += [d.claims.source] if d.claims else []
+    out = {}
+    for src in sources:
+        path = resolve_path(src)
+        if path.is_file():
+            out[src] = sha256_file(path)
+    if params.teacher.backend == "replay" and params.teacher.replay_dir:
+        folder = resolve_path(params.teacher.replay_dir)
+        out.update({str(p.relative_to(folder.parent)): sha256_file(p) for p in sorted(folder.rglob("*.json"))})
+    return out
+
+
+def git_state() -> dict[str, Any]:
+    """The commit the code came from and whether the tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform and the versions of the packages that shape results."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
+
+
+def artifact_hashes(step_dir: Path) -> dict[str, str]:
+    """sha256 of every file a step wrote, by path relative to the run folder."""
+    if not step_dir.is_dir():
+        return {}
+    return {str(p.relative_to(step_dir.parent)): sha256_file(p) for p in sorted(step_dir.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def fingerprint(step: str, params: StudyParams, run_dir: Path, code: str, inputs: dict[str, str]) -> str:
+    """What a step's result depends on, hashed: equal fingerprints mean the step can be skipped."""
+    dumped = params.model_dump(mode="json")
+    upstream = STEPS[: STEPS.index(step)]
+    return sha256_json({
+        "step": step,
+        "run": {k: v for k, v in dumped["run"].items() if k != "name"},
+        "params": {s: dumped[s] for s in STEP_SECTIONS[step]},
+        "code": code,
+        "notebook": sha256_file(NOTEBOOKS / f"{step}.ipynb"),
+        "inputs": inputs,
+        "upstream": {u: artifact_hashes(run_dir / u) for u in upstream},
+    })
+
+
+def is_cached(record: dict | None, fp: str, run_dir: Path, step: str) -> bool:
+    """True when the manifest's record of a step matches `fp` and its artifacts are intact."""
+    if not record or record.get("status") == "failed" or record.get("fingerprint") != fp:
+        return False
+    return artifact_hashes(run_dir / step) == record.get("artifacts")
+
+
+def execute(step: str, params: StudyParams, run_dir: Path) -> None:
+    """Execute one notebook with papermill into the run folder (written atomically)."""
+    import papermill as pm
+
+    target = run_dir / f"{step}.ipynb"
+    partial = run_dir / f".{step}.partial.ipynb"
+    try:
+        pm.execute_notebook(
+            str(NOTEBOOKS / f"{step}.ipynb"), str(partial),
+            parameters={"params": params.model_dump(mode="json"), "params_file": "", "run_dir": str(run_dir)},
+            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+        )
+    finally:
+        if partial.exists():
+            os.replace(partial, target)
+
+
+def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file: str = "", overrides: list[str] | None = None,
+              force: bool = False) -> dict[str, Any]:
+    """Execute the selected steps in order, skipping cached ones; returns the manifest."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "manifest.json"
+    old = read_json(manifest_path) if manifest_path.exists() else {}
+    code = code_hash()
+    inputs = input_files(params)
+    from lib.models import model_provenance
+
+    specs = {params.teacher.model, *params.training.students}
+    manifest: dict[str, Any] = {
+        "schema": 1,
+        "run": params.run.name,
+        "run_dir": str(run_dir),
+        "created": old.get("created") or _now(),
+        "updated": _now(),
+        "params_file": params_file,
+        "overrides": overrides or [],
+        "params": params.model_dump(mode="json"),
+        "git": git_state(),
+        "environment": environment(),
+        "seeds": {"run": params.run.seed, "training": params.training.seeds},
+        "code": {"lib_sha256": code},
+        "inputs": {"data": inputs, "models": {s: model_provenance(s) for s in sorted(specs)},
+                   "embedder": params.evaluation.embedder},
+        "steps": dict(old.get("steps", {})),
+    }
+    write_json(run_dir / "params.json", manifest["params"])
+    write_json(manifest_path, manifest)
+    for i, step in enumerate(steps, 1):
+        fp = fingerprint(step, params, run_dir, code, inputs)
+        label = f"[{i}/{len(steps)}] {step}"
+        if not force and is_cached(manifest["steps"].get(step), fp, run_dir, step):
+            log.info("%s cached (inputs unchanged since %s)", label, manifest["steps"][step].get("finished"))
+            manifest["steps"][step]["status"] = "cached"
+            continue
+        log.info("%s running ...", label)
+        started, t0 = _now(), time.perf_counter()
+        record: dict[str, Any] = {"fingerprint": fp, "started": started, "notebook": f"{step}.ipynb"}
+        try:
+            execute(step, params, run_dir)
+        except Exception as exc:  # a failed step is recorded, then the run stops
+            record.update(status="failed", wall_s=round(time.perf_counter() - t0, 1), finished=_now(),
+                          error=_short_error(exc), artifacts=artifact_hashes(run_dir / step))
+            manifest["steps"][step] = record
+            _invalidate_downstream(manifest, step)
+            write_json(manifest_path, manifest)
+            raise StepFailed(f"{step} failed after {record['wall_s']} s: {record['error']}\n"
+                             f"See the executed notebook {run_dir / (step + '.ipynb')}") from None
+        record.update(status="ok", wall_s=round(time.perf_counter() - t0, 1), finished=_now(),
+                      artifacts=artifact_hashes(run_dir / step))
+        manifest["steps"][step] = record
+        _invalidate_downstream(manifest, step)
+        write_json(manifest_path, manifest)
+        log.info("%s done in %.1f s (%d artifacts in %s/)", label, record["wall_s"], len(record["artifacts"]), step)
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def _invalidate_downstream(manifest: dict, step: str) -> None:
+    """A re-executed step makes later records stale; their fingerprints will tell, so only mark them."""
+    for later in STEPS[STEPS.index(step) + 1:]:
+        if later in manifest["steps"] and manifest["steps"][later].get("status") in ("ok", "cached"):
+            manifest["steps"][later]["status"] = "stale"
+
+
+class StepFailed(RuntimeError):
+    """A notebook raised; the message points at the executed copy."""
+
+
+def _short_error(exc: Exception) -> str:
+    """The error's name and message, without papermill's long traceback."""
+    name = getattr(exc, "ename", type(exc).__name__)
+    value = getattr(exc, "evalue", str(exc))
+    return f"{name}: {value}"[:2000]
+
+
+def _now() -> str:
+    """UTC time in ISO format."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m lib.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("params", help="study params file, e.g. params/quickstart.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one param (value parsed as YAML); repeatable")
+    parser.add_argument("--steps", help="steps to run, e.g. 02,04-05 (default: all)")
+    parser.add_argument("--run-dir", help="run folder (default: outputs/<run.name>)")
+    parser.add_argument("--force", action="store_true", help="re-execute steps even when cached")
+    parser.add_argument("--check", action="store_true", help="validate params and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        params = load_params(args.params, args.overrides)
+        steps = parse_steps(args.steps)
+    except ParamsError as exc:
+        log.error("invalid params:\n%s", exc)
+        return 2
+    if args.check:
+        log.info("%s: params are valid", args.params)
+        return 0
+    run_dir = Path(args.run_dir).resolve() if args.run_dir else PROJECT_ROOT / "outputs" / params.run.name
+    t0 = time.perf_counter()
+    try:
+        run_study(params, run_dir, steps, params_file=str(args.params), overrides=args.overrides, force=args.force)
+    except StepFailed as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("study finished in %.1f s; results in %s", time.perf_counter() - t0, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Params validation: typos, types, missing files and condition names are caught with their place."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib.params import PROJECT_ROOT, ParamsError, key_lines, load_params
+
+QUICKSTART = PROJECT_ROOT / "params" / "quickstart.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """\
+data:
+  train: {name: s, format: commonsenseqa, source: data/sample/commonsenseqa_sample.jsonl}
+"""
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "smoke.yaml"])
+def test_shipped_params_are_valid(name):
+    params = load_params(PROJECT_ROOT / "params" / name)
+    assert params.data.train.format == "commonsenseqa"
+
+
+def test_misspelt_key_names_file_line_and_suggestion(tmp_path):
+    path = write(tmp_path, BASE + "teacher:\n  backend: local\n  max_new_token: 32\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    msg = str(err.value)
+    assert f"{path}:5" in msg
+    assert "teacher.max_new_token" in msg and "did you mean 'max_new_tokens'" in msg
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    with pytest.raises(ParamsError, match="unknown key 'trainig'; did you mean 'training'"):
+        load_params(write(tmp_path, BASE + "trainig: {}\n"))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ParamsError, match=r"'training.batch_size'.*'four'"):
+        load_params(write(tmp_path, BASE + "training: {batch_size: four}\n"))
+
+
+def test_missing_data_file(tmp_path):
+    text = BASE.replace("data/sample/commonsenseqa_sample.jsonl", "data/nowhere.jsonl")
+    with pytest.raises(ParamsError, match="file not found: data/nowhere.jsonl"):
+        load_params(write(tmp_path, text))
+
+
+def test_unknown_condition_suggests_close_match(tmp_path):
+    with pytest.raises(ParamsError, match="unknown condition 'FT-COT'; did you mean 'FT-CoT'"):
+        load_params(write(tmp_path, BASE + "training: {conditions: [FT-COT]}\n"))
+
+
+def test_condition_without_data_step_is_refused_with_reason(tmp_path):
+    with pytest.raises(ParamsError, match="'CF' needs teacher data"):
+        load_params(write(tmp_path, BASE + "training: {conditions: [CF]}\n"))
+
+
+def test_replay_backend_needs_a_folder(tmp_path):
+    with pytest.raises(ParamsError, match="replay_dir"):
+        load_params(write(tmp_path, BASE + "teacher: {backend: replay}\n"))
+
+
+def test_overrides_apply_and_are_named_in_errors():
+    params = load_params(QUICKSTART, ["teacher.max_new_tokens=12", "training.conditions=[FT, MT]"])
+    assert params.teacher.max_new_tokens == 12 and params.training.conditions == ["FT", "MT"]
+    with pytest.raises(ParamsError, match=r"--set teacher.max_new_tokns: unknown key"):
+        load_params(QUICKSTART, ["teacher.max_new_tokns=12"])
+    with pytest.raises(ParamsError, match="expected section.key=value"):
+        load_params(QUICKSTART, ["teacher.max_new_tokens"])
+
+
+def test_key_lines_maps_nested_keys():
+    lines = key_lines("a:\n  b: 1\n  c:\n    d: 2\n")
+    assert lines == {"a": 1, "a.b": 2, "a.c": 3, "a.c.d": 4}
+
+
+def test_cli_rejects_typo_before_loading_any_model(tmp_path):
+    bad = yaml.safe_load(QUICKSTART.read_text())
+    bad["evaluation"]["embeder"] = bad["evaluation"].pop("embedder")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    # Validation must not import torch or transformers: that is what keeps it to a fraction of a second.
+    probe = (f"import sys; from lib.study import main; rc = main([{str(path)!r}]); "
+             "heavy = [m for m in ('torch', 'transformers', 'papermill') if m in sys.modules]; "
+             "print('HEAVY', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert "evaluation.embeder" in proc.stderr and "did you mean 'embedder'" in proc.stderr
+    assert "HEAVY []" in proc.stdout

@@ -1,0 +1,80 @@
+"""The runner: all six notebooks through papermill on the smoke study, step caching, failures and --steps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.params import PROJECT_ROOT, ParamsError
+from lib.runs import STEPS, read_json
+from lib.study import parse_steps
+
+SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
+
+
+def run_study(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lib.study", str(SMOKE), *args], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=900)
+
+
+def test_parse_steps():
+    assert parse_steps("02,04-05") == ["02_teacher", "04_training", "05_evaluation"]
+    assert parse_steps(None) == list(STEPS)
+    with pytest.raises(ParamsError, match="no step 07"):
+        parse_steps("06-07")
+    with pytest.raises(ParamsError, match="step numbers"):
+        parse_steps("data")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    return run_dir, run_study("--run-dir", str(run_dir))
+
+
+def test_smoke_study_runs_all_notebooks(smoke_run):
+    run_dir, proc = smoke_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = read_json(run_dir / "manifest.json")
+    assert [manifest["steps"][s]["status"] for s in STEPS] == ["ok"] * 6
+    for step in STEPS:
+        nb = json.loads((run_dir / f"{step}.ipynb").read_text())
+        assert nb["metadata"]["papermill"]["exception"] is None
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert injected and "smoke" in "".join(injected[0]["source"])
+    assert manifest["params"]["run"]["name"] == "smoke"
+    assert set(manifest["inputs"]["data"]) == {"data/sample/commonsenseqa_sample.jsonl",
+                                               "data/sample/climate_fever_sample.jsonl"}
+    assert manifest["environment"]["packages"]["torch"]
+    assert "commit" in manifest["git"] and manifest["seeds"]["run"] == 0
+    assert (run_dir / "06_statistics" / "accuracy.csv").exists()
+    assert (run_dir / "06_statistics" / "accuracy_by_condition.png").stat().st_size > 1000
+    items = [json.loads(line) for line in (run_dir / "05_evaluation" / "items.jsonl").read_text().splitlines()]
+    assert {i["condition"] for i in items} == {"FT", "FT-CoT", "MT", "CFD"}
+
+
+def test_rerun_is_cached_and_a_changed_param_reruns_downstream(smoke_run):
+    run_dir, first = smoke_run
+    assert first.returncode == 0
+    before = {s: (run_dir / f"{s}.ipynb").stat().st_mtime_ns for s in STEPS}
+    again = run_study("--run-dir", str(run_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("cached") == 6
+    assert {s: (run_dir / f"{s}.ipynb").stat().st_mtime_ns for s in STEPS} == before
+    changed = run_study("--run-dir", str(run_dir), "--set", "evaluation.max_new_tokens=10")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    manifest = read_json(run_dir / "manifest.json")
+    statuses = [manifest["steps"][s]["status"] for s in STEPS]
+    assert statuses == ["cached"] * 4 + ["ok"] * 2
+    assert manifest["params"]["evaluation"]["max_new_tokens"] == 10
+
+
+def test_step_without_upstream_fails_and_says_what_to_run(tmp_path):
+    proc = run_study("--run-dir", str(tmp_path / "empty"), "--steps", "04")
+    assert proc.returncode == 1
+    assert "01_data" in proc.stderr and "--steps 01" in proc.stderr
+    manifest = read_json(tmp_path / "empty" / "manifest.json")
+    assert manifest["steps"]["04_training"]["status"] == "failed"
+    assert (tmp_path / "empty" / "04_training.ipynb").exists()
