@@ -84,7 +84,7 @@ def pick_new_target(q: MCQuestion, policy: str, rng: random.Random) -> int:
 def clean_refill(text: str) -> str:
     """The teacher's fill-in: its first line, without quotes or a trailing full stop."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return first.strip().strip("\"'`").rstrip(".").strip()
+    return first.strip().rstrip(".").strip().strip("\"'`").strip()
 
 
 def refill_problem(q: MCQuestion, span_text: str, refill: str) -> str | None:

@@ -127,7 +127,8 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     rows: list[ItemResult] = []
     for info in runs:
         rows.extend(evaluate_run(info, ctx.artifact("04_training", info["run"]) / "adapter", tests, ctx.params, device))
-    references = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), split="test")
+    references = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test",
+                                 ctx.params.training.rationale_filter)
     embedder = load_embedder(ctx.params.evaluation.embedder, device)
     add_cec(rows, references, lambda s: embedder.encode(s, batch_size=64, show_progress_bar=False))
     return rows

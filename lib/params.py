@@ -15,13 +15,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lib.data import MC_FORMATS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
 # Conditions whose training data the current pipeline produces; the others are accepted names
 # from METHOD.md whose data steps have not been built yet, and are refused with that reason.
 IMPLEMENTED_CONDITIONS = ("FT", "FT-CoT", "MT", "CFD")
-MC_FORMATS = ("commonsenseqa", "arc")
 
 
 class ParamsError(ValueError):
@@ -40,7 +41,7 @@ class RunParams(_Section):
 
 class DataSource(_Section):
     name: str  # short name used in tables (e.g. csqa, arc_easy)
-    format: Literal["commonsenseqa", "arc"]
+    format: str  # one of lib.data.MC_FORMATS: commonsenseqa, arc, qasc, openbookqa
     source: str  # local file in the original format (relative to the project root) or a hub dataset id
     split: str = "train"  # hub split; ignored for local files
 
@@ -49,6 +50,16 @@ class DataSource(_Section):
     def _local_file_exists(cls, v: str) -> str:
         """A source that names a file must exist; anything else is taken as a hub id."""
         return check_local_source(v)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        """The loader must know the format."""
+        if v not in MC_FORMATS:
+            hint = difflib.get_close_matches(v, MC_FORMATS, n=1, cutoff=0.4)
+            raise ValueError(f"unknown format {v!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                             + f" Known: {', '.join(MC_FORMATS)}")
+        return v
 
 
 class ClaimsSource(_Section):
@@ -127,6 +138,7 @@ class TrainingParams(_Section):
     lr: float = Field(2e-4, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
     max_length: int = Field(256, ge=16)  # tokens per example (prompt + target), longer ones are cut
+    rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones
 
     @field_validator("conditions")
     @classmethod

@@ -160,10 +160,19 @@ def summarize(rows: list[Rationale]) -> dict[str, Any]:
     return out
 
 
-def read_rationales(path: str | Path, split: str | None = None) -> dict[str, str]:
-    """Question id -> rationale from 02_teacher/rationales.jsonl, valid rows only."""
+def keep_rationale(row: dict, keep: str) -> bool:
+    """Whether a rationale row passes the filter: `any` non-empty, `parsed` (an answer was read), `correct`."""
+    if not row["rationale"]:
+        return False
+    if keep == "any":
+        return True
+    return not row["failure"] and (keep == "parsed" or row["correct"])
+
+
+def read_rationales(path: str | Path, split: str | None = None, keep: str = "parsed") -> dict[str, str]:
+    """Question id -> rationale from 02_teacher/rationales.jsonl, for rows that pass `keep`."""
     return {r["id"]: r["rationale"] for r in read_jsonl(path)
-            if not r["failure"] and r["rationale"] and (split is None or r["split"] == split)}
+            if keep_rationale(r, keep) and (split is None or r["split"] == split)}
 
 
 def examples_frame(rows: list[Rationale], n: int = 3) -> Any:

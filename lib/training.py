@@ -249,7 +249,7 @@ def load_condition_examples(ctx: Any) -> dict[str, list[Example]]:
 
     params = ctx.params
     train = read_questions(ctx.artifact("01_data", "train.jsonl"))
-    rationales = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), split="train")
+    rationales = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train", params.training.rationale_filter)
     needs_views = "CFD" in params.training.conditions
     views = read_jsonl(ctx.artifact("03_counterfactuals", "multiview.jsonl")) if needs_views else None
     cfs = read_questions(ctx.artifact("03_counterfactuals", "cf_questions.jsonl")) if needs_views else None

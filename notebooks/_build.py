@@ -18,7 +18,7 @@ def params_cell(step: str) -> nbformat.NotebookNode:
     """The papermill `parameters` cell: literal defaults only."""
     return new_code_cell(
         "# parameters (papermill injects the resolved study params after this cell)\n"
-        "params: dict = {}  # resolved study params, injected by `python -m lib.study`; {} = read params_file\n"
+        "params: dict = {}  # resolved study params injected by the runner (python -m lib.study); empty = read params_file\n"
         'params_file: str = "../params/quickstart.yaml"  # study params used when the notebook runs on its own\n'
         'run_dir: str = "../outputs/quickstart"  # run folder: upstream artifacts are read here, this step writes '
         f"to run_dir/{step}/",
@@ -178,7 +178,8 @@ sees minimally edited questions whose answer changes must attend to the words th
         code("""
 # read the training questions and their step-02 rationales
 splits = data.read_splits(ctx.run_dir / "01_data")
-rationales = teacher.read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), split="train")
+rationales = teacher.read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train",
+                                     ctx.params.training.rationale_filter)
 len(splits.train), len(rationales)
 """),
         code("""

@@ -1,0 +1,534 @@
+"""Datasets: multiple-choice questions, Climate-FEVER claim-evidence pairs, CoS-E and recorded PaLM rationales.
+
+Every loader reads either a local file in the dataset's ORIGINAL published format or a Hugging Face hub id
+(through `datasets.load_dataset`), and maps rows to the small dataclasses below. A malformed local row is
+reported as `file:line` with the offending field.
+
+Multiple-choice formats (`MC_FORMATS`); the local file is always the AI2-style jsonl
+`{"id", "answerKey", "question": {"stem", "choices": [{"label", "text"}], "question_concept"?}}`:
+- `commonsenseqa`: CommonsenseQA v1.11 (`train_rand_split.jsonl` ...), 5 options A-E; keeps `question_concept`.
+  Hub: `tau/commonsense_qa` (id, question, question_concept, choices{label,text}, answerKey).
+- `arc`: AI2 Reasoning Challenge (`ARC-Easy-Train.jsonl` ...), 3-5 options labelled A-E or 1-5.
+  Hub: `allenai/ai2_arc:ARC-Easy` or `allenai/ai2_arc:ARC-Challenge` (id, question, choices{text,label}, answerKey).
+- `qasc`: QASC (`QASC_Dataset/train.jsonl` ...), 8 options A-H; the facts are not used.
+  Hub: `allenai/qasc` (id, question, choices{text,label}, answerKey).
+- `openbookqa`: OpenBookQA (`Main/train.jsonl` ...), 4 options A-D; the open book is not used.
+  Hub: `allenai/openbookqa:main` (id, question_stem, choices{text,label}, answerKey).
+A hub id may carry its config after a colon (`name:config`). Missing or empty answerKey means no key: answer = -1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from lib.runs import read_jsonl
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MC_FORMATS = ("commonsenseqa", "arc", "qasc", "openbookqa")
+CLAIM_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO", "DISPUTED")
+EVIDENCE_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO")
+PALM_BATCH = 1000  # completions per llm/<split>_CoT_<k>.json file, as in upstream `load_llm_preds`
+_LOCAL_SUFFIXES = {".json", ".jsonl"}
+
+
+@dataclasses.dataclass
+class MCQuestion:
+    """One multiple-choice question; `answer` indexes `choices` (-1 = no answer key)."""
+
+    id: str
+    question: str
+    choices: list[str]
+    labels: list[str]
+    answer: int
+    concept: str | None = None
+    source: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MCQuestion:
+        """Rebuild a question written with `write_jsonl`; extra keys are ignored."""
+        return _from_dict(cls, d)
+
+
+@dataclasses.dataclass
+class ClaimEvidence:
+    """One Climate-FEVER claim-evidence pair."""
+
+    id: str
+    claim_id: str
+    claim: str
+    claim_label: str
+    evidence: str
+    evidence_label: str
+    article: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClaimEvidence:
+        """Rebuild a pair written with `write_jsonl`; extra keys are ignored."""
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Construct dataclass `cls` from a dict, naming any missing required field."""
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in d]
+    if missing:
+        raise ValueError(f"{cls.__name__}.from_dict: missing field(s) {', '.join(missing)} in {sorted(d)}")
+    return cls(**{f.name: d[f.name] for f in fields if f.name in d})
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _is_local(source: str) -> bool:
+    """True when `source` names a local file; a path-like source that does not exist is an error."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return True
+    if path.exists():
+        raise ValueError(f"{source} is a folder; give the data file inside it")
+    if source.startswith((".", "/", "~")) or path.suffix in _LOCAL_SUFFIXES:
+        raise FileNotFoundError(f"data file not found: {source} "
+                                f"(relative paths start at the working directory {Path.cwd()})")
+    return False
+
+
+def _numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Rows of a JSON-lines file with their 1-based line numbers."""
+    rows = read_jsonl(path)
+    with open(path, encoding="utf-8") as fh:
+        linenos = [i for i, line in enumerate(fh, 1) if line.strip()]
+    for lineno, row in zip(linenos, rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
+def _load_hub(source: str, split: str) -> Any:
+    """`datasets.load_dataset` for `name` or `name:config`."""
+    import datasets  # slow import; only hub sources need it
+
+    name, _, config = source.partition(":")
+    log.info("loading hub dataset %s (config %s, split %s)", name, config or "default", split)
+    return datasets.load_dataset(name, config or None, split=split)
+
+
+def _get(row: dict, dotted: str, where: str) -> Any:
+    """Field `a.b.c` of a row; a missing one is an error naming it and where."""
+    value: Any = row
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value or value[key] is None:
+            raise ValueError(f"{where}: missing field {dotted!r}; the row must follow the dataset's original schema")
+        value = value[key]
+    return value
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def _build_question(qid: Any, stem: Any, labels: list[Any], texts: list[Any], answer_key: Any,
+                    concept: str | None, fmt: str, where: str, prefix: str) -> MCQuestion:
+    """Check one question's parts and map its answer key to an index; `prefix` locates fields in messages."""
+    if not isinstance(stem, str):
+        raise ValueError(f"{where}: field '{prefix}stem' must be a string, got {type(stem).__name__}")
+    if len(labels) != len(texts) or len(texts) < 2:
+        raise ValueError(f"{where}: field '{prefix}choices' needs at least 2 options with a label and a text each "
+                         f"(got {len(texts)} texts, {len(labels)} labels)")
+    labels, texts = [str(x) for x in labels], [str(x) for x in texts]
+    if answer_key is None or str(answer_key).strip() == "":
+        answer = -1
+    elif str(answer_key).strip() in labels:
+        answer = labels.index(str(answer_key).strip())
+    else:
+        raise ValueError(f"{where}: field 'answerKey' is {answer_key!r}, not one of the option labels {labels}")
+    return MCQuestion(id=str(qid), question=stem, choices=texts, labels=labels, answer=answer,
+                      concept=concept, source=fmt)
+
+
+def _question_from_original(row: dict, fmt: str, where: str) -> MCQuestion:
+    """Map a row of the original AI2-style jsonl (CommonsenseQA, ARC, QASC, OpenBookQA)."""
+    choices = _get(row, "question.choices", where)
+    if not isinstance(choices, list):
+        raise ValueError(f"{where}: field 'question.choices' must be a list of {{label, text}} objects")
+    labels = [_get(c, "label", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
+    texts = [_get(c, "text", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
+    concept = _get(row, "question.question_concept", where) if fmt == "commonsenseqa" else None
+    return _build_question(_get(row, "id", where), _get(row, "question.stem", where), labels, texts,
+                           row.get("answerKey"), concept, fmt, where, "question.")
+
+
+def _question_from_hub(row: dict, fmt: str, where: str) -> MCQuestion:
+    """Map a row of the hub version (choices as {label: [...], text: [...]})."""
+    stem = _get(row, "question_stem" if fmt == "openbookqa" else "question", where)
+    concept = _get(row, "question_concept", where) if fmt == "commonsenseqa" else None
+    return _build_question(_get(row, "id", where), stem, list(_get(row, "choices.label", where)),
+                           list(_get(row, "choices.text", where)), row.get("answerKey"), concept, fmt, where, "")
+
+
+def load_multiple_choice(source: str, fmt: str, split: str = "train", limit: int | None = None) -> list[MCQuestion]:
+    """Questions from a local original-format jsonl or a hub id; `split` applies to hub ids only."""
+    if fmt not in MC_FORMATS:
+        raise ValueError(f"unknown multiple-choice format {fmt!r}; supported: {', '.join(MC_FORMATS)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    questions: list[MCQuestion] = []
+    if _is_local(source):
+        for lineno, row in _numbered_jsonl(source):
+            if limit is not None and len(questions) >= limit:
+                break
+            questions.append(_question_from_original(row, fmt, f"{source}:{lineno}"))
+    else:
+        for i, row in enumerate(_load_hub(source, split)):
+            if limit is not None and len(questions) >= limit:
+                break
+            questions.append(_question_from_hub(row, fmt, f"{source} [{split}] row {i}"))
+    if not questions:
+        log.warning("no questions in %s", source)
+    log.info("%s: %d %s questions", source, len(questions), fmt)
+    return questions
+
+
+# ---------------------------------------------------------------- Climate-FEVER
+
+
+def _label_name(value: Any, names: tuple[str, ...], field: str, where: str) -> str:
+    """A label as its name; the hub stores ClassLabel ints in the order of `names`."""
+    if isinstance(value, int) and 0 <= value < len(names):
+        value = names[value]
+    if value not in names:
+        raise ValueError(f"{where}: field {field!r} is {value!r}, expected one of {', '.join(names)}")
+    return value
+
+
+def _class_names(feature: Any, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of a hub ClassLabel feature, or `fallback` when the feature is not one."""
+    names = getattr(feature, "names", None)
+    return tuple(names) if names else fallback
+
+
+def _pairs_from_claim(row: dict, where: str, claim_names: tuple[str, ...],
+                      evidence_names: tuple[str, ...]) -> list[ClaimEvidence]:
+    """The claim-evidence pairs of one Climate-FEVER claim."""
+    claim_id = str(_get(row, "claim_id", where))
+    claim = _get(row, "claim", where)
+    claim_label = _label_name(_get(row, "claim_label", where), claim_names, "claim_label", where)
+    evidences = _get(row, "evidences", where)
+    if not isinstance(evidences, list) or not evidences:
+        raise ValueError(f"{where}: field 'evidences' must be a non-empty list")
+    pairs = []
+    for i, ev in enumerate(evidences):
+        at = f"{where}: evidences[{i}]"
+        pairs.append(ClaimEvidence(
+            id=f"{claim_id}:{i}", claim_id=claim_id, claim=claim, claim_label=claim_label,
+            evidence=_get(ev, "evidence", at),
+            evidence_label=_label_name(_get(ev, "evidence_label", at), evidence_names, "evidence_label", at),
+            article=_get(ev, "article", at)))
+    return pairs
+
+
+def _hub_evidence_names(features: Any) -> tuple[str, ...]:
+    """Evidence label names from the hub features (a list, Sequence or List of dicts)."""
+    evidences = features.get("evidences") if features else None
+    inner = evidences[0] if isinstance(evidences, list) else getattr(evidences, "feature", None)
+    return _class_names(inner.get("evidence_label") if isinstance(inner, dict) else None, EVIDENCE_LABELS)
+
+
+def load_climate_fever(source: str, limit_claims: int | None = None) -> list[ClaimEvidence]:
+    """Climate-FEVER claim-evidence pairs from the original jsonl or the hub id (split "test")."""
+    pairs: list[ClaimEvidence] = []
+    n_claims = 0
+    if _is_local(source):
+        rows: Any = ((f"{source}:{lineno}", row) for lineno, row in _numbered_jsonl(source))
+        claim_names, evidence_names = CLAIM_LABELS, EVIDENCE_LABELS
+    else:
+        ds = _load_hub(source, "test")
+        rows = ((f"{source} [test] row {i}", row) for i, row in enumerate(ds))
+        claim_names = _class_names(ds.features.get("claim_label"), CLAIM_LABELS)
+        evidence_names = _hub_evidence_names(ds.features)
+    for where, row in rows:
+        if limit_claims is not None and n_claims >= limit_claims:
+            break
+        pairs.extend(_pairs_from_claim(row, where, claim_names, evidence_names))
+        n_claims += 1
+    log.info("%s: %d claims, %d claim-evidence pairs", source, n_claims, len(pairs))
+    return pairs
+
+
+# ---------------------------------------------------------------- rationales
+
+
+def load_cose(source: str) -> dict[str, str]:
+    """CoS-E v1.11 human explanations: question id -> open-ended explanation."""
+    explanations: dict[str, str] = {}
+    for lineno, row in _numbered_jsonl(source):
+        where = f"{source}:{lineno}"
+        qid = str(_get(row, "id", where))
+        if qid in explanations:
+            raise ValueError(f"{where}: id {qid!r} appears twice; each question has one explanation")
+        explanations[qid] = _get(row, "explanation.open-ended", where)
+    log.info("%s: %d CoS-E explanations", source, len(explanations))
+    return explanations
+
+
+def _palm_completions(folder: Path, split: str) -> list[str]:
+    """All raw completions of llm/<split>_CoT_<k>.json in batch order, checked for gaps."""
+    files = {}
+    for path in (folder / "llm").glob(f"{split}_CoT_*.json"):
+        k = path.stem.rsplit("_", 1)[1]
+        if k.isdigit():
+            files[int(k)] = path
+    if not files:
+        raise FileNotFoundError(f"no {split}_CoT_<k>.json files in {folder / 'llm'}; "
+                                f"is {folder} the distilling-step-by-step cqa folder?")
+    if sorted(files) != list(range(len(files))):
+        raise ValueError(f"{folder / 'llm'}: {split}_CoT files are numbered {sorted(files)}, "
+                         f"expected 0..{len(files) - 1} without gaps")
+    completions: list[str] = []
+    for k in range(len(files)):
+        with open(files[k], encoding="utf-8") as fh:
+            batch = json.load(fh)
+        if not isinstance(batch, list) or not all(isinstance(c, str) for c in batch):
+            raise ValueError(f"{files[k]}: expected a JSON list of completion strings")
+        # completion i of file k belongs to row k*PALM_BATCH+i, so every file but the last must be full
+        if len(batch) > PALM_BATCH or (k < len(files) - 1 and len(batch) != PALM_BATCH):
+            raise ValueError(f"{files[k]}: {len(batch)} completions; "
+                             f"every file but the last must hold exactly {PALM_BATCH}")
+        completions.extend(batch)
+    return completions
+
+
+def load_palm_rationales(folder: str, split: str) -> dict[str, str]:
+    """Recorded PaLM-540B CoT rationales of distilling-step-by-step CQA: question id -> rationale."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test' (test = the CommonsenseQA dev set), got {split!r}")
+    root = Path(folder).expanduser()
+    questions_file = root / f"cqa_{split}.json"
+    if not questions_file.is_file():
+        raise FileNotFoundError(f"{questions_file} not found; the folder must hold cqa_{split}.json "
+                                f"and llm/{split}_CoT_<k>.json")
+    ids = [str(_get(row, "id", f"{questions_file}:{lineno}")) for lineno, row in _numbered_jsonl(questions_file)]
+    completions = _palm_completions(root, split)
+    if len(completions) != len(ids):
+        raise ValueError(f"{root}: {len(completions)} {split} completions for {len(ids)} rows of {questions_file.name}; "
+                         "the files must come from the same release")
+    duplicates = [qid for qid, n in Counter(ids).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"{questions_file}: {len(duplicates)} ids appear more than once, e.g. {duplicates[0]!r}")
+    # PaLM kept writing invented few-shot examples after the answer; upstream cuts at the first "\n\nQ:"
+    rationales = {qid: text.split("\n\nQ:", 1)[0].strip() for qid, text in zip(ids, completions)}
+    log.info("%s: %d PaLM %s rationales", root, len(rationales), split)
+    return rationales
+
+
+# ---------------------------------------------------------------- splitting and checks
+
+
+def split_questions(questions: list[MCQuestion], test_fraction: float,
+                    seed: int) -> tuple[list[MCQuestion], list[MCQuestion]]:
+    """Seeded shuffle-split into (train, test); both sides keep the shuffled order."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+    shuffled = list(questions)
+    random.Random(seed).shuffle(shuffled)
+    n_test = round(len(shuffled) * test_fraction)
+    if n_test == 0 or n_test == len(shuffled):
+        raise ValueError(f"splitting {len(shuffled)} questions with test_fraction={test_fraction} leaves "
+                         f"{len(shuffled) - n_test} train and {n_test} test; use more questions or another fraction")
+    return shuffled[n_test:], shuffled[:n_test]
+
+
+def _normal(text: str) -> str:
+    """Text compared case- and whitespace-insensitively."""
+    return " ".join(text.split()).casefold()
+
+
+def validate_questions(questions: list[MCQuestion]) -> list[str]:
+    """Human-readable problems in a question list; an empty list means none were found."""
+    problems = []
+    for qid, n in Counter(q.id for q in questions).items():
+        if n > 1:
+            problems.append(f"id {qid!r} appears {n} times")
+    for q in questions:
+        if not q.question.strip():
+            problems.append(f"{q.id}: empty question text")
+        if len(q.choices) < 2:
+            problems.append(f"{q.id}: only {len(q.choices)} choice(s)")
+        if len(q.labels) != len(q.choices):
+            problems.append(f"{q.id}: {len(q.labels)} labels for {len(q.choices)} choices")
+        if not -1 <= q.answer < len(q.choices):
+            problems.append(f"{q.id}: answer {q.answer} out of range for {len(q.choices)} choices")
+        for i, choice in enumerate(q.choices):
+            if not choice.strip():
+                problems.append(f"{q.id}: choice {i} is empty")
+        repeated = [c for c, n in Counter(_normal(c) for c in q.choices if c.strip()).items() if n > 1]
+        if repeated:
+            problems.append(f"{q.id}: duplicate choice text {', '.join(repr(c) for c in repeated)}")
+    return problems
+
+
+# ---------------------------------------------------------------- display
+
+
+def option_letters(n: int) -> list[str]:
+    """Positional option letters used in prompts: ["a", "b", ...]."""
+    if not 0 <= n <= 26:
+        raise ValueError(f"can letter 0 to 26 options, got {n}")
+    return [chr(ord("a") + i) for i in range(n)]
+
+
+def format_question(q: MCQuestion) -> str:
+    """The distilling-step-by-step few-shot CoT layout: "Q: ...\\nAnswer Choices:\\n(a) ...\\n(b) ..."."""
+    options = "\n".join(f"({letter}) {text}" for letter, text in zip(option_letters(len(q.choices)), q.choices))
+    return f"Q: {q.question}\nAnswer Choices:\n{options}"
+
+
+def questions_to_frame(questions: list[MCQuestion]) -> pd.DataFrame:
+    """One row per question for notebook display: id, text, option count, answer letter and text, concept, source."""
+    import pandas as pd  # noqa: F811 - imported here so lib.data stays light for the prompt and training code
+
+    rows = []
+    for q in questions:
+        keyed = 0 <= q.answer < len(q.choices)
+        rows.append({"id": q.id, "question": q.question, "n_choices": len(q.choices),
+                     "answer": option_letters(len(q.choices))[q.answer] if keyed else None,
+                     "answer_text": q.choices[q.answer] if keyed else None,
+                     "concept": q.concept, "source": q.source})
+    columns = ["id", "question", "n_choices", "answer", "answer_text", "concept", "source"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------- the study's splits (step 01)
+
+
+@dataclasses.dataclass
+class Splits:
+    """The questions of a run: training questions and every test set, the in-distribution one first."""
+
+    train: list[MCQuestion]
+    tests: dict[str, list[MCQuestion]]  # test-set name -> questions; the first is in distribution
+
+    @property
+    def in_distribution(self) -> str:
+        """Name of the in-distribution test set."""
+        return next(iter(self.tests))
+
+    def teacher_questions(self) -> dict[str, list[MCQuestion]]:
+        """What the teacher explains: the training questions and the in-distribution test questions."""
+        return {"train": self.train, "test": self.tests[self.in_distribution]}
+
+
+def check_questions(questions: list[MCQuestion], where: str) -> None:
+    """Raise on problems that break the study; log repeated option texts, which real CommonsenseQA has."""
+    problems = validate_questions(questions)
+    minor = [p for p in problems if "duplicate choice text" in p]
+    if minor:
+        log.warning("%s: %d questions repeat an option text (the gold index still decides), e.g. %s",
+                    where, len(minor), minor[0])
+    serious = [p for p in problems if p not in minor]
+    if serious:
+        shown = "\n  ".join(serious[:10])
+        raise ValueError(f"{where}: {len(serious)} problems, fix the data or choose another source:\n  {shown}")
+
+
+def _load_source(src: Any, limit: int | None) -> list[MCQuestion]:
+    """Load one params data source (a `DataSource`), resolving local paths from the project root."""
+    from lib.params import resolve_path
+
+    local = resolve_path(src.source)
+    questions = load_multiple_choice(str(local) if local.exists() else src.source, src.format, src.split)
+    check_questions(questions, f"data source {src.name!r} ({src.source})")
+    return questions[:limit] if limit else questions
+
+
+def prepare_splits(params: Any, seed: int) -> Splits:
+    """Load, validate and split the questions named by the params `data` section."""
+    pool = _load_source(params.train, None)
+    if params.test is None:
+        train, test = split_questions(pool, params.test_fraction, seed)
+    else:
+        train, test = pool, _load_source(params.test, None)
+    unlabelled = sum(q.answer < 0 for q in train)
+    if unlabelled:
+        raise ValueError(f"data.train ({params.train.source}) has {unlabelled} questions without an answer key; "
+                         "use a labelled split for training")
+    cap = params.max_test
+    tests = {params.train.name: test[:cap] if cap else test}
+    for src in params.ood:
+        if src.name in tests:
+            raise ValueError(f"data.ood: test-set name {src.name!r} is used twice; give each set its own name")
+        tests[src.name] = _load_source(src, cap)
+    return Splits(train=train[: params.max_train] if params.max_train else train, tests=tests)
+
+
+def split_table(splits: Splits) -> pd.DataFrame:
+    """Questions, options and answer-letter balance per split."""
+    import pandas as pd
+
+    rows = []
+    for name, qs in [("train", splits.train), *splits.tests.items()]:
+        letters = Counter(option_letters(len(q.choices))[q.answer] for q in qs if q.answer >= 0)
+        rows.append({"split": name, "questions": len(qs), "options": sorted({len(q.choices) for q in qs}),
+                     "gold letters": dict(sorted(letters.items())),
+                     "in distribution": name in ("train", splits.in_distribution)})
+    return pd.DataFrame(rows)
+
+
+def load_claims(params: Any) -> list[ClaimEvidence]:
+    """The claim-evidence pairs named by the params `data.claims` (empty when none are configured)."""
+    from lib.params import resolve_path
+
+    if params.claims is None:
+        return []
+    local = resolve_path(params.claims.source)
+    return load_climate_fever(str(local) if local.exists() else params.claims.source, params.max_claims)
+
+
+def claims_frame(claims: list[ClaimEvidence]) -> pd.DataFrame:
+    """Claim-evidence pairs as a table."""
+    import pandas as pd
+
+    return pd.DataFrame([dataclasses.asdict(c) for c in claims], columns=[f.name for f in dataclasses.fields(ClaimEvidence)])
+
+
+def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence]) -> list[str]:
+    """Write train.jsonl, tests/<name>.jsonl, claims.jsonl and summary.json; returns the paths written."""
+    from lib.runs import write_json, write_jsonl
+
+    paths = [write_jsonl(out / "train.jsonl", splits.train)]
+    paths += [write_jsonl(out / "tests" / f"{name}.jsonl", qs) for name, qs in splits.tests.items()]
+    paths.append(write_jsonl(out / "claims.jsonl", claims))
+    summary = {"train": len(splits.train), "tests": {k: len(v) for k, v in splits.tests.items()},
+               "in_distribution": splits.in_distribution, "claim_evidence_pairs": len(claims)}
+    paths.append(write_json(out / "summary.json", summary))
+    return [str(p) for p in paths]
+
+
+def read_questions(path: str | Path) -> list[MCQuestion]:
+    """Questions written by `write_splits` (or any `write_jsonl` of MCQuestion rows)."""
+    return [MCQuestion.from_dict(r) for r in read_jsonl(path)]
+
+
+def read_test_sets(folder: Path) -> dict[str, list[MCQuestion]]:
+    """The test sets of a run's 01_data folder, in-distribution first."""
+    from lib.runs import read_json
+
+    first = read_json(folder / "summary.json")["in_distribution"]
+    names = sorted(p.stem for p in (folder / "tests").glob("*.jsonl"))
+    return {n: read_questions(folder / "tests" / f"{n}.jsonl") for n in [first] + [n for n in names if n != first]}
+
+
+def read_splits(folder: Path) -> Splits:
+    """The splits step 01 wrote; a missing folder says to run step 01."""
+    if not (folder / "summary.json").exists():
+        raise FileNotFoundError(f"{folder} has no summary.json: run step 01 first (`python -m lib.study ... --steps 01`)")
+    return Splits(train=read_questions(folder / "train.jsonl"), tests=read_test_sets(folder))

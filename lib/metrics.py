@@ -1,0 +1,225 @@
+"""Per-item metrics: answer extraction, sentence splitting, rationale length and CEC.
+
+CEC (Causal Explanation Coherence, Muhebwa & Osman 2025) compares a generated explanation G with a
+reference R sentence by sentence in embedding space:
+
+    FC  = mean over g in G of  max over r in R of cos(g, r)   (forward coverage)
+    BF  = mean over r in R of  max over g in G of cos(r, g)   (backward faithfulness)
+    CEC = (FC + BF) / 2
+
+This module imports only the standard library and NumPy; the sentence encoder is passed in by the
+caller (`embed`), so nothing heavy loads when `lib` is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import string
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Words that end in a full stop without ending the sentence (lowercased, with their dots).
+ABBREVIATIONS = frozenset({
+    "e.g.", "i.e.", "etc.", "vs.", "cf.", "approx.", "ca.", "no.", "fig.", "eq.", "al.",
+    "mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "jr.", "sr.", "inc.", "ltd.", "co.",
+})
+
+# Sentence-final punctuation, optional closing quotes/brackets, then whitespace or the end.
+_BOUNDARY = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
+# Dotted initialisms such as "U.S." or "a.m." (two or more letter-dot pairs).
+_INITIALISM = re.compile(r"(?:[A-Za-z]\.){2,}$")
+
+# "answer is", "answer would be", "answer:", "correct option is" ... (the last one decides).
+_CONCLUSION = re.compile(
+    r"\b(?:answer|option|choice)\s*(?:is|would\s+be|should\s+be|must\s+be|=|:)\s*:?",
+    re.IGNORECASE,
+)
+_PAREN_LETTER = re.compile(r"\(\s*([A-Za-z])\s*\)")
+_LEADING_FILLER = re.compile(r"^(?:[\s*_\"'`]|option\b|choice\b|letter\b)*", re.IGNORECASE)
+# A letter standing alone: "b", "b)", "b." then a space, punctuation or the end (not "bed", not "e.g.").
+_BARE_LETTER = re.compile(r"([A-Za-z])(?:[.)](?!\w))?(?=\s|$|[,;:!?\]])")
+_CHOICES_BLOCK = re.compile(r"answer\s+choices\s*:?[^\n]*(?:\n[ \t]*\([A-Za-z]\)[^\n]*)*", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class CECScore:
+    """Forward coverage, backward faithfulness and their mean (CEC) for one generated/reference pair."""
+
+    fc: float
+    bf: float
+    cec: float
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into stripped, non-empty sentences at newlines and at `.`, `!`, `?` before a space or the end.
+
+    A full stop does not end a sentence after a known abbreviation (`ABBREVIATIONS`, e.g. "e.g.",
+    "etc.", "Dr.") or a dotted initialism ("U.S."); decimals such as "3.5" never split because no
+    space follows the dot.
+    """
+    sentences: list[str] = []
+    for line in text.splitlines():
+        start = 0
+        for m in _BOUNDARY.finditer(line):
+            if m.group().startswith(".") and _is_abbreviation(line[start:m.end()].split()[-1]):
+                continue
+            sentences.append(line[start:m.end()])
+            start = m.end()
+        sentences.append(line[start:])
+    return [s.strip() for s in sentences if s.strip()]
+
+
+def _is_abbreviation(word: str) -> bool:
+    """Whether a word ending in a full stop is an abbreviation rather than a sentence end."""
+    word = word.lstrip("\"'([").rstrip("\"')]")
+    return word.lower() in ABBREVIATIONS or bool(_INITIALISM.search(word))
+
+
+def rationale_length(text: str) -> int:
+    """Number of whitespace-separated words in a rationale."""
+    return len(text.split())
+
+
+def extract_answer(text: str, choices: list[str]) -> int | None:
+    """Index of the option a model's output chose, or None when no valid option can be read from it.
+
+    Options are shown with positional letters (a), (b), ... The output is cut at the first "\\nQ:"
+    (a hallucinated next question). The last conclusion ("answer is", "Answer:", "option is")
+    that names something decides: a letter in brackets "(b)"/"(B)", a bare letter "b" that stands
+    alone, or an option's text (case-insensitive; earliest match, longest on ties, so "ice cream"
+    wins over "ice"). Without a conclusion, the last bracketed letter counts, ignoring an echoed
+    "Answer Choices:" list; failing that, an output that is just one letter or one option text.
+    A letter beyond the number of choices is not an answer (None).
+    """
+    text = text.split("\nQ:", 1)[0]
+    for m in reversed(list(_CONCLUSION.finditer(text))):
+        found, index = _read_conclusion(text[m.end():].split("\n", 1)[0], choices)
+        if found:
+            return index
+    bracketed = list(_PAREN_LETTER.finditer(_CHOICES_BLOCK.sub("", text)))
+    if bracketed:
+        return _letter_index(bracketed[-1].group(1), len(choices))
+    return _read_whole(text, choices)
+
+
+def _letter_index(letter: str, n_choices: int) -> int | None:
+    """The option index of a positional letter, or None when it is beyond the choices."""
+    index = string.ascii_lowercase.index(letter.lower())
+    return index if index < n_choices else None
+
+
+def _read_conclusion(segment: str, choices: list[str]) -> tuple[bool, int | None]:
+    """(whether the text after a conclusion marker names an answer, its index or None when invalid)."""
+    segment = _LEADING_FILLER.sub("", segment)
+    m = _BARE_LETTER.match(segment)
+    if m:
+        index = _letter_index(m.group(1), len(choices))
+        tail = segment[m.end():].strip()
+        # A bare letter followed by words only counts when the words are its own option ("b wooded
+        # area"); otherwise it may be an article or a pronoun ("the answer is a bed", "I think").
+        if not tail or m.group().endswith((")", ".")) or not tail[0].isalnum():
+            return True, index
+        if index is not None and _option_at(tail, choices[index]) == 0:
+            return True, index
+    # Otherwise whichever comes first: a bracketed letter ("clearly (c)") or an option's text.
+    paren = _PAREN_LETTER.search(segment)
+    text = _find_option_text(segment, choices)
+    if paren and (text is None or paren.start() <= text[0]):
+        return True, _letter_index(paren.group(1), len(choices))
+    return (text is not None), (None if text is None else text[1])
+
+
+def _option_at(text: str, choice: str) -> int | None:
+    """Where option text `choice` first occurs in `text` as whole words (case- and spacing-insensitive)."""
+    words = choice.split()
+    if not words:
+        return None
+    m = re.search(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", text, re.IGNORECASE)
+    return None if m is None else m.start()
+
+
+def _find_option_text(segment: str, choices: list[str]) -> tuple[int, int] | None:
+    """(start, index) of the option whose text occurs first in `segment`, the longest on ties; or None."""
+    found = [(start, -len(choice.strip()), i) for i, choice in enumerate(choices)
+             if (start := _option_at(segment, choice)) is not None]
+    if not found:
+        return None
+    start, _, index = min(found)
+    return start, index
+
+
+def _read_whole(text: str, choices: list[str]) -> int | None:
+    """An output that is only a letter ("b", "B.") or only an option's text."""
+    body = text.strip().strip("*_\"'`").strip()
+    m = re.fullmatch(r"([A-Za-z])[.)]?", body)
+    if m:
+        return _letter_index(m.group(1), len(choices))
+    body = re.sub(r"\s+", " ", body.rstrip(".!").strip()).lower()
+    matches = [i for i, c in enumerate(choices) if c.strip() and re.sub(r"\s+", " ", c.strip()).lower() == body]
+    return matches[0] if matches else None
+
+
+def cec_from_embeddings(gen: np.ndarray, ref: np.ndarray) -> CECScore:
+    """CEC of one pair from L2-normalised sentence embeddings (rows); 0.0 for all three when a side is empty."""
+    gen, ref = np.asarray(gen, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    if gen.size == 0 or ref.size == 0 or len(gen) == 0 or len(ref) == 0:
+        return CECScore(0.0, 0.0, 0.0)
+    sim = gen @ ref.T
+    fc, bf = float(sim.max(axis=1).mean()), float(sim.max(axis=0).mean())
+    return CECScore(fc=fc, bf=bf, cec=(fc + bf) / 2)
+
+
+def cec_batch(pairs: list[tuple[str, str]], embed: Callable[[list[str]], np.ndarray],
+              chunk: int = 4096) -> list[CECScore]:
+    """CEC for many (generated, reference) text pairs, embedding each distinct sentence once in one call.
+
+    `embed` maps a list of n sentences to an (n, d) array (e.g. `SentenceTransformer.encode`); rows
+    are L2-normalised here. A pair where either text has no sentence scores 0.0 (see
+    `cec_from_embeddings`) and its sentences are not embedded. `chunk` caps how many pairs share
+    one matrix product (memory).
+    """
+    sentences_of: dict[str, list[str]] = {}  # references repeat across runs: split each text once
+    for text in (t for pair in pairs for t in pair):
+        if text not in sentences_of:
+            sentences_of[text] = split_sentences(text)
+    split = [(sentences_of[g], sentences_of[r]) for g, r in pairs]
+    scores = [CECScore(0.0, 0.0, 0.0) for _ in pairs]
+    vocab: dict[str, int] = {}
+    by_shape: dict[tuple[int, int], list[int]] = {}  # pairs with equal (|G|, |R|) are scored as one batch
+    for k, (gen, ref) in enumerate(split):
+        if gen and ref:
+            by_shape.setdefault((len(gen), len(ref)), []).append(k)
+            for s in (*gen, *ref):
+                vocab.setdefault(s, len(vocab))
+    if not vocab:
+        return scores
+    emb = _normalised(embed(list(vocab)), len(vocab))
+    for shape_ks in by_shape.values():
+        for lo in range(0, len(shape_ks), chunk):
+            ks = shape_ks[lo:lo + chunk]
+            g_ids = np.array([[vocab[s] for s in split[k][0]] for k in ks], dtype=np.int64)
+            r_ids = np.array([[vocab[s] for s in split[k][1]] for k in ks], dtype=np.int64)
+            sim = np.matmul(emb[g_ids], emb[r_ids].transpose(0, 2, 1))  # (pairs, |G|, |R|) cosines
+            fc = sim.max(axis=2).mean(axis=1, dtype=np.float64)
+            bf = sim.max(axis=1).mean(axis=1, dtype=np.float64)
+            for k, f, b in zip(ks, fc.tolist(), bf.tolist()):
+                scores[k] = CECScore(fc=f, bf=b, cec=(f + b) / 2)
+    log.debug("CEC: %d pairs, %d distinct sentences, %d shapes", len(pairs), len(vocab), len(by_shape))
+    return scores
+
+
+def _normalised(emb: np.ndarray, n: int) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero); checks the embedder's output shape."""
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise ValueError(
+            f"embed returned an array of shape {emb.shape} for {n} sentences; it must return one row per "
+            "sentence, shape (n, d) (e.g. SentenceTransformer.encode(sentences))"
+        )
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.where(norms > 0, norms, 1.0)
