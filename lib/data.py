@@ -500,15 +500,29 @@ def claims_frame(claims: list[ClaimEvidence]) -> pd.DataFrame:
     return pd.DataFrame([dataclasses.asdict(c) for c in claims], columns=[f.name for f in dataclasses.fields(ClaimEvidence)])
 
 
-def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence]) -> list[str]:
-    """Write train.jsonl, tests/<name>.jsonl, claims.jsonl and summary.json; returns the paths written."""
+def split_claims(claims: list[ClaimEvidence], test_fraction: float, seed: int) -> tuple[list[ClaimEvidence], list[ClaimEvidence]]:
+    """Split claim-evidence pairs by claim (all five evidences of a claim stay together), seeded."""
+    ids = sorted({c.claim_id for c in claims})
+    if len(ids) < 2:
+        return claims, []
+    random.Random(seed).shuffle(ids)
+    n_test = min(len(ids) - 1, max(1, round(len(ids) * test_fraction)))
+    test_ids = set(ids[:n_test])
+    return [c for c in claims if c.claim_id not in test_ids], [c for c in claims if c.claim_id in test_ids]
+
+
+def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence], test_fraction: float = 0.3,
+                 seed: int = 0) -> list[str]:
+    """Write train.jsonl, tests/<name>.jsonl, claims_{train,test}.jsonl and summary.json; returns the paths."""
     from lib.runs import write_json, write_jsonl
 
     paths = [write_jsonl(out / "train.jsonl", splits.train)]
     paths += [write_jsonl(out / "tests" / f"{name}.jsonl", qs) for name, qs in splits.tests.items()]
-    paths.append(write_jsonl(out / "claims.jsonl", claims))
+    claims_train, claims_test = split_claims(claims, test_fraction, seed)
+    paths += [write_jsonl(out / "claims_train.jsonl", claims_train), write_jsonl(out / "claims_test.jsonl", claims_test)]
     summary = {"train": len(splits.train), "tests": {k: len(v) for k, v in splits.tests.items()},
-               "in_distribution": splits.in_distribution, "claim_evidence_pairs": len(claims)}
+               "in_distribution": splits.in_distribution,
+               "claim_evidence_pairs": {"train": len(claims_train), "test": len(claims_test)}}
     paths.append(write_json(out / "summary.json", summary))
     return [str(p) for p in paths]
 

@@ -20,7 +20,7 @@ from lib.data import MCQuestion
 from lib.metrics import cec_batch, extract_answer, rationale_length
 from lib.params import StudyParams
 from lib.teacher import split_rationale
-from lib.training import ANSWER_PREFIX, RATIONALE_PREFIX, qa_prompt
+from lib.training import eval_prompts
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,6 @@ class ItemResult:
     cec_fc: float
     cec_bf: float
     seconds: float  # generation time per item (batch time / batch size)
-
-
-def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[str, str]:
-    """The prompts a student trained under `condition` is asked with, by role (answer / rationale)."""
-    if condition == "MT":
-        return {"answer": qa_prompt(q, ANSWER_PREFIX), "rationale": qa_prompt(q, RATIONALE_PREFIX)}
-    if condition == "CFD":
-        return {"answer": qa_prompt(q, strategy_positive)}
-    return {"answer": qa_prompt(q)}
 
 
 def load_student(base_spec: str, adapter_dir: Path, device: str) -> tuple[Any, Any]:

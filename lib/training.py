@@ -99,6 +99,15 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
     return ex
 
 
+def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[str, str]:
+    """The prompts a student trained under `condition` is asked with at test time, by role (answer / rationale)."""
+    if condition == "MT":
+        return {"answer": qa_prompt(q, ANSWER_PREFIX), "rationale": qa_prompt(q, RATIONALE_PREFIX)}
+    if condition == "CFD":
+        return {"answer": qa_prompt(q, strategy_positive)}
+    return {"answer": qa_prompt(q)}
+
+
 def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str]) -> list[dict]:
     """Token ids with labels = -100 on prompt tokens, cut to max_length, plus each example's task index."""
     rows = []
@@ -224,11 +233,14 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     model.save_pretrained(out_dir / "adapter")
     tokenizer.save_pretrained(out_dir / "adapter")
     target_tokens = sum(sum(x != -100 for x in d["labels"]) for d in data)
+    trainable, total = (model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters")
+                        else (model.num_parameters(), model.num_parameters()))
     result = {
         "run": run.name, "condition": run.condition, "student": run.student, "seed": run.seed,
         "n_examples": len(data), "steps": trainer.state.global_step, "wall_s": round(time.perf_counter() - t0, 1),
         "target_tokens_per_epoch": target_tokens, "final_loss": trainer.term_log[-1]["loss"] if trainer.term_log else None,
         "config_sha256": sha256_json(config), "finetune": params.finetune,
+        "n_params": int(total), "n_trainable": int(trainable),
     }
     write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
     write_json(out_dir / "config.json", config)

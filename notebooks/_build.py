@@ -18,7 +18,7 @@ def params_cell(step: str) -> nbformat.NotebookNode:
     """The papermill `parameters` cell: literal defaults only."""
     return new_code_cell(
         "# parameters (papermill injects the resolved study params after this cell)\n"
-        "params: dict = {}  # resolved study params injected by the runner (python -m lib.study); empty = read params_file\n"
+        "params: dict = {}  # resolved study params injected by the runner (python -m lib.study); empty means: read params_file\n"
         'params_file: str = "../params/quickstart.yaml"  # study params used when the notebook runs on its own\n'
         'run_dir: str = "../outputs/quickstart"  # run folder: upstream artifacts are read here, this step writes '
         f"to run_dir/{step}/",
@@ -55,7 +55,7 @@ NOTEBOOKS = {
 3. Hold out an in-distribution test split, and load the out-of-distribution test sets (train on one dataset, test on the others).
 4. Load Climate-FEVER claim–evidence pairs for causal explanations.
 
-**Reads** the data sources named in `params.data`. **Writes** `01_data/train.jsonl`, `01_data/tests/<name>.jsonl`, `01_data/claims.jsonl`, `01_data/summary.json`.
+**Reads** the data sources named in `params.data`. **Writes** `01_data/train.jsonl`, `01_data/tests/<name>.jsonl`, `01_data/claims_train.jsonl` / `claims_test.jsonl` (split by claim), `01_data/summary.json`.
 
 **Follows** METHOD.md, *Data*. CommonsenseQA's `question_concept` (the ConceptNet concept each question was written around) is kept: step 03 masks it to build counterfactual questions.
 """),
@@ -90,7 +90,7 @@ data.claims_frame(claims).head(5)
 """),
         code("""
 # write the splits for the next steps
-data.write_splits(ctx.out, splits, claims)
+data.write_splits(ctx.out, splits, claims, ctx.params.data.test_fraction, ctx.params.run.seed)
 """),
     ],
     "02_teacher": [

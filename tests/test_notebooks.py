@@ -1,0 +1,61 @@
+"""The committed notebooks: clean, in sync with notebooks/_build.py, parameters papermill can read, no logic."""
+
+import ast
+import json
+
+import nbformat
+import pytest
+from papermill.translators import PythonTranslator
+
+from lib.params import PROJECT_ROOT
+from lib.runs import STEPS
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+
+
+def load(step: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{step}.ipynb", as_version=4)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_notebook_is_clean_and_starts_with_a_lesson(step):
+    nb = load(step)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {step[:2]}")
+    assert "**Goals**" in nb.cells[0].source and "**Reads**" in nb.cells[0].source
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_parameters_cell_is_readable_by_papermill(step):
+    cells = [c for c in load(step).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    names = {p.name: p for p in PythonTranslator.inspect(cells[0])}
+    assert set(names) == {"params", "params_file", "run_dir"}
+    assert all(p.help for p in names.values())
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_notebooks_hold_no_logic(step):
+    for cell in load(step).cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        kinds = {type(n).__name__ for n in ast.walk(tree)}
+        assert not kinds & {"FunctionDef", "ClassDef", "For", "While", "If", "Try", "Lambda"}, cell.source
+        assert cell.source.startswith("# "), f"each code cell opens with a '# verb phrase' comment: {cell.source[:60]}"
+
+
+def test_committed_notebooks_match_their_generator(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nb_build", NOTEBOOKS / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "HERE", tmp_path)
+    module.build()
+    for step in STEPS:
+        built = json.loads((tmp_path / f"{step}.ipynb").read_text())
+        committed = json.loads((NOTEBOOKS / f"{step}.ipynb").read_text())
+        assert built == committed, f"{step}.ipynb differs from notebooks/_build.py: run python notebooks/_build.py"
