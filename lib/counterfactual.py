@@ -175,6 +175,36 @@ def build_views(originals: list[MCQuestion], counterfactuals: list[MCQuestion], 
     return views
 
 
+@dataclasses.dataclass
+class CounterfactualRationale:
+    """A rationale that argues for a wrong option (a row of 03_counterfactuals/cf_rationales.jsonl)."""
+
+    id: str  # question id
+    option: int  # the wrong option the rationale argues for
+    text: str
+    teacher_model: str
+    template_sha256: str
+
+
+def build_cf_rationales(questions: list[MCQuestion], teacher: Teacher, params: CounterfactualParams,
+                        seed: int) -> list[CounterfactualRationale]:
+    """For each question, a rationale written as if a randomly chosen wrong option were right (after SCOTT)."""
+    rng = random.Random(seed)
+    template = load_template("counterfactual_rationale")
+    picked = questions if params.cf_rationale_questions is None else questions[: params.cf_rationale_questions]
+    options = [rng.choice([i for i in range(len(q.choices)) if i != q.answer]) for q in picked]
+    prompts = [view_prompt(q, o, positive=True, template="counterfactual_rationale") for q, o in zip(picked, options)]
+    outs = teacher.complete(prompts, max_new_tokens=params.max_new_tokens, temperature=0.0,
+                            desc="counterfactual rationales")
+    rows = [CounterfactualRationale(id=q.id, option=o, text=split_rationale(c.text), teacher_model=teacher.name,
+                                    template_sha256=template.sha256)
+            for q, o, (c,) in zip(picked, options, outs)]
+    empty = sum(not r.text for r in rows)
+    if empty:
+        log.warning("%d of %d counterfactual rationales came back empty and are dropped", empty, len(rows))
+    return [r for r in rows if r.text]
+
+
 def acceptance_summary(rows: list[Counterfactual], questions: list[MCQuestion]) -> dict[str, Any]:
     """Acceptance rate, rejection reasons and which former distractor position became the target."""
     reasons = Counter("votes below threshold" if r.reason.startswith("votes below") else r.reason for r in rows)
@@ -207,8 +237,8 @@ def accepted_questions(rows: list[Counterfactual], originals: list[MCQuestion]) 
     return [as_question(r, by_id[r.source_id]) for r in rows if r.accepted]
 
 
-def views_frame(views: list[View]) -> Any:
-    """Multi-view targets as a table for display."""
+def views_frame(rows: list[View] | list[CounterfactualRationale], cls: type = View) -> Any:
+    """Views (or counterfactual rationales, with cls) as a table for display; empty input keeps the columns."""
     import pandas as pd
 
-    return pd.DataFrame([dataclasses.asdict(v) for v in views], columns=[f.name for f in dataclasses.fields(View)])
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=[f.name for f in dataclasses.fields(cls)])

@@ -114,6 +114,7 @@ class CounterfactualParams(_Section):
     vote_temperature: float = Field(0.8, gt=0)  # sampling temperature of the k paths
     accept_threshold: float = Field(0.6, gt=0, le=1)  # share of paths that must reach the new target
     negative_views: int = Field(1, ge=0)  # wrong options refuted per question (multi-view CoT)
+    cf_rationale_questions: int | None = Field(None, ge=1)  # training questions given a counterfactual rationale (null = all)
     max_new_tokens: int = Field(48, ge=8)  # tokens per teacher call in this step
     strategy_tokens: StrategyTokens = StrategyTokens()
 

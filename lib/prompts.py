@@ -66,8 +66,8 @@ def cot_prompt(q: MCQuestion, n_shots: int) -> str:
     return load_template("cot").render(shots=shots, question=format_question(q))
 
 
-def view_prompt(q: MCQuestion, option: int, positive: bool) -> str:
-    """Ask for a rationale for (positive view) or against (negative view) one option."""
-    name = "positive_view" if positive else "negative_view"
+def view_prompt(q: MCQuestion, option: int, positive: bool, template: str | None = None) -> str:
+    """Ask for a rationale for (positive view) or against (negative view) one option, or another option template."""
+    name = template or ("positive_view" if positive else "negative_view")
     letter = option_letters(len(q.choices))[option]
     return load_template(name).render(question=format_question(q), letter=letter, option=q.choices[option])

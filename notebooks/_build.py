@@ -168,7 +168,7 @@ teacher.examples_frame(rows, n=3)
 
 **Reads** `01_data/`, `02_teacher/rationales.jsonl`. **Writes** `03_counterfactuals/counterfactuals.jsonl` (every
 attempt with its span, refill, votes and outcome), `cf_questions.jsonl` (accepted ones as questions),
-`multiview.jsonl`, `acceptance.json`.
+`multiview.jsonl`, `cf_rationales.jsonl` (rationales arguing for a wrong option), `acceptance.json`.
 
 **Follows** seed 002 (*Teaching Small Language Models Reasoning through Counterfactual Distillation*): a student that
 sees minimally edited questions whose answer changes must attend to the words that cause the answer.
@@ -230,6 +230,19 @@ runs.write_jsonl(ctx.out / "multiview.jsonl", views)
         code("""
 # a few views of each kind
 counterfactual.views_frame(views).groupby(["origin", "strategy"]).head(2)
+"""),
+        md("""
+## Counterfactual rationales
+
+Counterfactual training (seed 001, after SCOTT) pairs each question with a rationale written as if a wrong option
+were right, and trains the student to follow that rationale to *that* option: a student that only pattern-matches
+the question cannot do this, one that uses its rationale can.
+"""),
+        code("""
+# write one counterfactual rationale per training question (arguing for a random wrong option)
+cf_rationales = counterfactual.build_cf_rationales(splits.train, refiller, ctx.params.counterfactual, ctx.params.run.seed)
+runs.write_jsonl(ctx.out / "cf_rationales.jsonl", cf_rationales)
+counterfactual.views_frame(cf_rationales, counterfactual.CounterfactualRationale).head(3)
 """),
     ],
     "04_training": [

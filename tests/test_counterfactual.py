@@ -5,7 +5,8 @@ import random
 import pytest
 
 from lib.counterfactual import (
-    MASK, acceptance_summary, accepted_questions, build_counterfactuals, build_views, clean_refill, locate_span,
+    MASK, acceptance_summary, accepted_questions, build_cf_rationales, build_counterfactuals, build_views, clean_refill,
+    locate_span,
     mask_span, pick_new_target, refill_problem, vote,
 )
 from lib.data import MCQuestion
@@ -30,9 +31,9 @@ class ScriptedTeacher:
         self.calls.append((desc, len(prompts), n))
         out = []
         for p in prompts:
-            if "Words for [MASK]" in p:
+            if p.startswith("Replace [MASK]"):
                 out.append([Completion(self.fill, "stop", 1, 1)])
-            elif "Explain step by step" in p:
+            elif "Explain step by step" in p or "Write the reasoning" in p:
                 out.append([Completion("Because it fits. So the answer is (a).", "stop", 1, 1)])
             else:
                 out.append([Completion(f"It must be that. So the answer is ({l}).", "stop", 1, 1)
@@ -102,3 +103,12 @@ def test_views_reuse_step02_rationale_and_refute_wrong_options():
     negatives = [v for v in views if v.strategy == "negative"]
     assert [(v.id, v.text) for v in positives] == [("q1", "Umbrellas live in closets.")]
     assert len(negatives) == 4 and all(v.option != 0 for v in negatives)
+
+
+def test_cf_rationales_argue_for_a_wrong_option():
+    params = CounterfactualParams(cf_rationale_questions=2)
+    qs = [q("q1"), q("q2", answer=3), q("q3")]
+    rows = build_cf_rationales(qs, ScriptedTeacher("", []), params, seed=0)
+    assert [r.id for r in rows] == ["q1", "q2"]
+    assert rows[0].option != 0 and rows[1].option != 3
+    assert rows[0].text == "Because it fits." and rows[0].template_sha256
