@@ -36,7 +36,9 @@ class Counterfactual:
     original: str
     span: tuple[int, int] | None  # character offsets of the masked words in the original
     span_text: str
-    span_source: str  # "question_concept": CommonsenseQA's concept, located in the text
+    span_source: str  # "teacher" (the teacher's topic words) or "question_concept" (CommonsenseQA's concept)
+    topic_words: str  # what the teacher named as the deciding words ("" when not asked)
+    concept: str  # CommonsenseQA's question_concept, kept as a baseline signal
     masked: str
     new_target: int  # index of the option that should become the answer
     refill: str  # the teacher's words for [MASK]
@@ -87,12 +89,15 @@ def clean_refill(text: str) -> str:
     return first.strip().rstrip(".").strip().strip("\"'`").strip()
 
 
-def refill_problem(q: MCQuestion, span_text: str, refill: str) -> str | None:
+def refill_problem(q: MCQuestion, span_text: str, refill: str, masked: str = "") -> str | None:
     """Why a refill cannot make a counterfactual, or None when it can."""
     if not refill:
         return "empty refill"
     if MASK in refill:
         return "refill still contains [MASK]"
+    context = [part.strip().lower() for part in masked.split(MASK)]
+    if any(len(part.split()) >= 3 and part in refill.lower() for part in context):
+        return "refill rewrites words outside the mask"
     if refill.lower() == span_text.lower():
         return "refill leaves the question unchanged"
     if q.choices[q.answer].lower() in refill.lower():
@@ -106,30 +111,50 @@ def vote(votes: list[int | None], target: int, threshold: float) -> tuple[float,
     return share, share >= threshold
 
 
+def topic_words(questions: list[MCQuestion], teacher: Teacher) -> list[str]:
+    """The teacher's words that decide each question's answer (its first line, cleaned)."""
+    template = load_template("topic_words")
+    outs = teacher.complete([template.render(question=q.question) for q in questions], max_new_tokens=12,
+                            temperature=0.0, desc="topic words")
+    return [clean_refill(c.text) for (c,) in outs]
+
+
+def choose_span(q: MCQuestion, words: str) -> tuple[tuple[int, int] | None, str]:
+    """The span to mask: the teacher's words when they occur in the question, else the concept."""
+    for phrase in [w for w in re.split(r"[,;]| and ", words) if w.strip()]:
+        span = locate_span(q.question, phrase)
+        if span and span[1] - span[0] < len(q.question):
+            return span, "teacher"
+    span = locate_span(q.question, q.concept or "")
+    return span, "question_concept"
+
+
 def build_counterfactuals(questions: list[MCQuestion], teacher: Teacher, params: CounterfactualParams,
                           n_shots: int, seed: int) -> list[Counterfactual]:
-    """Mask, refill and vote for each question; every attempt is returned with its outcome."""
+    """Find topic words, mask, refill and vote for each question; every attempt is returned with its outcome."""
     rng = random.Random(seed)
     refill_t, cot_t = load_template("refill"), load_template("cot")
+    picked = questions[: params.max_questions]
+    words = topic_words(picked, teacher) if params.topic_source == "teacher" else [""] * len(picked)
     drafts = []
-    for q in questions[: params.max_questions]:
-        span = locate_span(q.question, q.concept or "")
+    for q, w in zip(picked, words):
+        span, source = choose_span(q, w)
         target = pick_new_target(q, params.new_target, rng)
         masked = mask_span(q.question, span) if span else ""
-        drafts.append((q, span, target, masked))
-    prompts = [refill_t.render(target=q.choices[t], masked=m) for q, s, t, m in drafts if s]
+        drafts.append((q, span, source, w, target, masked))
+    prompts = [refill_t.render(target=q.choices[t], masked=m) for q, s, _, _, t, m in drafts if s]
     fills = iter(teacher.complete(prompts, max_new_tokens=16, temperature=0.0, desc="refill masks"))
     rows = []
-    for q, span, target, masked in drafts:
+    for q, span, source, w, target, masked in drafts:
         span_text = q.question[span[0]:span[1]] if span else ""
         refill = clean_refill(next(fills)[0].text) if span else ""
-        problem = "concept not found in the question" if not span else refill_problem(q, span_text, refill)
+        problem = "no topic words found in the question" if not span else refill_problem(q, span_text, refill, masked)
         rows.append(Counterfactual(
             source_id=q.id, id=f"{q.id}-cf", original=q.question, span=span, span_text=span_text,
-            span_source="question_concept", masked=masked, new_target=target, refill=refill,
+            span_source=source, topic_words=w, concept=q.concept or "", masked=masked, new_target=target, refill=refill,
             question=masked.replace(MASK, refill) if not problem else "", votes=[], vote_share=0.0,
             accepted=False, reason=problem or "pending", teacher_model=teacher.name,
-            templates={refill_t.name: refill_t.sha256, cot_t.name: cot_t.sha256},
+            templates={t.name: t.sha256 for t in (refill_t, cot_t, load_template("topic_words"))},
         ))
     pending = [r for r in rows if r.reason == "pending"]
     by_id = {q.id: q for q in questions}

@@ -109,6 +109,7 @@ class StrategyTokens(_Section):
 
 class CounterfactualParams(_Section):
     max_questions: int = Field(8, ge=1)  # training questions to build counterfactuals from
+    topic_source: Literal["teacher", "concept"] = "teacher"  # who picks the words to mask: the teacher (concept as fallback) or CommonsenseQA's concept
     new_target: Literal["first_distractor", "random_distractor"] = "first_distractor"  # which wrong option becomes the new answer
     votes: int = Field(3, ge=1)  # k teacher reasoning paths sampled per counterfactual
     vote_temperature: float = Field(0.8, gt=0)  # sampling temperature of the k paths

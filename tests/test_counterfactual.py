@@ -5,7 +5,7 @@ import random
 import pytest
 
 from lib.counterfactual import (
-    MASK, acceptance_summary, accepted_questions, build_cf_rationales, build_counterfactuals, build_views, clean_refill,
+    MASK, acceptance_summary, accepted_questions, build_cf_rationales, build_counterfactuals, build_views, choose_span, clean_refill,
     locate_span,
     mask_span, pick_new_target, refill_problem, vote,
 )
@@ -24,14 +24,16 @@ class ScriptedTeacher:
 
     name = "scripted"
 
-    def __init__(self, fill: str, letters: list[str]):
-        self.fill, self.letters, self.calls = fill, letters, []
+    def __init__(self, fill: str, letters: list[str], topic: str = "nothing here"):
+        self.fill, self.letters, self.calls, self.topic = fill, letters, [], topic
 
     def complete(self, prompts, max_new_tokens=None, temperature=None, n=1, desc=""):
         self.calls.append((desc, len(prompts), n))
         out = []
         for p in prompts:
-            if p.startswith("Replace [MASK]"):
+            if p.startswith("Name the words"):
+                out.append([Completion(self.topic, "stop", 1, 1)])
+            elif p.startswith("Replace [MASK]"):
                 out.append([Completion(self.fill, "stop", 1, 1)])
             elif "Explain step by step" in p or "Write the reasoning" in p:
                 out.append([Completion("Because it fits. So the answer is (a).", "stop", 1, 1)])
@@ -61,6 +63,10 @@ def test_refill_rules():
     assert refill_problem(question, "umbrella", "coat from the closet") == "refill names the old answer"
     assert refill_problem(question, "umbrella", f"{MASK} cake") == "refill still contains [MASK]"
     assert refill_problem(question, "umbrella", "frozen pizza") is None
+    masked = f"Where would you keep a spare {MASK}?"
+    assert refill_problem(question, "umbrella", "Where would you keep a spare pizza", masked) == \
+        "refill rewrites words outside the mask"
+    assert refill_problem(question, "umbrella", "frozen pizza", masked) is None
     assert clean_refill('"frozen pizza".\nmore text') == "frozen pizza"
 
 
@@ -83,14 +89,15 @@ def test_build_accepts_consistent_and_rejects_inconsistent():
     # first distractor of every question is option (b); 2 of 3 votes say (b) -> accepted
     accepted = build_counterfactuals(qs, ScriptedTeacher("frozen pizza", ["b", "b", "c"]), params, n_shots=0, seed=0)
     assert [r.accepted for r in accepted] == [True, True, False]
-    assert accepted[2].reason == "concept not found in the question"
+    assert accepted[2].reason == "no topic words found in the question"
+    assert accepted[0].span_source == "question_concept" and accepted[0].topic_words == "nothing here"
     assert accepted[0].question == "Where would you keep a spare frozen pizza?"
     assert accepted[0].span == (29, 37) and accepted[0].votes == [1, 1, 2]
     rejected = build_counterfactuals(qs[:1], ScriptedTeacher("frozen pizza", ["b", "c", "c"]), params, 0, 0)
     assert not rejected[0].accepted and rejected[0].reason.startswith("votes below threshold")
     summary = acceptance_summary(accepted, qs)
     assert summary["attempted"] == 3 and summary["accepted"] == 2
-    assert summary["reasons"] == {"accepted": 2, "concept not found in the question": 1}
+    assert summary["reasons"] == {"accepted": 2, "no topic words found in the question": 1}
     cf_qs = accepted_questions(accepted, qs)
     assert [c.id for c in cf_qs] == ["q1-cf", "q2-cf"] and cf_qs[0].answer == 1
 
@@ -112,3 +119,15 @@ def test_cf_rationales_argue_for_a_wrong_option():
     assert [r.id for r in rows] == ["q1", "q2"]
     assert rows[0].option != 0 and rows[1].option != 3
     assert rows[0].text == "Because it fits." and rows[0].template_sha256
+
+
+def test_teacher_topic_words_are_located_and_preferred_to_the_concept():
+    question = q(text="Where would you keep a spare umbrella near the door?")
+    assert choose_span(question, "spare umbrella, door") == ((23, 37), "teacher")
+    assert choose_span(question, "raincoat") == ((29, 37), "question_concept")
+    assert choose_span(q(concept="zzz"), "raincoat") == (None, "question_concept")
+    params = CounterfactualParams(max_questions=1, votes=1, accept_threshold=1.0)
+    rows = build_counterfactuals([question], ScriptedTeacher("frozen pizza", ["b"], topic="Spare umbrella"),
+                                 params, n_shots=0, seed=0)
+    assert rows[0].span_source == "teacher" and rows[0].span_text == "spare umbrella"
+    assert rows[0].question == "Where would you keep a frozen pizza near the door?" and rows[0].accepted
