@@ -138,6 +138,9 @@ def execute(step: str, params: StudyParams, run_dir: Path) -> None:
 
     target = run_dir / f"{step}.ipynb"
     partial = run_dir / f".{step}.partial.ipynb"
+    # The kernel inherits this environment: put this checkout first so notebooks import the same lib as the runner.
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(PROJECT_ROOT)]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *paths])
     try:
         pm.execute_notebook(
             str(NOTEBOOKS / f"{step}.ipynb"), str(partial),
