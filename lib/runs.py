@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -134,8 +135,12 @@ def open_step(step: str, params: dict, params_file: str, run_dir: str) -> StepCo
         raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
     validated = validate_params(params, "injected params") if params else load_params(params_file)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "sentence_transformers"):
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "sentence_transformers", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns at import that an optional CPU kernel package is absent; it falls back by itself.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars; the study's own bars stay
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     seed_everything(validated.run.seed)
     ctx = StepContext(step=step, params=validated, run_dir=Path(run_dir).resolve())
     ctx.out  # noqa: B018 - creates the folder
