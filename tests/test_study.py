@@ -78,3 +78,15 @@ def test_step_without_upstream_fails_and_says_what_to_run(tmp_path):
     manifest = read_json(tmp_path / "empty" / "manifest.json")
     assert manifest["steps"]["04_training"]["status"] == "failed"
     assert (tmp_path / "empty" / "04_training.ipynb").exists()
+
+
+def test_a_notebook_runs_on_its_own_with_its_defaults(tmp_path):
+    """As in JupyterLab: no injected params, the default params file, only the run folder changed."""
+    import papermill as pm
+
+    out = tmp_path / "01_data.ipynb"
+    pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "01_data.ipynb"), str(out),
+                        parameters={"run_dir": str(tmp_path / "run")}, cwd=str(PROJECT_ROOT / "notebooks"),
+                        kernel_name="python3", progress_bar=False)
+    summary = read_json(tmp_path / "run" / "01_data" / "summary.json")
+    assert summary["in_distribution"] == "csqa-sample" and summary["train"] > 0
