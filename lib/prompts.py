@@ -7,7 +7,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from lib.data import MCQuestion, format_question, option_letters
+from lib.data import ClaimEvidence, MCQuestion, format_question, option_letters
 from lib.runs import sha256_text
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -71,3 +71,17 @@ def view_prompt(q: MCQuestion, option: int, positive: bool, template: str | None
     name = template or ("positive_view" if positive else "negative_view")
     letter = option_letters(len(q.choices))[option]
     return load_template(name).render(question=format_question(q), letter=letter, option=q.choices[option])
+
+
+def revision_prompt(stage: str, q: MCQuestion, explanation: str = "", critique: str = "") -> str:
+    """One stage of critique-revision (seed 001) for the gold answer: `explain`, `critique` or `revise`."""
+    if stage not in ("explain", "critique", "revise"):
+        raise ValueError(f"unknown critique-revision stage {stage!r}; stages are explain, critique, revise")
+    letter = option_letters(len(q.choices))[q.answer]
+    return load_template(stage).render(question=format_question(q), letter=letter, option=q.choices[q.answer],
+                                       explanation=explanation, critique=critique)
+
+
+def causal_prompt(pair: ClaimEvidence) -> str:
+    """Ask for a structured causal explanation (cause, mechanism, effect) of one claim-evidence-label triple."""
+    return load_template("causal").render(claim=pair.claim, evidence=pair.evidence, evidence_label=pair.evidence_label)

@@ -1,26 +1,34 @@
-"""The teacher: produces chain-of-thought rationales for questions, from a local model or recorded outputs.
+"""The teacher: every teacher output the study needs, from a generative model or recorded outputs.
 
 Backends (params `teacher.backend`):
 - `local`: an in-process transformers causal LM (Gemma 3 270M by default), batched generation;
-- `replay`: the PaLM-540B few-shot CoT completions published with "Distilling step-by-step"
-  (Hsieh et al. 2023) for CommonsenseQA, joined to the questions by id.
-Every output row records the backend, the model, the prompt template and its hash.
+- `openai`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp server);
+- `replay`: recorded outputs joined to the questions by id: the PaLM-540B few-shot CoT completions
+  published with "Distilling step-by-step" (Hsieh et al. 2023, `replay_source: palm`) or the CoS-E
+  human explanations (`replay_source: cose`).
+`local` and `openai` go through `lib.teacher_engine.CachedTeacher` (cache, validation with re-asks,
+rate limits, retries, budget); `make_teacher` builds it. Step 02 makes the CoT rationales, the
+critique-revision rows (seed 001) and the causal explanations of claim-evidence pairs (seed 000).
+Replay has no model to critique or explain with, so those rows are recorded as failures
+("not available from replay"). Every output row records the backend, the model, the prompt template(s)
+and their hashes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from lib.data import MCQuestion, load_palm_rationales
+from lib.data import ClaimEvidence, MCQuestion, load_cose, load_palm_rationales
 from lib.metrics import extract_answer
 from lib.models import Completion, generate_texts, load_causal_lm, load_tokenizer, pick_device
 from lib.params import TeacherParams, resolve_path
-from lib.prompts import cot_prompt, load_template
+from lib.prompts import causal_prompt, cot_prompt, load_template, revision_prompt
 from lib.runs import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ class Rationale:
     template_sha256: str
     prompt_tokens: int
     completion_tokens: int
+    responses: int = 1  # teacher responses used (1 + re-asks; 0 when none came back)
 
 
 def split_rationale(text: str) -> str:
@@ -93,49 +102,227 @@ class LocalTeacher:
         )
 
 
-def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams, device: str = "auto") -> list[Rationale]:
-    """Standard CoT rationales for every question of every split, from the configured backend."""
+REPLAY_ONLY = "not available from replay"
+
+
+def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Path | None = None) -> Any:
+    """The cached generative teacher (a `Teacher`) for params: `local` or `openai`; `replay` uses the local `model`.
+
+    The response cache is `teacher.cache`, else `<run_dir>/teacher_cache.sqlite` (outside the step folders,
+    so cache hits never change a step's artifacts), else `<DISTILL_CACHE>/teacher_cache.sqlite`.
+    """
+    from lib.models import cache_dir
+    from lib.response_cache import ResponseCache
+    from lib.teacher_engine import CachedTeacher, LocalBackend, OpenAIBackend
+
+    if params.cache:
+        path = resolve_path(params.cache)
+    else:
+        path = Path(run_dir) / "teacher_cache.sqlite" if run_dir else cache_dir() / "teacher_cache.sqlite"
+    if params.backend == "replay":
+        log.info("backend replay has no generative model; generative steps use the local model %s", params.model)
+    backend = OpenAIBackend(params) if params.backend == "openai" else LocalBackend(params, device)
+    log.info("teacher %s (%s), response cache %s", params.model, backend.name, path)
+    return CachedTeacher(backend, ResponseCache(path), params, usage_log=path.with_name(path.stem + "_usage.jsonl"))
+
+
+def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams, device: str = "auto",
+                   engine: Any = None) -> list[Rationale]:
+    """Standard CoT rationales for every question of every split, from the configured backend.
+
+    `engine` is a `make_teacher` teacher (one with the default cache is made when none is given).
+    A completion without a readable answer is re-asked up to `teacher.max_reasks` times.
+    """
     if params.backend == "replay":
         return _replay_rationales(questions, params)
-    teacher = LocalTeacher(params, device)
+    from lib.teacher_engine import Ask
+
+    engine = engine or make_teacher(params, device)
     template = load_template("cot")
     rows = []
     for split, qs in questions.items():
         t0 = time.perf_counter()
-        completions = teacher.complete([cot_prompt(q, params.n_shots) for q in qs], desc=f"teacher CoT ({split})")
-        for q, (c,) in zip(qs, completions):
-            rationale, answer, failure = judge_completion(q, c)
+        asks = [Ask(prompt=cot_prompt(q, params.n_shots), max_new_tokens=params.max_new_tokens,
+                    temperature=params.temperature, template=template.name, template_sha256=template.sha256,
+                    validate=_cot_validator(q)) for q in qs]
+        for q, a in zip(qs, engine.ask(asks, desc=f"teacher CoT ({split})")):
+            c = a.completion
+            rationale, answer, _ = judge_completion(q, c)
             rows.append(Rationale(id=q.id, split=split, view="cot", rationale=rationale, answer=answer,
-                                  correct=answer == q.answer, failure=failure, raw=c.text, backend="local",
-                                  model=params.model, template=template.name, template_sha256=template.sha256,
-                                  prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens))
+                                  correct=answer == q.answer, failure=a.failure,
+                                  raw=c.text, backend=params.backend, model=engine.name, template=template.name,
+                                  template_sha256=template.sha256, prompt_tokens=c.prompt_tokens,
+                                  completion_tokens=c.completion_tokens, responses=a.responses))
         log.info("%s: %d rationales in %.1f s", split, len(qs), time.perf_counter() - t0)
     return rows
 
 
+def _cot_validator(q: MCQuestion) -> Any:
+    """A validator for one question's CoT completion: its failure reason, None when usable."""
+    return lambda c: judge_completion(q, c)[2]
+
+
+def text_failure(c: Completion) -> str | None:
+    """Why a free-text completion is unusable: empty, or truncated at the token limit; None when usable."""
+    if not c.text.strip():
+        return "empty"
+    return "truncated" if c.finish_reason == "length" else None
+
+
 def _replay_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams) -> list[Rationale]:
-    """Rationales read from the recorded PaLM completions; a question with none is a recorded failure."""
-    folder = str(resolve_path(params.replay_dir or ""))
-    recorded = {**load_palm_rationales(folder, "train"), **load_palm_rationales(folder, "test")}
+    """Rationales read from recorded outputs; a question with none is a recorded failure.
+
+    PaLM completions end with the teacher's answer, which is judged like any completion. CoS-E explanations
+    are written by people for the gold answer, so their answer is the gold one.
+    """
+    folder = resolve_path(params.replay_dir or "")
+    if params.replay_source == "cose":
+        recorded = {**load_cose(str(folder / "cose_train_v1.11.jsonl")), **load_cose(str(folder / "cose_dev_v1.11.jsonl"))}
+        model, template = "CoS-E v1.11 (human)", "CoS-E open-ended explanation"
+    else:
+        recorded = {**load_palm_rationales(str(folder), "train"), **load_palm_rationales(str(folder), "test")}
+        model, template = "PaLM-540B", "distilling-step-by-step few-shot CoT"
     rows = []
     for split, qs in questions.items():
         for q in qs:
             text = recorded.get(q.id)
             if text is None:
                 rows.append(Rationale(id=q.id, split=split, view="cot", rationale="", answer=None, correct=False,
-                                      failure="not recorded", raw="", backend="replay", model="PaLM-540B",
-                                      template="distilling-step-by-step few-shot CoT", template_sha256="",
-                                      prompt_tokens=0, completion_tokens=0))
+                                      failure="not recorded", raw="", backend="replay", model=model,
+                                      template=template, template_sha256="", prompt_tokens=0, completion_tokens=0))
                 continue
             c = Completion(text=text, finish_reason="stop", prompt_tokens=0, completion_tokens=len(text.split()))
-            rationale, answer, failure = judge_completion(q, c)
+            if params.replay_source == "cose":
+                rationale, answer = text.strip(), q.answer
+                failure = None if rationale else "empty"
+            else:
+                rationale, answer, failure = judge_completion(q, c)
             rows.append(Rationale(id=q.id, split=split, view="cot", rationale=rationale, answer=answer,
                                   correct=answer == q.answer, failure=failure, raw=text, backend="replay",
-                                  model="PaLM-540B", template="distilling-step-by-step few-shot CoT",
-                                  template_sha256="", prompt_tokens=0, completion_tokens=c.completion_tokens))
+                                  model=model, template=template, template_sha256="", prompt_tokens=0,
+                                  completion_tokens=c.completion_tokens))
     missing = sum(r.failure == "not recorded" for r in rows)
     if missing:
         log.warning("%d of %d questions have no recorded rationale in %s", missing, len(rows), folder)
+    return rows
+
+
+@dataclasses.dataclass
+class Revision:
+    """Critique-revision of one training question's explanation (a row of 02_teacher/revisions.jsonl)."""
+
+    id: str
+    split: str
+    initial: str  # the teacher's first explanation of the gold answer ("unrevised")
+    critique: str  # the teacher's critique of it
+    revised: str  # the explanation rewritten to meet the critique
+    failure: str | None  # None, or "<stage>: <reason>" for the first stage that failed
+    backend: str
+    model: str
+    templates: dict[str, str]  # template name -> sha256
+
+
+def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engine: Any = None,
+                       split: str = "train") -> list[Revision]:
+    """Initial explanation -> critique -> revised explanation for the first `teacher.revise_max_questions` questions."""
+    picked = questions[: params.revise_max_questions] if params.revise_max_questions else questions
+    names = ("explain", "critique", "revise")
+    templates = {n: load_template(n).sha256 for n in names}
+    if params.backend == "replay":
+        return [Revision(q.id, split, "", "", "", REPLAY_ONLY, "replay", "", templates) for q in picked]
+    from lib.teacher_engine import Ask
+
+    engine = engine or make_teacher(params)
+    texts: dict[str, list[str]] = {n: [""] * len(picked) for n in names}
+    failures: list[str | None] = [None] * len(picked)
+    for stage in names:
+        todo = [i for i in range(len(picked)) if failures[i] is None]
+        t = load_template(stage)
+        asks = [Ask(prompt=revision_prompt(stage, picked[i], texts["explain"][i], texts["critique"][i]),
+                    max_new_tokens=params.revise_max_new_tokens, temperature=params.temperature, template=t.name,
+                    template_sha256=t.sha256, validate=text_failure, stop="\n\n") for i in todo]
+        for i, a in zip(todo, engine.ask(asks, desc=f"critique-revision: {stage}")):
+            texts[stage][i] = a.completion.text.strip()
+            if a.failure:
+                failures[i] = f"{stage}: {a.failure}"
+    return [Revision(q.id, split, texts["explain"][i], texts["critique"][i], texts["revise"][i], failures[i],
+                     params.backend, engine.name, templates) for i, q in enumerate(picked)]
+
+
+@dataclasses.dataclass
+class CausalExplanation:
+    """A structured causal explanation of one claim-evidence pair (a row of 02_teacher/causal.jsonl)."""
+
+    id: str  # ClaimEvidence.id
+    split: str  # "train" or "test"
+    claim: str
+    evidence: str
+    claim_label: str
+    evidence_label: str
+    explanation: str  # "<cause> <mechanism> <effect>", one sentence each ("" on failure)
+    failure: str | None
+    backend: str
+    model: str
+    template: str
+    template_sha256: str
+
+
+CAUSAL_KEYS = ("cause", "mechanism", "effect")
+
+
+def parse_causal(text: str) -> tuple[dict[str, str] | None, str | None]:
+    """The cause / mechanism / effect of a JSON answer, or None and why it is unusable."""
+    start = text.find("{")
+    if start < 0:
+        return None, "no JSON object"
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return None, "invalid JSON"
+    if not isinstance(obj, dict):
+        return None, "invalid JSON"
+    missing = [k for k in CAUSAL_KEYS if not isinstance(obj.get(k), str) or not obj[k].strip()]
+    if missing:
+        return None, f"JSON lacks {', '.join(missing)}"
+    return {k: obj[k].strip() for k in CAUSAL_KEYS}, None
+
+
+def causal_failure(c: Completion) -> str | None:
+    """Why a causal-explanation completion is unusable (truncated, not JSON, missing keys); None when usable."""
+    parts, problem = parse_causal(c.text)
+    if parts is not None:
+        return None
+    return "truncated" if c.finish_reason == "length" else problem
+
+
+def explanation_text(parts: dict[str, str]) -> str:
+    """Cause, mechanism and effect as three sentences."""
+    return " ".join(p if p.endswith((".", "!", "?")) else p + "." for p in (parts[k] for k in CAUSAL_KEYS))
+
+
+def causal_explanations(pairs: dict[str, list[ClaimEvidence]], params: TeacherParams,
+                        engine: Any = None) -> list[CausalExplanation]:
+    """A causal explanation for the first `teacher.causal_max_pairs` claim-evidence pairs of each split."""
+    template = load_template("causal")
+    picked = {split: ps[: params.causal_max_pairs] if params.causal_max_pairs else ps for split, ps in pairs.items()}
+
+    def row(split: str, p: ClaimEvidence, explanation: str, failure: str | None, model: str) -> CausalExplanation:
+        return CausalExplanation(p.id, split, p.claim, p.evidence, p.claim_label, p.evidence_label, explanation,
+                                 failure, params.backend, model, template.name, template.sha256)
+
+    if params.backend == "replay":
+        return [row(s, p, "", REPLAY_ONLY, "") for s, ps in picked.items() for p in ps]
+    from lib.teacher_engine import Ask
+
+    engine = engine or make_teacher(params)
+    rows = []
+    for split, ps in picked.items():
+        asks = [Ask(prompt=causal_prompt(p), max_new_tokens=params.causal_max_new_tokens,
+                    temperature=params.temperature, template=template.name, template_sha256=template.sha256,
+                    validate=causal_failure, stop="\n\n") for p in ps]
+        for p, a in zip(ps, engine.ask(asks, desc=f"causal explanations ({split})")):
+            parts, _ = parse_causal(a.completion.text)
+            rows.append(row(split, p, explanation_text(parts) if parts and not a.failure else "", a.failure, engine.name))
     return rows
 
 
@@ -181,3 +368,48 @@ def examples_frame(rows: list[Rationale], n: int = 3) -> Any:
 
     df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
     return df.groupby("split").head(n)[["split", "id", "answer", "correct", "failure", "rationale"]]
+
+
+def read_claim_pairs(train_path: str | Path, test_path: str | Path) -> dict[str, list[ClaimEvidence]]:
+    """The claim-evidence pairs step 01 wrote (claims_train.jsonl, claims_test.jsonl), by split."""
+    return {split: [ClaimEvidence.from_dict(r) for r in read_jsonl(path)]
+            for split, path in (("train", train_path), ("test", test_path))}
+
+
+def failures_frame(rationales: list[Rationale], revisions: list[Revision], causal: list[CausalExplanation]) -> Any:
+    """Outputs and failures by task and reason (a failed output is kept with its reason, never dropped)."""
+    import pandas as pd
+
+    tasks = {"CoT rationales": rationales, "critique-revision": revisions, "causal explanations": causal}
+    rows = [{"task": task, "split": r.split, "outcome": r.failure or "valid"} for task, rs in tasks.items() for r in rs]
+    if not rows:
+        return pd.DataFrame(columns=["task", "split", "outcome", "n"])
+    return pd.DataFrame(rows).value_counts().rename("n").reset_index().sort_values(["task", "split", "n"],
+                                                                                   ascending=[True, True, False])
+
+
+def accounting(engine: Any) -> dict[str, dict[str, Any]]:
+    """Per task: items, failures, re-asks, prompt and completion tokens and cost of the responses used.
+
+    These depend only on the stored responses, so a cached rerun writes the same numbers; how many
+    requests were actually sent this session is in the notebook's table and the run's usage log.
+    """
+    keep = ("items", "failed", "reasks", "prompt_tokens", "completion_tokens", "cost_usd")
+    return {task: {k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items() if k in keep}
+            for task, stats in (engine.usage.items() if engine is not None else [])}
+
+
+def revisions_frame(rows: list[Revision], n: int = 3) -> Any:
+    """A few critique-revision rows for display: unrevised explanation, critique, revised explanation."""
+    import pandas as pd
+
+    cols = ["id", "initial", "critique", "revised", "failure"]
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows[:n]], columns=[f.name for f in dataclasses.fields(Revision)])[cols]
+
+
+def causal_frame(rows: list[CausalExplanation], n: int = 3) -> Any:
+    """A few causal explanations per split for display."""
+    import pandas as pd
+
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=[f.name for f in dataclasses.fields(CausalExplanation)])
+    return df.groupby("split").head(n)[["split", "claim", "evidence", "evidence_label", "explanation", "failure"]]

@@ -1,0 +1,512 @@
+"""The teacher engine: cached, validated, rate-limited and budgeted requests to a generative teacher.
+
+One engine serves every generative teacher backend (params `teacher.backend`):
+- `openai`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through the `openai` package,
+  asyncio with at most `max_in_flight` requests in flight, client-side requests/tokens-per-minute limits,
+  retries with exponential backoff and jitter on 429 / 5xx / timeouts / connection errors / malformed
+  bodies (a `Retry-After` header wins), a per-request timeout, and optionally the OpenAI Batch API;
+- `local`: an in-process transformers causal LM, batched generation (loaded only when a request misses
+  the cache, so a fully cached rerun never loads it).
+
+Every response is stored in the run's `ResponseCache` the moment it arrives. Each request may carry a
+validator; a response that fails it is re-asked (a new sample at `reask_temperature`) at most
+`max_reasks` times, and one that never validates comes back as a failure with its reason. A budget
+(`max_cost_usd`, `max_requests`, counted over the whole cache file, i.e. the run) stops sending before it
+would be passed: the requests left over come back as failures that say so, and a rerun with a larger
+budget continues from the cache. The API key is read from the environment variable that
+`teacher.api_key_env` names, held in memory only, and scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lib.models import Completion
+from lib.params import TeacherParams
+from lib.response_cache import ResponseCache, request_key
+
+log = logging.getLogger(__name__)
+
+STOP = "\n\nQ:"  # few-shot prompts go on with an invented next question; cut there (as lib.models does)
+BACKOFF_CAP_S = 60.0
+RETRY_AFTER_CAP_S = 600.0
+
+Validator = Callable[[Completion], "str | None"]
+
+
+@dataclasses.dataclass
+class Ask:
+    """One request to the teacher: a rendered prompt, its sampling params and how to check the answer."""
+
+    prompt: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    sample: int = 0  # sample index: the k-th of n samples of the same prompt is cached separately
+    template: str = ""  # template name (provenance; its hash is part of the cache key)
+    template_sha256: str = ""
+    validate: Validator | None = None  # returns None when the completion is usable, else the failure reason
+    stop: str = STOP  # generation stops at this string (free-text tasks stop at a blank line)
+
+
+@dataclasses.dataclass
+class Answer:
+    """What the engine made of one Ask: the last completion received, and why it failed (None = valid)."""
+
+    completion: Completion
+    failure: str | None
+    responses: int  # responses used (1 + re-asks); 0 when none was received
+    cached: int  # of which came from the cache
+
+
+@dataclasses.dataclass
+class _Call:
+    """One request on the wire (an Ask at one re-ask number)."""
+
+    index: int
+    request: dict[str, Any]
+    key: str
+    est_tokens: int  # prompt estimate + max tokens, for rate limits and the budget
+
+
+class BudgetExhausted(RuntimeError):
+    """Raised inside the engine when a request would pass `teacher.max_cost_usd` / `teacher.max_requests`."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate of a text's tokens (about four characters each), used before sending."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+class Budget:
+    """Requests and dollars this run may still spend; checked before every request is sent."""
+
+    def __init__(self, params: TeacherParams, spent: dict[str, float]):
+        self.params = params
+        self.requests = int(spent["responses"])  # stored responses of earlier sessions count as spent
+        self.cost = float(spent["cost_usd"])
+        self.reserved = 0.0
+        self.stopped: str | None = None
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Dollar cost of a response at the configured prices (0 when none are configured)."""
+        p_in, p_out = self.params.price_input_usd_per_mtok or 0.0, self.params.price_output_usd_per_mtok or 0.0
+        return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
+
+    def admit(self, prompt_tokens: int, max_tokens: int) -> float:
+        """Reserve a request's worst-case cost, or raise BudgetExhausted (and stay stopped) if it would not fit."""
+        if self.stopped:
+            raise BudgetExhausted(self.stopped)
+        worst = self.price(prompt_tokens, max_tokens)
+        if self.params.max_requests is not None and self.requests + 1 > self.params.max_requests:
+            self.stopped = f"budget: teacher.max_requests={self.params.max_requests} reached"
+        elif self.params.max_cost_usd is not None and self.cost + self.reserved + worst > self.params.max_cost_usd:
+            self.stopped = (f"budget: teacher.max_cost_usd={self.params.max_cost_usd} would be passed "
+                            f"(spent ${self.cost:.4f}, ${self.reserved:.4f} in flight)")
+        if self.stopped:
+            log.warning("%s; no further requests are sent. Raise it and rerun: stored responses are reused.", self.stopped)
+            raise BudgetExhausted(self.stopped)
+        self.requests += 1
+        self.reserved += worst
+        return worst
+
+    def settle(self, reserved: float, cost: float) -> None:
+        """Replace a request's reservation by what it actually cost."""
+        self.reserved -= reserved
+        self.cost += cost
+
+
+class RateLimiter:
+    """Client-side requests-per-minute and tokens-per-minute limits over a sliding 60-second window."""
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float = 60.0):
+        self.rpm, self.tpm, self.window = rpm, tpm, window_s
+        self.events: collections.deque[tuple[float, int]] = collections.deque()
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until one more request of `tokens` tokens fits in the window, then record it."""
+        if self.rpm is None and self.tpm is None:
+            return
+        while True:
+            now = time.monotonic()
+            while self.events and self.events[0][0] <= now - self.window:
+                self.events.popleft()
+            fits_r = self.rpm is None or len(self.events) < self.rpm
+            fits_t = self.tpm is None or not self.events or sum(t for _, t in self.events) + tokens <= self.tpm
+            if fits_r and fits_t:
+                self.events.append((now, tokens))
+                return
+            await asyncio.sleep(max(0.01, self.events[0][0] + self.window - now))
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds a `Retry-After` (or `retry-after-ms`) header asks the client to wait, or None."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    try:
+        if ms is not None:
+            return float(ms) / 1000
+    except ValueError:
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def backoff_s(attempt: int, base: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: base * 2^attempt, capped, times a random factor in [0.5, 1]."""
+    return min(BACKOFF_CAP_S, base * 2 ** attempt) * rng.uniform(0.5, 1.0)
+
+
+class MalformedResponse(ValueError):
+    """A response body that is not a completion (bad JSON, no choices)."""
+
+
+def classify(exc: BaseException) -> tuple[bool, float | None, str]:
+    """(retryable, seconds the server asked to wait, reason) for an exception raised by one request."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        wait = retry_after_s(getattr(exc.response, "headers", None))
+        retryable = status in (408, 409, 429) or status >= 500
+        return retryable, wait, f"HTTP {status}: {str(exc)[:200]}"
+    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return True, None, "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return True, None, f"connection error: {exc}"
+    if isinstance(exc, (MalformedResponse, ValueError, KeyError, TypeError, AttributeError, IndexError)):
+        return True, None, f"malformed response: {type(exc).__name__}: {str(exc)[:200]}"
+    return False, None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+class OpenAIBackend:
+    """Requests to an OpenAI-compatible server, with bounded concurrency, rate limits and retries."""
+
+    name = "openai"
+
+    def __init__(self, params: TeacherParams, seed: int = 0):
+        self.params = params
+        self.model = params.model
+        env = params.api_key_env
+        self._key = os.environ.get(env, "") if env else ""
+        if env and not self._key:
+            raise RuntimeError(f"teacher.api_key_env is {env!r} but that environment variable is empty or unset: "
+                               f"export {env}=... before the run (a server that needs no key: teacher.api_key_env: null)")
+        self._rng = random.Random(seed)
+        self.limiter = RateLimiter(params.requests_per_minute, params.tokens_per_minute)
+        self.http_requests = 0  # every HTTP attempt, retries included
+        self.cache: ResponseCache | None = None  # set by CachedTeacher; the Batch API keeps its batch ids there
+        for noisy in ("openai", "httpx", "httpx2", "httpcore"):
+            logging.getLogger(noisy).setLevel(max(logging.getLogger(noisy).level, logging.WARNING))
+
+    def scrub(self, text: str) -> str:
+        """A message with the API key blanked out (servers sometimes echo it)."""
+        return text.replace(self._key, "***") if self._key else text
+
+    def client(self) -> Any:
+        """A fresh async client (one per event loop); the library's own retries are off, ours apply."""
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(api_key=self._key or "no-key", base_url=self.params.base_url,
+                           timeout=self.params.request_timeout_s, max_retries=0)
+
+    def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = STOP) -> dict[str, Any]:
+        """The body of one request (without the model; no credentials)."""
+        body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "stop": [stop]}
+        if self.params.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        return body
+
+    def body(self, call: _Call) -> dict[str, Any]:
+        """The API body of a call (its cached request minus the bookkeeping keys)."""
+        return {k: v for k, v in call.request.items() if k in ("messages", "prompt", "max_tokens", "temperature", "stop")}
+
+    async def _create(self, client: Any, body: dict[str, Any]) -> Completion:
+        """Send one request and parse its completion; raises on any transport or shape problem."""
+        self.http_requests += 1
+        api = client.chat.completions if self.params.endpoint == "chat" else client.completions
+        resp = await api.create(model=self.model, **body)
+        return parse_response(resp, self.params.endpoint, body)
+
+    async def send(self, client: Any, call: _Call) -> tuple[Completion | None, str | None]:
+        """One request with retries: (completion, None) or (None, why it failed for good)."""
+        body = self.body(call)
+        reason = ""
+        for attempt in range(self.params.max_retries + 1):
+            await self.limiter.acquire(call.est_tokens)
+            try:
+                # the client's timeout bounds each read; this bounds the whole request (a slow trickle too)
+                return await asyncio.wait_for(self._create(client, body), self.params.request_timeout_s * 1.5), None
+            except Exception as exc:  # every failure is classified: retried, or returned as the reason
+                retryable, wait, reason = classify(exc)
+                reason = self.scrub(reason)
+                if not retryable or attempt == self.params.max_retries:
+                    break
+                delay = min(wait, RETRY_AFTER_CAP_S) if wait is not None else backoff_s(attempt, self.params.backoff_s, self._rng)
+                log.debug("retry %d of %s in %.2f s: %s", attempt + 1, call.key[:8], delay, reason)
+                await asyncio.sleep(delay)
+        tries = attempt + 1
+        return None, f"request failed after {tries} tr{'y' if tries == 1 else 'ies'}: {reason}"
+
+    async def run(self, calls: list[_Call], admit: Callable[[_Call], float],
+                  done: Callable[[_Call, Completion | None, str | None, float], None]) -> None:
+        """Send every call with at most `max_in_flight` in flight; `done` stores each result as it arrives."""
+        if self.params.batch_api:
+            from lib.openai_batch import run_batch
+
+            await run_batch(self, calls, admit, done, self.cache)
+            return
+        client = self.client()
+        gate = asyncio.Semaphore(self.params.max_in_flight)
+
+        async def one(call: _Call) -> None:
+            async with gate:
+                try:
+                    reserved = admit(call)
+                except BudgetExhausted as exc:
+                    done(call, None, str(exc), 0.0)
+                    return
+                completion, failure = await self.send(client, call)
+                done(call, completion, failure, reserved)
+
+        try:
+            await asyncio.gather(*(one(c) for c in calls))
+        finally:
+            await client.close()
+
+
+def parse_response(resp: Any, endpoint: str, body: dict[str, Any]) -> Completion:
+    """A Completion from a chat or text completion response (object or dict); raises MalformedResponse otherwise."""
+    data = resp.model_dump() if hasattr(resp, "model_dump") else resp
+    if not isinstance(data, dict) or not data.get("choices"):
+        raise MalformedResponse(f"no choices in the response body ({str(resp)[:80]!r})")
+    choice = data["choices"][0]
+    text = (choice.get("message") or {}).get("content") if endpoint == "chat" else choice.get("text")
+    if not isinstance(text, str):
+        raise MalformedResponse("the response's first choice has no text")
+    usage = data.get("usage") or {}
+    prompt_text = body.get("prompt") or "".join(m["content"] for m in body.get("messages", []))
+    prompt_tokens = usage.get("prompt_tokens") or estimate_tokens(prompt_text)
+    completion_tokens = usage.get("completion_tokens") or estimate_tokens(text)
+    stop = (body.get("stop") or [STOP])[0]
+    return Completion(text=text.split(stop)[0].strip(), finish_reason=str(choice.get("finish_reason") or "stop"),
+                      prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
+
+
+class LocalBackend:
+    """A transformers causal LM in this process, batched; loaded on the first request that misses the cache."""
+
+    name = "local"
+
+    def __init__(self, params: TeacherParams, device: str = "auto"):
+        self.params = params
+        self.model = params.model
+        self.device = device
+        self._loaded: tuple[Any, Any] | None = None
+        self.http_requests = 0
+        self.cache: ResponseCache | None = None
+
+    def scrub(self, text: str) -> str:
+        """Nothing secret in a local model's messages."""
+        return text
+
+    def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = STOP) -> dict[str, Any]:
+        """The generation settings of one request."""
+        return {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "stop": [stop]}
+
+    def load(self) -> tuple[Any, Any]:
+        """The model and tokenizer (loaded once)."""
+        if self._loaded is None:
+            from lib.models import load_causal_lm, load_tokenizer, pick_device
+
+            self._loaded = (load_causal_lm(self.model, pick_device(self.device)), load_tokenizer(self.model))
+        return self._loaded
+
+    async def run(self, calls: list[_Call], admit: Callable[[_Call], float],
+                  done: Callable[[_Call, Completion | None, str | None, float], None]) -> None:
+        """Generate in batches of `batch_size` prompts with the same settings; each result is stored at once."""
+        from lib.models import generate_texts
+
+        admitted: list[tuple[_Call, float]] = []
+        for call in calls:
+            try:
+                admitted.append((call, admit(call)))
+            except BudgetExhausted as exc:
+                done(call, None, str(exc), 0.0)
+        groups: dict[tuple[int, float, str], list[tuple[_Call, float]]] = collections.defaultdict(list)
+        for call, reserved in admitted:
+            key = (call.request["max_tokens"], call.request["temperature"], call.request["stop"][0])
+            groups[key].append((call, reserved))
+        for (max_tokens, temperature, stop), members in groups.items():
+            members.sort(key=lambda m: -len(m[0].request["prompt"]))  # similar lengths pad less
+            model, tokenizer = self.load()
+            for start in range(0, len(members), self.params.batch_size):
+                chunk = members[start:start + self.params.batch_size]
+                outs = generate_texts(model, tokenizer, [c.request["prompt"] for c, _ in chunk], max_tokens,
+                                      batch_size=len(chunk), temperature=temperature, stop=stop, progress=False)
+                for (call, reserved), (completion,) in zip(chunk, outs):
+                    done(call, completion, None, reserved)
+                await asyncio.sleep(0)
+
+
+class CachedTeacher:
+    """A generative teacher behind the response cache: the `Teacher` protocol plus validated `ask`."""
+
+    def __init__(self, backend: OpenAIBackend | LocalBackend, cache: ResponseCache, params: TeacherParams,
+                 usage_log: Path | None = None):
+        self.backend = backend
+        self.cache = cache
+        self.params = params
+        self.name = backend.model
+        backend.cache = cache
+        self.budget = Budget(params, cache.totals())
+        self.usage: dict[str, dict[str, Any]] = {}
+        self.usage_log = usage_log
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher")
+
+    # ---- the Teacher protocol (lib.teacher.Teacher)
+    def complete(self, prompts: list[str], max_new_tokens: int | None = None, temperature: float | None = None,
+                 n: int = 1, desc: str = "teacher", template: Any = None,
+                 validate: Validator | None = None) -> list[list[Completion]]:
+        """`n` completions for each prompt; a request that failed for good comes back empty with finish_reason 'error'."""
+        max_new = max_new_tokens or self.params.max_new_tokens
+        temp = self.params.temperature if temperature is None else temperature
+        asks = [Ask(prompt=p, max_new_tokens=max_new, temperature=temp, sample=k,
+                    template=getattr(template, "name", ""), template_sha256=getattr(template, "sha256", ""),
+                    validate=validate) for p in prompts for k in range(n)]
+        answers = self.ask(asks, desc=desc)
+        return [[a.completion for a in answers[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
+    # ---- validated requests
+    def ask(self, asks: list[Ask], desc: str = "teacher") -> list[Answer]:
+        """Answer every Ask (from the cache where possible), re-asking invalid responses; never raises per item."""
+        if not asks:
+            return []
+        return self._pool.submit(asyncio.run, self._ask(asks, desc)).result()
+
+    def request_for(self, ask: Ask, reask: int) -> dict[str, Any]:
+        """The cached request of an Ask at re-ask number `reask` (its hash is the cache key)."""
+        temperature = ask.temperature if reask == 0 else max(ask.temperature, self.params.reask_temperature)
+        body = self.backend.request(ask.prompt, ask.max_new_tokens, temperature, ask.stop)
+        return {"backend": self.backend.name, "model": self.backend.model,
+                "endpoint": self.params.endpoint if self.backend.name == "openai" else "generate",
+                "template_sha256": ask.template_sha256, **body, "sample": ask.sample, "reask": reask}
+
+    async def _ask(self, asks: list[Ask], desc: str) -> list[Answer]:
+        """Rounds of: look up, send the misses, validate; invalid answers go to the next round as re-asks."""
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        stats = self.usage.setdefault(desc, dict(items=0, calls=0, cached=0, failed=0, reasks=0, prompt_tokens=0,
+                                                 completion_tokens=0, cost_usd=0.0, new_cost_usd=0.0, wall_s=0.0))
+        stats["items"] += len(asks)
+        empty = Completion(text="", finish_reason="error", prompt_tokens=0, completion_tokens=0)
+        answers: list[Answer | None] = [None] * len(asks)
+        last: list[Answer] = [Answer(empty, "no response", 0, 0) for _ in asks]
+        bar = tqdm(total=len(asks), desc=desc, unit="item")
+
+        def show() -> None:
+            bar.set_postfix(cached=stats["cached"], calls=stats["calls"], failed=stats["failed"],
+                            cost=f"${stats['new_cost_usd']:.4f}", refresh=False)
+
+        def settle(i: int, completion: Completion, cached: bool, cost: float, reask: int) -> None:
+            prev = last[i]
+            stats["prompt_tokens"] += completion.prompt_tokens
+            stats["completion_tokens"] += completion.completion_tokens
+            stats["cost_usd"] += cost
+            validate = asks[i].validate
+            failure = validate(completion) if validate else None
+            last[i] = Answer(completion, failure, prev.responses + 1, prev.cached + int(cached))
+            if failure is None or reask == self.params.max_reasks:
+                finish(i, last[i])
+
+        def finish(i: int, answer: Answer) -> None:
+            answers[i] = answer
+            stats["failed"] += answer.failure is not None
+            bar.update(1)
+            show()
+
+        for reask in range(self.params.max_reasks + 1):
+            todo = [i for i in range(len(asks)) if answers[i] is None]
+            if not todo:
+                break
+            if reask:
+                stats["reasks"] += len(todo)
+            misses: list[_Call] = []
+            for i in todo:
+                request = self.request_for(asks[i], reask)
+                key = request_key(request)
+                hit = self.cache.get(key)
+                if hit is not None:
+                    stats["cached"] += 1
+                    completion = Completion(hit["text"], hit["finish_reason"], hit["prompt_tokens"],
+                                            hit["completion_tokens"])
+                    settle(i, completion, True, hit["cost_usd"], reask)
+                else:
+                    misses.append(_Call(i, request, key, estimate_tokens(asks[i].prompt) + asks[i].max_new_tokens))
+            show()
+
+            def admit(call: _Call) -> float:
+                return self.budget.admit(estimate_tokens(asks[call.index].prompt), asks[call.index].max_new_tokens)
+
+            def done(call: _Call, completion: Completion | None, failure: str | None, reserved: float) -> None:
+                if completion is None:  # never answered: not stored, so the next run asks again
+                    self.budget.settle(reserved, 0.0)
+                    prev = last[call.index]  # a re-ask that got no answer keeps the earlier (invalid) completion
+                    finish(call.index, Answer(prev.completion, failure or "no response", prev.responses, prev.cached))
+                    return
+                cost = self.budget.price(completion.prompt_tokens, completion.completion_tokens)
+                self.cache.put(call.key, call.request, completion.text, completion.finish_reason,
+                               completion.prompt_tokens, completion.completion_tokens, cost)
+                self.budget.settle(reserved, cost)
+                stats["calls"] += 1
+                stats["new_cost_usd"] += cost
+                settle(call.index, completion, False, cost, reask)
+
+            if misses:
+                await self.backend.run(misses, admit, done)
+        bar.close()
+        stats["wall_s"] += time.perf_counter() - t0
+        self._log_usage(desc, stats)
+        return [a if a is not None else last[i] for i, a in enumerate(answers)]
+
+    def _log_usage(self, desc: str, stats: dict[str, Any]) -> None:
+        """Log a task's accounting and append it to the run's usage log (outside the step folders)."""
+        log.info("%s: %d items, %d cached, %d calls, %d failed, %d re-asks, %d+%d tokens, $%.4f new ($%.4f in all)",
+                 desc, stats["items"], stats["cached"], stats["calls"], stats["failed"], stats["reasks"],
+                 stats["prompt_tokens"], stats["completion_tokens"], stats["new_cost_usd"], stats["cost_usd"])
+        if self.usage_log is not None:
+            row = {"time": time.time(), "task": desc, "backend": self.backend.name, "model": self.name, **stats}
+            with open(self.usage_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def usage_frame(self) -> Any:
+        """This session's accounting per task, as a table: items, cached, calls, failures, tokens, cost, time."""
+        import pandas as pd
+
+        return pd.DataFrame([{"task": k, **v} for k, v in self.usage.items()])
+
+    def close(self) -> None:
+        """Release the worker thread and the cache file."""
+        self._pool.shutdown(wait=True)
+        self.cache.close()

@@ -1,0 +1,288 @@
+"""The teacher engine against a fake OpenAI-compatible server that injects faults; cache, resume, budget, secrets."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lib.data import ClaimEvidence, MCQuestion
+from lib.models import Completion
+from lib.params import PROJECT_ROOT, TeacherParams, load_params
+from lib.response_cache import ResponseCache
+from lib.teacher import (REPLAY_ONLY, causal_explanations, causal_failure, cot_rationales, critique_revisions,
+                         make_teacher, parse_causal)
+from lib.teacher_engine import Ask, RateLimiter, retry_after_s
+from tests.fake_openai_server import FakeOpenAI
+
+SECRET = "sk-test-DO-NOT-WRITE-4f9a1c"
+ENV = "DISTILL_TEST_TEACHER_KEY"
+
+
+@pytest.fixture()
+def secret(monkeypatch):
+    monkeypatch.setenv(ENV, SECRET)
+    return SECRET
+
+
+def questions(n: int, prefix: str = "Q") -> list[MCQuestion]:
+    return [MCQuestion(id=f"{prefix}{i}", question=f"Where is thing {prefix}{i}#?", choices=["box", "sea", "sky"],
+                       labels=["A", "B", "C"], answer=0) for i in range(n)]
+
+
+def params(server: FakeOpenAI, **kw) -> TeacherParams:
+    base = dict(backend="openai", base_url=server.url, model="fake-1", api_key_env=ENV, n_shots=1,
+                max_new_tokens=32, max_in_flight=4, request_timeout_s=1.0, max_retries=4, backoff_s=0.05)
+    return TeacherParams(**{**base, **kw})
+
+
+@pytest.fixture()
+def server():
+    fake = FakeOpenAI(key=SECRET, stall_s=2.5).start()
+    yield fake
+    fake.stop()
+
+
+def written_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_faults_end_valid_or_recorded_and_a_rerun_makes_no_calls(server, secret, tmp_path):
+    server.plan = {"Q0#": ["429", "429", "ok"], "Q1#": ["500", "ok"], "Q2#": ["stall", "ok"],
+                   "Q3#": ["malformed", "ok"], "Q4#": ["truncated", "ok"], "Q5#": ["garbage", "garbage"],
+                   "Q6#": ["500"] * 10}
+    p = params(server, max_retries=3)
+    qs = questions(10)
+    engine = make_teacher(p, run_dir=tmp_path)
+    t0 = time.perf_counter()
+    rows = cot_rationales({"train": qs}, p, engine=engine)
+    engine.close()
+    by_id = {r.id: r for r in rows}
+    assert len(rows) == 10
+    assert all((r.failure is None and r.answer == 0) or r.failure for r in rows)
+    assert by_id["Q0"].failure is None and by_id["Q1"].failure is None and by_id["Q2"].failure is None
+    assert by_id["Q3"].failure is None
+    assert by_id["Q4"].failure is None and by_id["Q4"].responses == 2  # truncated, then re-asked
+    assert by_id["Q5"].failure == "unparseable" and by_id["Q5"].responses == 2
+    assert by_id["Q6"].failure.startswith("request failed after 4 tries: HTTP 500")
+    # Retry-After of 0.2 s was honoured twice for Q0
+    q0 = [r["time"] for r in server.requests if "Q0#" in r["prompt"]]
+    assert len(q0) == 3 and q0[1] - q0[0] >= 0.19 and q0[2] - q0[1] >= 0.19
+    assert time.perf_counter() - t0 < 20
+    reasks = [r for r in server.requests if "Q4#" in r["prompt"]]
+    assert reasks[-1]["temperature"] == p.reask_temperature
+
+    sent = len(server.requests)
+    engine = make_teacher(p, run_dir=tmp_path)
+    again = cot_rationales({"train": qs}, p, engine=engine)
+    engine.close()
+    # only the request that never got a response (Q6) is asked again
+    assert [r["prompt"] for r in server.requests[sent:]] and all("Q6#" in r["prompt"] for r in server.requests[sent:])
+    assert [(r.id, r.rationale, r.failure) for r in again if r.id != "Q6"] == \
+           [(r.id, r.rationale, r.failure) for r in rows if r.id != "Q6"]
+    assert not any(SECRET.encode() in f.read_bytes() for f in written_files(tmp_path))
+
+
+def test_a_second_run_makes_zero_calls(server, secret, tmp_path):
+    p = params(server)
+    qs = questions(6)
+    for _ in range(2):
+        engine = make_teacher(p, run_dir=tmp_path)
+        cot_rationales({"train": qs}, p, engine=engine)
+        engine.close()
+    assert len(server.requests) == 6
+
+
+KILL_SCRIPT = """
+import sys
+from lib.params import TeacherParams
+from lib.teacher import cot_rationales, make_teacher
+from tests.test_teacher import questions
+p = TeacherParams(backend="openai", base_url=sys.argv[1], model="fake-1", api_key_env="{env}", n_shots=1,
+                  max_new_tokens=32, max_in_flight=4, request_timeout_s=5)
+engine = make_teacher(p, run_dir=sys.argv[2])
+cot_rationales({{"train": questions(60)}}, p, engine=engine)
+engine.close()
+"""
+
+
+def stored_prompts(cache: Path) -> set[str]:
+    db = sqlite3.connect(str(cache))
+    try:
+        return {json.loads(r)["messages"][0]["content"] for (r,) in db.execute("SELECT request FROM responses")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        db.close()
+
+
+def test_kill_9_mid_run_then_restart_resends_nothing_stored(server, secret, tmp_path):
+    server.latency_s = 0.1
+    script = KILL_SCRIPT.format(env=ENV)
+    cache = tmp_path / "teacher_cache.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script, server.url, str(tmp_path)], cwd=PROJECT_ROOT, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(stored_prompts(cache)) < 12:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stored = stored_prompts(cache)
+    assert 12 <= len(stored) < 60, "the kill must land mid-run"
+    before = len(server.requests)
+    subprocess.run([sys.executable, "-c", script, server.url, str(tmp_path)], cwd=PROJECT_ROOT, env=env, check=True)
+    resent = {r["prompt"] for r in server.requests[before:]}
+    assert not resent & stored
+    assert len(stored_prompts(cache)) == 60
+    assert not any(SECRET.encode() in f.read_bytes() for f in written_files(tmp_path))
+
+
+def test_budget_stops_cleanly_before_it_is_passed(server, secret, tmp_path):
+    p = params(server, max_requests=3, max_in_flight=1)
+    rows = cot_rationales({"train": questions(5)}, p, engine=make_teacher(p, run_dir=tmp_path))
+    assert len(server.requests) == 3
+    assert [r.failure for r in rows][3:] == ["budget: teacher.max_requests=3 reached"] * 2
+    # the stored responses count against the run's budget: a rerun with the same budget sends nothing
+    cot_rationales({"train": questions(5)}, p, engine=make_teacher(p, run_dir=tmp_path))
+    assert len(server.requests) == 3
+    # dollars: 1 $/Mtok in and out; each request costs at most (prompt + 32) tokens
+    p2 = params(server, max_cost_usd=1e-3, price_input_usd_per_mtok=1.0, price_output_usd_per_mtok=1.0)
+    engine = make_teacher(p2, run_dir=tmp_path / "dollars")
+    cot_rationales({"train": questions(40, "D")}, p2, engine=engine)
+    assert engine.budget.cost <= 1e-3 and 0 < len(server.requests) - 3 < 40
+
+
+def test_in_flight_is_bounded_and_rate_limits_hold(server, secret, tmp_path):
+    server.latency_s = 0.1
+    p = params(server, max_in_flight=3)
+    make_teacher(p, run_dir=tmp_path).complete([f"prompt {i}" for i in range(12)], desc="bounded")
+    assert server.max_in_flight == 3
+
+    import asyncio
+
+    async def times(limiter: RateLimiter, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            await limiter.acquire(10)
+            out.append(time.monotonic())
+        return out
+
+    stamps = asyncio.run(times(RateLimiter(rpm=2, tpm=None, window_s=0.3), 5))
+    assert stamps[2] - stamps[0] >= 0.29 and stamps[4] - stamps[2] >= 0.29
+    stamps = asyncio.run(times(RateLimiter(rpm=None, tpm=20, window_s=0.3), 3))
+    assert stamps[2] - stamps[0] >= 0.29
+
+
+def test_retry_after_forms():
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "150"}) == 0.15
+    assert retry_after_s({}) is None
+
+
+def test_complete_keeps_the_teacher_protocol_and_caches_samples(server, secret, tmp_path):
+    p = params(server)
+    engine = make_teacher(p, run_dir=tmp_path)
+    outs = engine.complete(["a prompt", "another"], max_new_tokens=16, temperature=0.8, n=3, desc="votes")
+    assert [len(o) for o in outs] == [3, 3] and all(isinstance(c, Completion) for o in outs for c in o)
+    assert len(server.requests) == 6  # each sample is its own request and its own cache entry
+    engine.complete(["a prompt", "another"], max_new_tokens=16, temperature=0.8, n=3, desc="votes")
+    assert len(server.requests) == 6
+
+
+def test_chat_and_completions_endpoints_and_the_batch_api(server, secret, tmp_path):
+    p = params(server, endpoint="completions")
+    rows = cot_rationales({"train": questions(3)}, p, engine=make_teacher(p, run_dir=tmp_path))
+    assert all(r.failure is None for r in rows) and not any(r["chat"] for r in server.requests)
+    p = params(server, batch_api=True, batch_poll_s=0.05)
+    server.plan = {"B1#": ["garbage"]}
+    rows = cot_rationales({"train": questions(3, "B")}, p, engine=make_teacher(p, run_dir=tmp_path / "b"))
+    assert [r.failure for r in rows] == [None, None, None]  # B1 was re-asked in a second batch
+    assert len(server.batches) == 2
+    cot_rationales({"train": questions(3, "B")}, p, engine=make_teacher(p, run_dir=tmp_path / "b"))
+    assert len(server.batches) == 2
+
+
+def test_revisions_and_causal_explanations(server, secret, tmp_path):
+    p = params(server, revise_max_questions=2, causal_max_pairs=1)
+    engine = make_teacher(p, run_dir=tmp_path)
+    revs = critique_revisions(questions(4), p, engine)
+    assert len(revs) == 2 and all(r.failure is None and r.initial and r.critique and r.revised for r in revs)
+    assert set(revs[0].templates) == {"explain", "critique", "revise"}
+    pair = ClaimEvidence(id="c1-0", claim_id="c1", claim="Rain grows.", claim_label="SUPPORTS", evidence="Heat.",
+                         evidence_label="SUPPORTS", article="A")
+    rows = causal_explanations({"train": [pair, pair], "test": [pair]}, p, engine)
+    assert [r.split for r in rows] == ["train", "test"]
+    assert rows[0].failure is None and rows[0].explanation.count(".") == 3
+
+
+def test_causal_validation():
+    ok = Completion('{"cause": "a", "mechanism": "b", "effect": "c"}', "stop", 1, 1)
+    assert causal_failure(ok) is None and parse_causal(ok.text)[0]["effect"] == "c"
+    assert causal_failure(Completion('{"cause": "a"}', "stop", 1, 1)) == "JSON lacks mechanism, effect"
+    assert causal_failure(Completion('{"cause": "a", "mech', "length", 1, 1)) == "truncated"
+    assert causal_failure(Completion("no json", "stop", 1, 1)) == "no JSON object"
+
+
+def test_replay_records_generative_tasks_as_failures(tmp_path):
+    p = TeacherParams(backend="replay", replay_dir=str(tmp_path))
+    revs = critique_revisions(questions(2), p)
+    assert [r.failure for r in revs] == [REPLAY_ONLY] * 2
+
+
+def test_missing_key_says_which_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises(RuntimeError, match=ENV):
+        make_teacher(TeacherParams(backend="openai", api_key_env=ENV), run_dir=tmp_path)
+
+
+def test_params_switch_backends_with_set_only():
+    quick = PROJECT_ROOT / "params" / "quickstart.yaml"
+    p = load_params(quick, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:9/v1", "teacher.model=m"])
+    assert p.teacher.backend == "openai" and p.teacher.api_key_env == "OPENAI_API_KEY"
+    assert load_params(quick).teacher.backend == "local"
+
+
+def test_local_backend_is_cached_and_not_loaded_on_a_cached_rerun(tmp_path):
+    p = TeacherParams(model="tiny-random-gemma3", max_new_tokens=8, n_shots=0, max_reasks=0)
+    engine = make_teacher(p, "cpu", tmp_path)
+    rows = cot_rationales({"train": questions(3)}, p, engine=engine)
+    assert len(ResponseCache(tmp_path / "teacher_cache.sqlite")) == 3
+    engine = make_teacher(p, "cpu", tmp_path)
+    again = cot_rationales({"train": questions(3)}, p, engine=engine)
+    assert engine.backend._loaded is None and [r.raw for r in again] == [r.raw for r in rows]
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "cos_e").exists(),
+                    reason="shared CoS-E copy absent")
+def test_replay_cose(tmp_path):
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "cos_e" / "v1.11"
+    qid = json.loads((folder / "cose_dev_v1.11.jsonl").read_text().splitlines()[0])["id"]
+    q = MCQuestion(id=qid, question="?", choices=["a", "b"], labels=["A", "B"], answer=1)
+    (row,) = cot_rationales({"test": [q]}, TeacherParams(backend="replay", replay_dir=str(folder), replay_source="cose"))
+    assert row.rationale and row.answer == 1 and row.failure is None and row.model.startswith("CoS-E")
+
+
+def test_study_switches_to_openai_with_set_only_and_writes_no_key(server, secret, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OPENAI_API_KEY": SECRET}
+    server.answer = {"": "b"}
+    cmd = [sys.executable, "-m", "lib.study", str(PROJECT_ROOT / "params" / "smoke.yaml"), "--run-dir", str(run_dir),
+           "--steps", "01-02", "--set", "teacher.backend=openai", "--set", f"teacher.base_url={server.url}",
+           "--set", "teacher.model=fake-1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "02_teacher" / "rationales.jsonl").read_text().splitlines()]
+    assert rows and all(r["backend"] == "openai" and r["model"] == "fake-1" and r["failure"] is None for r in rows)
+    causal = [json.loads(line) for line in (run_dir / "02_teacher" / "causal.jsonl").read_text().splitlines()]
+    assert causal and all(r["failure"] is None and r["explanation"] for r in causal)
+    sent = len(server.requests)
+    forced = subprocess.run(cmd + ["--force"], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600)
+    assert forced.returncode == 0 and len(server.requests) == sent  # re-executed, all from the cache
+    files = written_files(run_dir)
+    assert any(f.name == "02_teacher.ipynb" for f in files) and any(f.name == "manifest.json" for f in files)
+    assert not any(SECRET.encode() in f.read_bytes() for f in files)
