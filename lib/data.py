@@ -14,6 +14,9 @@ Multiple-choice formats (`MC_FORMATS`); the local file is always the AI2-style j
   Hub: `allenai/qasc` (id, question, choices{text,label}, answerKey).
 - `openbookqa`: OpenBookQA (`Main/train.jsonl` ...), 4 options A-D; the open book is not used.
   Hub: `allenai/openbookqa:main` (id, question_stem, choices{text,label}, answerKey).
+- `quarel`: QuaRel v1 (`quarel-v1/quarel_v1_test.jsonl` ...), 2 options written into the question text
+  ("... because _____ is smoother. (A) snow (B) ice") with `answer_index` 0 or 1; the logical forms are not used.
+  Hub: `allenai/quarel` (same fields).
 A hub id may carry its config after a colon (`name:config`). Missing or empty answerKey means no key: answer = -1.
 """
 
@@ -23,6 +26,7 @@ import dataclasses
 import json
 import logging
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MC_FORMATS = ("commonsenseqa", "arc", "qasc", "openbookqa")
+MC_FORMATS = ("commonsenseqa", "arc", "qasc", "openbookqa", "quarel")
 CLAIM_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO", "DISPUTED")
 EVIDENCE_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO")
 PALM_BATCH = 1000  # completions per llm/<split>_CoT_<k>.json file, as in upstream `load_llm_preds`
@@ -167,6 +171,27 @@ def _question_from_original(row: dict, fmt: str, where: str) -> MCQuestion:
                            row.get("answerKey"), concept, fmt, where, "question.")
 
 
+# QuaRel writes its options into the question: "... stem (A) first option (B) second option".
+_QUAREL_OPTIONS = re.compile(r"\(([A-Z])\)\s*")
+
+
+def _question_from_quarel(row: dict, where: str) -> MCQuestion:
+    """Map a QuaRel row (the same fields locally and on the hub): options are split out of the question text."""
+    text = _get(row, "question", where)
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: field 'question' must be a string, got {type(text).__name__}")
+    marks = list(_QUAREL_OPTIONS.finditer(text))
+    if len(marks) < 2:
+        raise ValueError(f"{where}: field 'question' must end with its options '(A) ... (B) ...', got {text[-80:]!r}")
+    labels = [m.group(1) for m in marks]
+    texts = [text[m.end():nxt.start() if nxt else len(text)].strip() for m, nxt in zip(marks, [*marks[1:], None])]
+    index = row.get("answer_index")
+    if index is not None and not (isinstance(index, int) and 0 <= index < len(labels)):
+        raise ValueError(f"{where}: field 'answer_index' is {index!r}, expected an option index 0..{len(labels) - 1}")
+    return _build_question(_get(row, "id", where), text[:marks[0].start()].strip(), labels, texts,
+                           None if index is None else labels[index], None, "quarel", where, "")
+
+
 def _question_from_hub(row: dict, fmt: str, where: str) -> MCQuestion:
     """Map a row of the hub version (choices as {label: [...], text: [...]})."""
     stem = _get(row, "question_stem" if fmt == "openbookqa" else "question", where)
@@ -186,12 +211,15 @@ def load_multiple_choice(source: str, fmt: str, split: str = "train", limit: int
         for lineno, row in _numbered_jsonl(source):
             if limit is not None and len(questions) >= limit:
                 break
-            questions.append(_question_from_original(row, fmt, f"{source}:{lineno}"))
+            where = f"{source}:{lineno}"
+            questions.append(_question_from_quarel(row, where) if fmt == "quarel" else
+                             _question_from_original(row, fmt, where))
     else:
         for i, row in enumerate(_load_hub(source, split)):
             if limit is not None and len(questions) >= limit:
                 break
-            questions.append(_question_from_hub(row, fmt, f"{source} [{split}] row {i}"))
+            where = f"{source} [{split}] row {i}"
+            questions.append(_question_from_quarel(row, where) if fmt == "quarel" else _question_from_hub(row, fmt, where))
     if not questions:
         log.warning("no questions in %s", source)
     log.info("%s: %d %s questions", source, len(questions), fmt)

@@ -1,4 +1,4 @@
-"""Per-item metrics: answer extraction, sentence splitting, rationale length and CEC.
+"""Per-item metrics: answer extraction, sentence splitting, rationale length, CEC, BLEU, ROUGE-L and BERTScore.
 
 CEC (Causal Explanation Coherence, Muhebwa & Osman 2025) compares a generated explanation G with a
 reference R sentence by sentence in embedding space:
@@ -7,8 +7,13 @@ reference R sentence by sentence in embedding space:
     BF  = mean over r in R of  max over g in G of cos(r, g)   (backward faithfulness)
     CEC = (FC + BF) / 2
 
-This module imports only the standard library and NumPy; the sentence encoder is passed in by the
-caller (`embed`), so nothing heavy loads when `lib` is imported.
+Beside CEC, the usual reference-based scores: sentence BLEU (sacrebleu), ROUGE-L (rouge-score) and
+BERTScore (bert-score, with a local encoder folder so it runs offline); `metric_rating_correlations`
+tables how each one tracks the ratings.
+
+At import this module needs only the standard library and NumPy; the sentence encoder is passed in by
+the caller (`embed`) and the text-metric libraries load inside their functions, so nothing heavy
+loads when `lib` is imported.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import dataclasses
 import logging
 import re
 import string
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -223,3 +228,68 @@ def _normalised(emb: np.ndarray, n: int) -> np.ndarray:
         )
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     return emb / np.where(norms > 0, norms, 1.0)
+
+
+# ---------------------------------------------------------------- reference-based text metrics
+
+
+def bleu_scores(pairs: list[tuple[str, str]]) -> list[float]:
+    """Sentence-level BLEU (sacrebleu, 0-100, exponential smoothing) of each (generated, reference) pair."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)
+    return [float(bleu.sentence_score(g, [r]).score) for g, r in pairs]
+
+
+def rouge_l_scores(pairs: list[tuple[str, str]]) -> list[float]:
+    """ROUGE-L F-measure (rouge-score, Porter stemming, 0-1) of each (generated, reference) pair."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [float(scorer.score(r, g)["rougeL"].fmeasure) for g, r in pairs]
+
+
+def bertscore_scores(pairs: list[tuple[str, str]], model_path: str, num_layers: int | None = None,
+                     batch_size: int = 32, device: str = "cpu") -> list[float]:
+    """BERTScore F1 (bert-score, no baseline rescaling, 0-1 for this encoder) of each pair, from a local encoder folder.
+
+    `model_path` is a folder holding a BERT-style transformers model (e.g. the all-MiniLM-L6-v2
+    folder); `num_layers` picks the layer whose token embeddings are matched (None = the last).
+    """
+    if not pairs:
+        return []
+    from bert_score import BERTScorer
+    from transformers import AutoConfig
+
+    layers = num_layers or AutoConfig.from_pretrained(model_path).num_hidden_layers
+    scorer = BERTScorer(model_type=model_path, num_layers=layers, batch_size=batch_size, device=device)
+    _, _, f1 = scorer.score([g for g, _ in pairs], [r for _, r in pairs])
+    return [float(x) for x in f1.tolist()]
+
+
+def metric_rating_correlations(items: Any, ratings: Any,
+                               metrics: tuple[str, ...] = ("cec", "cec_fc", "cec_bf", "bleu", "rouge_l", "bertscore"),
+                               dimensions: tuple[str, ...] = ("completeness", "contrastiveness", "soundness")) -> Any:
+    """Spearman correlation of every metric with every rating dimension over rated explanations.
+
+    `items` and `ratings` are tables (run, item_id, ... ); ratings are averaged over raters per
+    explanation first. A cell is NaN where fewer than 3 explanations have both values.
+    """
+    import pandas as pd
+
+    rows = []
+    rated = ratings.dropna(subset=list(dimensions), how="all") if len(ratings) else ratings
+    if len(rated):
+        means = rated.groupby(["run", "item_id"], as_index=False)[list(dimensions)].mean()
+        joined = items.merge(means, on=["run", "item_id"], how="inner")
+    else:
+        joined = pd.DataFrame(columns=[*metrics, *dimensions])
+    for m in metrics:
+        row: dict = {"metric": m}
+        for d in dimensions:
+            both = joined[[m, d]].dropna() if m in joined and d in joined else pd.DataFrame()
+            ok = len(both) >= 3 and both[m].nunique() > 1 and both[d].nunique() > 1
+            row[d] = float(both[m].astype(float).corr(both[d].astype(float), method="spearman")) if ok else float("nan")
+        row["n"] = int(len(joined[[m]].dropna())) if m in joined else 0
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", *dimensions, "n"])

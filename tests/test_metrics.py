@@ -214,3 +214,61 @@ def test_metrics_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So the answer is (b).\nQ: next\nA: So the answer is (c).", 1),  # the hallucinated block never counts
+    ("Answer:\n(c)", 2),                                                # conclusion marker, letter on the next line
+    ("the answer is: **(D)**", 3),
+    ("So the answer is (B) fire, not (a) ice.", 1),                     # the named option, not a later mention
+    ('Therefore, the answer is "wooded area".', 2),
+    ("answer is e)", 4),
+    ("So the answer is (z)", None),
+])
+def test_extract_answer_tricky_outputs(text, expected):
+    assert extract_answer(text, CHOICES) == expected
+
+
+# --- BLEU, ROUGE-L, BERTScore, correlations ----------------------------------------------------------
+
+def test_bleu_and_rouge_l_identical_disjoint_and_partial():
+    from lib.metrics import bleu_scores, rouge_l_scores
+
+    pairs = [("Ice is cold so it melts.", "Ice is cold so it melts."), ("Fire burns wood", "Snow falls at night"),
+             ("the cat sat", "the cat sat on the mat")]
+    bleu, rouge = bleu_scores(pairs), rouge_l_scores(pairs)
+    assert bleu[0] == pytest.approx(100.0) and rouge[0] == pytest.approx(1.0)
+    assert bleu[1] == pytest.approx(0.0, abs=1e-6) and rouge[1] == 0.0
+    # ROUGE-L by hand: LCS 3, precision 3/3, recall 3/6, F = 2PR / (P + R) = 2/3
+    assert rouge[2] == pytest.approx(2 / 3)
+    # BLEU by hand: every n-gram of the hypothesis matches (precision 1), brevity penalty exp(1 - 6/3)
+    assert bleu[2] == pytest.approx(100 * math.exp(-1))
+
+
+def test_bertscore_with_a_local_encoder_folder():
+    from lib.metrics import bertscore_scores
+    from lib.models import resolve_embedder
+
+    path = resolve_embedder("tiny-random-minilm")
+    same, other = bertscore_scores([("Ice is cold.", "Ice is cold."), ("Ice is cold.", "Fire is hot today.")], path)
+    assert same == pytest.approx(1.0, abs=1e-4) and other < same
+    assert bertscore_scores([], path) == []
+
+
+def test_metric_rating_correlations_by_hand():
+    import pandas as pd
+
+    from lib.metrics import metric_rating_correlations
+
+    items = pd.DataFrame({"run": ["r"] * 4, "item_id": list("abcd"), "cec": [0.1, 0.2, 0.3, 0.4],
+                          "bleu": [4.0, 3.0, 2.0, 1.0]})
+    ratings = pd.DataFrame({"run": ["r"] * 5, "item_id": list("abcdd"), "completeness": [1, 2, 3, 3, 5],
+                            "contrastiveness": [None] * 5, "soundness": [2, 2, 2, 2, 2]})
+    table = metric_rating_correlations(items, ratings, metrics=("cec", "bleu"),
+                                       dimensions=("completeness", "contrastiveness", "soundness")).set_index("metric")
+    # per-item mean completeness: 1, 2, 3, 4 -> Spearman +1 with CEC, -1 with BLEU
+    assert table.loc["cec", "completeness"] == pytest.approx(1.0)
+    assert table.loc["bleu", "completeness"] == pytest.approx(-1.0)
+    assert math.isnan(table.loc["cec", "contrastiveness"])  # no ratings on that dimension
+    assert math.isnan(table.loc["cec", "soundness"])        # constant ratings have no rank correlation
+    assert table.loc["cec", "n"] == 4

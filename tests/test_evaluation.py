@@ -1,0 +1,171 @@
+"""Tests of lib.evaluation: log-likelihood scoring, perturbations, faithfulness, OOD matrix and tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lib.data import MCQuestion, load_multiple_choice
+from lib.evaluation import (ItemResult, clean_rationale, continuation_logliks, faithfulness, faithfulness_table,
+                            items_frame, loglik_choices, ood_matrix, perturbed_rationales, read_cf_rationales,
+                            summary_table, write_summary)
+from lib.params import PROJECT_ROOT
+
+
+def q(i: int, n: int = 3, answer: int = 0) -> MCQuestion:
+    return MCQuestion(id=f"q{i}", question=f"Question {i}?", choices=[f"opt{i}{k}" for k in range(n)],
+                      labels=[chr(65 + k) for k in range(n)], answer=answer)
+
+
+def item(run: str, cond: str, test_set: str, qid: str, correct: int, **kw) -> ItemResult:
+    base = dict(run=run, condition=cond, student="s", seed=0, test_set=test_set, item_id=qid, prediction=0,
+                correct=correct, unparseable=0, rationale="R.", rationale_len=1, output="", cec=math.nan,
+                cec_fc=math.nan, cec_bf=math.nan, seconds=0.1, train_set="csqa")
+    base.update(kw)
+    return ItemResult(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from lib.models import TINY_GEMMA, load_causal_lm, load_tokenizer
+
+    return load_causal_lm(TINY_GEMMA), load_tokenizer(TINY_GEMMA)
+
+
+def test_clean_rationale_cuts_next_question_and_answer_sentence():
+    assert clean_rationale("Ice is cold. So the answer is (a) ice.\nQ: What next?") == "Ice is cold."
+    assert clean_rationale("Fire is hot.\nQ: Another?\nAnswer Choices:\n(a) x") == "Fire is hot."
+
+
+def test_continuation_logliks_match_a_direct_computation(tiny):
+    import torch
+
+    model, tok = tiny
+    pairs = [("Q: Where is ice?\nA:", " So the answer is (a) cold."), ("Q: Hi\nA:", " So the answer is (b) hot place.")]
+    got = continuation_logliks(model, tok, pairs, batch_size=2)
+    for (ctx, cont), value in zip(pairs, got):
+        bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", True) else []  # as lib.training tokenises
+        c = bos + tok(ctx, add_special_tokens=False)["input_ids"]
+        t = tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([c + t])).logits[0].float(), -1)
+        want = sum(float(logp[len(c) - 1 + k, tok_id]) for k, tok_id in enumerate(t))
+        assert value == pytest.approx(want, abs=1e-3)
+    # batching and order do not change the scores
+    assert continuation_logliks(model, tok, pairs[::-1], batch_size=1) == pytest.approx(got[::-1], abs=1e-4)
+
+
+def test_loglik_choices_picks_the_most_likely_option(tiny, monkeypatch):
+    import lib.evaluation as ev
+
+    questions = [q(1, 3), q(2, 5)]
+    fake = {" So the answer is (c) opt12.": -1.0, " So the answer is (a) opt20.": -0.5}
+    monkeypatch.setattr(ev, "continuation_logliks", lambda m, t, pairs, bs: [fake.get(c, -9.0) for _, c in pairs])
+    assert loglik_choices(None, None, ["x", "y"], questions) == [2, 0]
+    model, tok = tiny  # the real scorer returns a valid index for every question
+    monkeypatch.undo()
+    picks = loglik_choices(model, tok, ["Q: a\nA:", "Q: b\nA:"], questions, batch_size=3)
+    assert picks[0] in range(3) and picks[1] in range(5)
+
+
+def test_perturbed_rationales_other_item_and_shuffle():
+    own = ["A one. A two.", "", "B one.", "C one. C two. C three."]
+    assert perturbed_rationales(own, "other_item", 0) == ["B one.", "", "C one. C two. C three.", "A one. A two."]
+    assert perturbed_rationales(["only"], "other_item", 0) == [""]
+    shuffled = perturbed_rationales(own, "shuffle", 0)
+    assert sorted(shuffled[0].split(" ")) == sorted(own[0].split(" ")) and shuffled[0] != own[0]
+    assert shuffled[1] == ""
+    assert shuffled[2] == "one. B" or shuffled[2] == ""  # one sentence: its words are shuffled
+    with pytest.raises(ValueError, match="evaluation.perturbation"):
+        perturbed_rationales(own, "reverse", 0)
+
+
+def test_faithfulness_answer_change(monkeypatch):
+    import lib.evaluation as ev
+
+    # the "model": the answer is the option named by the rationale's last word (a digit), else 0
+    def fake_choices(model, tok, contexts, questions, bs=8):
+        return [int(c.split()[-1]) if c.split()[-1].isdigit() else 0 for c in contexts]
+
+    monkeypatch.setattr(ev, "loglik_choices", fake_choices)
+    qs = [q(1), q(2), q(3)]
+    res = faithfulness(None, None, ["P1", "P2", "P3"], qs, own=["r 1", "r 2", ""], perturbed=["p 1", "p 0", "p 2"],
+                       counterfactual=[(2, "cf 2"), None, (1, "cf 1")])
+    assert res[0] == {"faithfulness_perturbed": 0, "faithfulness_counterfactual": 1, "faithfulness_cf_follows": 1}
+    assert res[1] == {"faithfulness_perturbed": 1, "faithfulness_counterfactual": None, "faithfulness_cf_follows": None}
+    assert res[2] == dict.fromkeys(res[2], None)  # no own rationale: not measured
+
+
+def test_read_cf_rationales_skips_failed_rows(tmp_path):
+    p = tmp_path / "cf_rationales.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "q1", "option": 2, "text": "Because fire."}, {"id": "q1", "option": 1, "text": "later"},
+        {"id": "q2", "option": None, "text": ""}]) + "\n")
+    assert read_cf_rationales(p) == {"q1": (2, "Because fire.")}
+    assert read_cf_rationales(tmp_path / "absent.jsonl") == {}
+
+
+def test_ood_matrix_summary_and_faithfulness_tables(tmp_path):
+    rows = [item("FT__s", "FT", "csqa", "a", 1), item("FT__s", "FT", "csqa", "b", 0),
+            item("FT__s", "FT", "arc", "c", 1),
+            item("MT__s", "MT", "csqa", "a", 0, faithfulness_perturbed=1, loglik_pred=0, loglik_correct=1),
+            item("MT__s", "MT", "csqa", "b", 0, faithfulness_perturbed=0, faithfulness_counterfactual=1,
+                 faithfulness_cf_follows=1),
+            item("MT__s", "MT", "arc", "c", 0)]
+    m = ood_matrix(rows)
+    assert list(m.columns) == ["csqa", "arc"]
+    assert m.loc[("FT", "s", 0, "csqa")].tolist() == [50.0, 100.0]
+    assert m.loc[("MT", "s", 0, "csqa")].tolist() == [0.0, 0.0]
+    s = summary_table(rows)
+    mt = s[(s.condition == "MT") & (s.test_set == "csqa")].iloc[0]
+    assert mt.n == 2 and mt.answer_change_perturbed == 0.5 and mt.loglik_accuracy == 1.0
+    f = faithfulness_table(rows).set_index("run")
+    assert f.loc["MT__s", "answer_change_perturbed"] == 0.5 and f.loc["MT__s", "n_counterfactual"] == 1
+    assert math.isnan(f.loc["FT__s", "answer_change_perturbed"])
+    summary = json.loads(write_summary(tmp_path, rows, []).read_text())
+    assert summary["test_sets"] == ["csqa", "arc"] and len(summary["ood_matrix"]) == 2
+    assert set(items_frame(rows).columns) >= {"bleu", "rouge_l", "bertscore", "loglik_pred", "loglik_correct",
+                                              "faithfulness_perturbed", "faithfulness_counterfactual", "train_set"}
+
+
+def test_arc_sample_loads_with_digit_labels_and_three_options():
+    qs = load_multiple_choice(str(PROJECT_ROOT / "data" / "sample" / "arc_sample.jsonl"), "arc")
+    assert len(qs) == 20
+    assert any(x.labels == ["1", "2", "3", "4"] for x in qs)
+    assert any(len(x.choices) == 3 for x in qs)
+    assert all(0 <= x.answer < len(x.choices) for x in qs)
+
+
+def test_quarel_original_format(tmp_path):
+    p = tmp_path / "quarel.jsonl"
+    rows = [{"id": "QuaRel_1", "question": "A car rolls farther on asphalt than on gravel because _____ has less "
+             "friction. (A) asphalt (B) gravel", "answer_index": 0, "world_literals": {}},
+            {"id": "QuaRel_2", "question": "Which is heavier? (A) a full bucket (B) an empty bucket", "answer_index": 0}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    qs = load_multiple_choice(str(p), "quarel")
+    assert qs[0].choices == ["asphalt", "gravel"] and qs[0].answer == 0 and qs[0].labels == ["A", "B"]
+    assert qs[0].question.endswith("has less friction.")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "question": "no options here", "answer_index": 0}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'question' must end with its options"):
+        load_multiple_choice(str(bad), "quarel")
+    bad.write_text(json.dumps({"id": "x", "question": "Q (A) a (B) b", "answer_index": 3}) + "\n")
+    with pytest.raises(ValueError, match="answer_index"):
+        load_multiple_choice(str(bad), "quarel")
+
+
+def test_text_metrics_with_the_tiny_encoder():
+    from lib.evaluation import add_text_metrics
+
+    rows = [item("r", "MT", "csqa", "a", 1, rationale="Ice is cold so it melts in the sun."),
+            item("r", "MT", "csqa", "b", 0, rationale="Totally unrelated words here."),
+            item("r", "MT", "csqa", "c", 0, rationale="")]
+    refs = {"a": "Ice is cold so it melts in the sun.", "b": "Ice is cold so it melts in the sun.",
+            "c": "Something."}
+    add_text_metrics(rows, refs, "tiny-random-minilm")
+    assert rows[0].bleu == pytest.approx(100.0) and rows[0].rouge_l == pytest.approx(1.0)
+    assert rows[0].bertscore == pytest.approx(1.0, abs=1e-4)
+    assert rows[1].bleu < 10 and rows[1].rouge_l < 0.2 and rows[1].bertscore < rows[0].bertscore
+    assert math.isnan(rows[2].bleu) and math.isnan(rows[2].bertscore)  # no rationale: not scored
