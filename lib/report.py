@@ -1,4 +1,7 @@
-"""Figures of the study: accuracy by condition, training loss curves and CEC distributions.
+"""Figures of the study and the run report: one self-contained HTML file per run, and runs side by side.
+
+    python -m lib.report outputs/a -o report.html       # rebuild one run's report from its files
+    python -m lib.report outputs/a outputs/b -o comparison.html   # compare runs side by side
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot), so they render the same in a
 notebook, a script or a headless job and never pile up in pyplot's figure registry. Each function
@@ -7,9 +10,16 @@ returns the Figure; given `path`, it also writes a PNG atomically.
 
 from __future__ import annotations
 
+import argparse
+import base64
+import html
 import io
+import json
 import logging
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import seaborn as sns
@@ -59,6 +69,8 @@ def plot_accuracy(items: pd.DataFrame, path: str | Path | None = None, n_boot: i
     sns.barplot(data=data, x="condition", y="accuracy", hue="test_set", order=conditions,
                 hue_order=sorted(data["test_set"].astype(str).unique()), errorbar=("ci", 95), n_boot=n_boot,
                 seed=seed, capsize=0.1, ax=ax)
+    for bars in ax.containers:  # print each bar's value, so a 0% bar is still visible
+        ax.bar_label(bars, fmt="%.0f", padding=2, fontsize=8)
     ax.set(xlabel="Training condition", ylabel="Accuracy (% of test items correct)", ylim=(0, 100),
            title="Error bars: 95% bootstrap confidence interval")
     fig.suptitle("Student accuracy by training condition")
@@ -150,3 +162,392 @@ def plot_acceptance(acceptance: dict, path: str | Path | None = None) -> Figure:
     right.bar(ranks.index.astype(str), ranks.values, color="tab:orange")
     right.set(xlabel="distractor rank (1 = first wrong option)", ylabel="counterfactuals", title="New target")
     return _finish(fig, path)
+
+
+def _note_figure(title: str, message: str) -> Figure:
+    """A small figure that states why a plot is absent (for the notebook; the report prints the note as text)."""
+    fig = _new_figure(6.0, 1.6)
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+    fig.suptitle(title)
+    return fig
+
+
+def plot_ood_heatmap(items: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Heatmap of accuracy (%) by condition (rows) and test set (columns): in- vs out-of-distribution."""
+    _require(items, ["condition", "test_set", "correct"], "plot_ood_heatmap")
+    table = items.pivot_table(index="condition", columns="test_set", values="correct", aggfunc="mean") * 100
+    counts = items.pivot_table(index="condition", columns="test_set", values="correct", aggfunc="size")
+    fig = _new_figure(max(4.5, 1.6 * table.shape[1] + 2.5), max(2.5, 0.55 * table.shape[0] + 1.5))
+    ax = fig.add_subplot()
+    labels = table.map(lambda v: f"{v:.1f}").astype(str) + "\n(n=" + counts.astype(int).astype(str) + ")"
+    sns.heatmap(table, annot=labels, fmt="", vmin=0, vmax=100, cmap="viridis", cbar_kws={"label": "accuracy (%)"},
+                ax=ax)
+    ax.set(xlabel="Test set", ylabel="Training condition")
+    fig.suptitle("Accuracy by test set (in and out of distribution)")
+    return _finish(fig, path)
+
+
+def plot_cec_vs_metrics(items: pd.DataFrame, metrics: Sequence[str] = ("bleu", "rouge_l", "bertscore"),
+                        path: str | Path | None = None) -> Figure:
+    """Scatter of CEC against each explanation metric present, one panel per metric, coloured by condition."""
+    present = [m for m in metrics if m in items.columns and items[m].notna().any()]
+    if not present or "cec" not in items.columns:
+        raise ValueError(f"plot_cec_vs_metrics needs column cec and one of {', '.join(metrics)} with values")
+    fig = _new_figure(4.0 * len(present) + 1.5, 3.8)
+    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    hue_order = sorted(items["condition"].astype(str).unique())
+    for ax, m in zip(axes, present):
+        data = items.dropna(subset=["cec", m]).assign(condition=lambda d: d["condition"].astype(str))
+        sns.scatterplot(data=data, x=m, y="cec", hue="condition", hue_order=hue_order, ax=ax, legend=ax is axes[-1],
+                        alpha=0.7)
+        ax.set(xlabel=m, ylabel="CEC", title=f"CEC vs {m} (n={len(data)})")
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), title="Condition")
+    fig.suptitle("Does CEC agree with surface and embedding metrics?")
+    return _finish(fig, path)
+
+
+def plot_ratings(ratings: pd.DataFrame, dimensions: Sequence[str] = ("completeness", "contrastiveness", "soundness"),
+                 path: str | Path | None = None) -> Figure:
+    """Distribution of ratings per dimension and condition (one panel per dimension), judge and humans pooled."""
+    present = [d for d in dimensions if d in ratings.columns and ratings[d].notna().any()
+               and pd.api.types.is_numeric_dtype(ratings[d])]
+    if not present:
+        raise ValueError(f"plot_ratings needs one of the columns {', '.join(dimensions)} with values")
+    long = ratings.melt(id_vars=["condition"], value_vars=present, var_name="dimension", value_name="rating").dropna()
+    long["condition"] = long["condition"].astype(str)
+    fig = _new_figure(3.6 * len(present) + 1.5, 3.8)
+    axes = fig.subplots(1, len(present), squeeze=False, sharey=True)[0]
+    order = sorted(long["condition"].unique())
+    for ax, dim in zip(axes, present):
+        sns.boxplot(data=long[long["dimension"] == dim], x="condition", y="rating", order=order,
+                    color="lightsteelblue", showfliers=False, ax=ax)
+        sns.stripplot(data=long[long["dimension"] == dim], x="condition", y="rating", order=order, color="0.25",
+                      size=3, alpha=0.4, jitter=0.25, ax=ax)
+        ax.set(xlabel="Training condition", ylabel="Rating (Likert)", title=dim)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"Ratings by condition ({ratings['rater'].nunique()} rater(s))")
+    return _finish(fig, path)
+
+
+FIGURES = {  # file name, caption
+    "accuracy": ("accuracy_by_condition.png", "Accuracy by condition with 95% bootstrap confidence intervals."),
+    "ood": ("ood_heatmap.png", "Accuracy by condition and test set (out-of-distribution sets beside the "
+                               "in-distribution one)."),
+    "cec": ("cec_by_condition.png", "Per-item CEC by condition."),
+    "cec_vs_metrics": ("cec_vs_metrics.png", "CEC against BLEU, ROUGE-L and BERTScore on the same explanations."),
+    "ratings": ("ratings.png", "Distribution of ratings by condition."),
+    "loss": ("loss_curves.png", "Training loss curves of every run."),
+    "acceptance": ("acceptance.png", "Counterfactual questions: outcomes and which distractor became the target."),
+}
+
+
+def run_figures(tables, out: str | Path | None = None) -> dict[str, Figure | str]:
+    """Every figure of the report (written to `out` when given); an absent input gives a note string instead."""
+    items = tables.items
+    out = Path(out) if out is not None else None
+    path = {k: (out / name if out is not None else None) for k, (name, _) in FIGURES.items()}
+    figs: dict[str, Figure | str] = {"accuracy": plot_accuracy(items, path=path["accuracy"])}
+    figs["ood"] = plot_ood_heatmap(items, path=path["ood"])
+    if items["test_set"].nunique() < 2:
+        log.info("only one test set: the heatmap has no out-of-distribution column")
+    figs["cec"] = (plot_cec(items, path=path["cec"]) if "cec" in items and items["cec"].notna().any()
+                   else "No item has a CEC score (no teacher reference or no rationale); this input is absent.")
+    metrics = [m for m in ("bleu", "rouge_l", "bertscore") if m in items.columns and items[m].notna().any()]
+    figs["cec_vs_metrics"] = (plot_cec_vs_metrics(items, path=path["cec_vs_metrics"])
+                              if metrics and "cec" in items and items["cec"].notna().any() else
+                              "BLEU / ROUGE-L / BERTScore (or CEC) are absent from 05_evaluation/items.jsonl; "
+                              "this input is absent.")
+    from lib.stats import rated_dimensions, ratings_absent_note
+
+    figs["ratings"] = (plot_ratings(tables.ratings, path=path["ratings"]) if rated_dimensions(tables.ratings) else
+                       ratings_absent_note(tables.ratings))
+    figs["loss"] = (plot_loss_curves(tables.losses, path=path["loss"]) if tables.losses is not None else
+                    "No loss curves (04_training/<run>/losses.jsonl is absent); this input is absent.")
+    figs["acceptance"] = (plot_acceptance(tables.acceptance, path=path["acceptance"]) if tables.acceptance else
+                          "No counterfactual acceptance (03_counterfactuals/acceptance.json is absent); "
+                          "this input is absent.")
+    for key, fig in figs.items():  # a PNG from an earlier execution would contradict the note
+        if isinstance(fig, str) and path[key] is not None:
+            path[key].unlink(missing_ok=True)
+    return figs
+
+
+# --- HTML report ---------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{border-bottom:2px solid #345}h2{margin-top:1.8em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#eef2f6}td:first-child,th:first-child{text-align:left}
+.note{background:#fff6dd;border-left:4px solid #e0a800;padding:.4em .8em;margin:.4em 0}
+.absent{background:#f1f1f1;border-left:4px solid #999;padding:.4em .8em;margin:.4em 0}
+.expl{color:#555;font-style:italic}.sig{font-weight:600}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
+img{max-width:100%}details{margin:.5em 0}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em}
+.runs{display:grid;gap:1em}
+"""
+
+
+def _table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
+    """A table as HTML with numbers rounded for reading (the CSV keeps full precision)."""
+    shown = df.head(max_rows)
+    more = f"<p>… {len(df) - max_rows} more rows in the CSV.</p>" if len(df) > max_rows else ""
+    return shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="–", border=0, escape=True) + more
+
+
+def section_html(section) -> str:
+    """One analysis section (lib.stats.Section) as HTML: explanation, sentences, notes, table."""
+    parts = [f"<h3>{html.escape(section.title)}</h3>", f"<p class='expl'>{html.escape(section.explanation)}</p>"]
+    if section.sentences:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in section.sentences) + "</ul>")
+    for note in section.notes:
+        cls = "absent" if "input is absent" in note else "note"
+        label = "Input absent" if cls == "absent" else "Not tested / caution"
+        parts.append(f"<div class='{cls}'><b>{label}:</b> {html.escape(note)}</div>")
+    if section.ran:
+        parts.append(f"<details open><summary>Table ({len(section.table)} rows; "
+                     f"06_statistics/{html.escape(section.key)}.csv)</summary>{_table_html(section.table)}</details>")
+    elif not section.notes:
+        parts.append("<div class='note'>Nothing to report.</div>")
+    return "\n".join(parts)
+
+
+def figure_html(fig: Figure | str, caption: str) -> str:
+    """A figure embedded as a base64 PNG with its caption, or the note that says why it is absent."""
+    if isinstance(fig, str):
+        return f"<figure><div class='absent'><b>Figure absent:</b> {html.escape(fig)}</div>" \
+               f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _read_manifest(run_dir: Path) -> dict:
+    """The run's manifest.json, or {} when absent."""
+    from lib.runs import read_json
+
+    path = run_dir / "manifest.json"
+    return read_json(path) if path.exists() else {}
+
+
+def provenance_html(manifest: dict, this_step: str = "06_statistics") -> str:
+    """Git state, environment, inputs, params and each step's status from the manifest."""
+    if not manifest:
+        return "<div class='absent'><b>Input absent:</b> no manifest.json in the run folder, so the provenance " \
+               "of these numbers is unknown.</div>"
+    git = manifest.get("git", {})
+    env = manifest.get("environment", {})
+    rows = [{"step": s, "status": r.get("status"), "wall_s": r.get("wall_s"), "finished": r.get("finished"),
+             "artifacts": len(r.get("artifacts", {}))} for s, r in sorted(manifest.get("steps", {}).items())]
+    dirty = {True: "yes: uncommitted changes, so the commit alone does not reproduce this run", False: "no",
+             None: "unknown"}[git.get("dirty")]
+    inputs = manifest.get("inputs", {})
+    hashes = [{"input": k, "sha256": v} for k, v in inputs.get("data", {}).items()]
+    hashes += [{"input": f"model {k}", "sha256": (v or {}).get("sha256") if isinstance(v, dict) else v}
+               for k, v in inputs.get("models", {}).items()]
+    packages = [{"package": k, "version": v} for k, v in env.get("packages", {}).items()]
+    parts = [
+        "<table>",
+        *(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in [
+            ("run", manifest.get("run")), ("params file", manifest.get("params_file")),
+            ("overrides", " ".join(manifest.get("overrides", [])) or "none"),
+            ("git commit", git.get("commit")), ("uncommitted changes", dirty),
+            ("lib sha256", manifest.get("code", {}).get("lib_sha256")),
+            ("python", env.get("python")), ("platform", env.get("platform")),
+            ("seeds", json.dumps(manifest.get("seeds"))), ("embedder", inputs.get("embedder")),
+            ("created / updated", f"{manifest.get('created')} / {manifest.get('updated')}")]),
+        "</table>",
+        f"<p>Steps as recorded in manifest.json. Step {this_step} is the one writing this report: the runner records "
+        f"its status and artifacts only after the notebook finishes, so its row (if any) is from an earlier run and "
+        f"reads running or stale. The provenance of steps 01-05 is final.</p>",
+        _table_html(pd.DataFrame(rows)) if rows else "<p>No steps recorded.</p>",
+        "<details><summary>Input hashes (sha256)</summary>" + _table_html(pd.DataFrame(hashes)) + "</details>"
+        if hashes else "",
+        "<details><summary>Package versions</summary>" + _table_html(pd.DataFrame(packages)) + "</details>"
+        if packages else "",
+        "<details><summary>Params (resolved)</summary><pre>" +
+        html.escape(json.dumps(manifest.get("params", {}), indent=2, sort_keys=True)) + "</pre></details>",
+    ]
+    return "\n".join(parts)
+
+
+def _summary_html(sections: dict) -> str:
+    """The top-of-report box: what the data supports, and which analyses could not run."""
+    skipped = [s.title for s in sections.values() if not s.ran]
+    ran = [s.title for s in sections.values() if s.ran]
+    parts = [f"<p>{len(ran)} of {len(sections)} analyses ran.</p>"]
+    if skipped:
+        parts.append("<div class='note'><b>Too few observations or absent inputs</b> for: "
+                     + html.escape("; ".join(skipped)) + ". Each section below says why. With few test items or "
+                     "one seed, read the numbers as a check that the pipeline works, not as evidence.</div>")
+    return "\n".join(parts)
+
+
+def render_run_report(run_dir: str | Path, sections: dict, figures: dict[str, Figure | str],
+                      manifest: dict | None = None) -> str:
+    """The whole report of one run as a self-contained HTML string."""
+    run_dir = Path(run_dir)
+    manifest = _read_manifest(run_dir) if manifest is None else manifest
+    name = manifest.get("run") or run_dir.name
+    items = sections["accuracy"].table if "accuracy" in sections else None
+    counts = ""
+    if items is not None and {"n"} <= set(items.columns):
+        counts = f"<p>{int(items['n'].sum())} evaluated (run, item) pairs.</p>"
+    body = [
+        f"<h1>Run report: {html.escape(str(name))}</h1>",
+        f"<p>Run folder <code>{html.escape(str(run_dir))}</code>; report written "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>", counts,
+        "<h2>Summary</h2>", _summary_html(sections),
+        "<h2>Results</h2>", *(section_html(s) for s in sections.values()),
+        "<h2>Figures</h2>", *(figure_html(figures[k], FIGURES[k][1]) for k in FIGURES if k in figures),
+        "<h2>Provenance</h2>", provenance_html(manifest),
+    ]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Run report: {html.escape(str(name))}"
+            f"</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_run_report(run_dir: str | Path, sections: dict, figures: dict[str, Figure | str],
+                     path: str | Path | None = None) -> Path:
+    """Write the run's report (default run_dir/06_statistics/report.html) atomically; returns its path."""
+    from lib.runs import atomic_write_text
+
+    run_dir = Path(run_dir)
+    path = Path(path) if path is not None else run_dir / "06_statistics" / "report.html"
+    return atomic_write_text(path, render_run_report(run_dir, sections, figures))
+
+
+def _statistics_params(run_dir: Path) -> dict:
+    """The statistics and run params a run was made with (params.json, else the manifest), with defaults."""
+    from lib.runs import read_json
+
+    params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else \
+        _read_manifest(run_dir).get("params", {})
+    stats_params = {"outcomes": ["correct", "cec"], "n_boot": 1000, "alpha": 0.05, **params.get("statistics", {})}
+    stats_params["seed"] = params.get("run", {}).get("seed", 0)
+    return stats_params
+
+
+def build_run_report(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Analyse a finished run folder from its files and write its report to `path` (default RUN/06_statistics/).
+
+    Only the report is written: the step's CSVs and PNGs stay as notebook 06 made them.
+    """
+    from lib import stats
+
+    run_dir = Path(run_dir)
+    p = _statistics_params(run_dir)
+    tables = stats.load_run_tables(run_dir)
+    sections = stats.analyse(tables, outcomes=p["outcomes"], alpha=p["alpha"], n_boot=p["n_boot"], seed=p["seed"])
+    return write_run_report(run_dir, sections, run_figures(tables), path)
+
+
+# --- several runs side by side ---------------------------------------------------------------------------------
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (lists as JSON)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
+    """Several runs side by side as one HTML page: params that differ, accuracy, CEC and headline tests."""
+    from lib import stats
+
+    names, acc_parts, headlines, params = [], [], [], {}
+    for rd in map(Path, run_dirs):
+        manifest = _read_manifest(rd)
+        name = str(manifest.get("run") or rd.name)
+        name = name if name not in names else f"{name} ({rd})"
+        names.append(name)
+        params[name] = _flatten(manifest.get("params", {}))
+        params[name]["git.commit"] = (manifest.get("git", {}).get("commit") or "")[:10]
+        params[name]["git.dirty"] = manifest.get("git", {}).get("dirty")
+        try:
+            tables = stats.load_run_tables(rd)
+        except FileNotFoundError as exc:
+            headlines.append(f"<h3>{html.escape(name)}</h3><div class='absent'><b>Input absent:</b> "
+                             f"{html.escape(str(exc))}</div>")
+            continue
+        acc = stats.accuracy_section(tables, n_boot=n_boot)
+        if acc.ran:
+            t = acc.table.assign(run=name)
+            t["accuracy (95% CI)"] = [f"{a * 100:.1f} ({lo * 100:.1f}-{hi * 100:.1f})" if pd.notna(lo)
+                                      else f"{a * 100:.1f}" for a, lo, hi in zip(t["accuracy"], t["ci_low"], t["ci_high"])]
+            acc_parts.append(t)
+        tukey = stats.tukey_section(tables, "correct")
+        mcn = stats.mcnemar_section(tables)
+        headlines.append(f"<h3>{html.escape(name)}</h3>" + section_html(tukey) + section_html(mcn))
+    frame = pd.DataFrame(params)
+    differ = frame[frame.astype(str).nunique(axis=1) > 1] if len(names) > 1 else frame
+    body = [f"<h1>Runs compared: {html.escape(', '.join(names))}</h1>",
+            "<h2>Params that differ</h2>",
+            differ.reset_index(names="param").to_html(index=False, border=0, na_rep="–") if len(differ)
+            else "<p>The runs have identical params.</p>"]
+    if acc_parts:
+        acc = pd.concat(acc_parts, ignore_index=True)
+        keys = [c for c in ("test_set", "student", "condition") if c in acc.columns]
+        wide = acc.pivot_table(index=keys, columns="run", values="accuracy (95% CI)", aggfunc="first").reset_index()
+        body += ["<h2>Accuracy (%) by condition, run beside run</h2>", wide.to_html(index=False, border=0, na_rep="–")]
+        if "cec" in acc.columns and acc["cec"].notna().any():
+            cec = acc.pivot_table(index=keys, columns="run", values="cec", aggfunc="first").reset_index()
+            body += ["<h2>Mean CEC by condition</h2>", _table_html(cec)]
+    body += ["<h2>Tukey-Kramer and McNemar per run</h2>", *headlines]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Runs compared</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: one run folder rebuilds its report; several write a comparison."""
+    from lib.runs import atomic_write_text
+
+    parser = argparse.ArgumentParser(prog="python -m lib.report", description="Build a run's report.html, or "
+                                     "compare several run folders side by side.")
+    parser.add_argument("run_dirs", nargs="+", help="run folders (outputs/<run>)")
+    parser.add_argument("-o", "--output", help="HTML path to write (default report.html for one run folder, "
+                        "comparison.html for several); the run folders are not changed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    missing = [d for d in args.run_dirs if not Path(d).is_dir()]
+    if missing:
+        log.error("not a run folder: %s", ", ".join(missing))
+        return 2
+    if len(args.run_dirs) == 1:
+        path = build_run_report(args.run_dirs[0], args.output or "report.html")
+    else:
+        path = atomic_write_text(args.output or "comparison.html", compare_runs(args.run_dirs))
+    log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def show_sections(sections: dict, prefix: str) -> object:
+    """Render in a notebook every section whose key starts with `prefix` (e.g. "tukey" for all outcomes)."""
+    from IPython.display import HTML
+
+    chosen = [s for k, s in sections.items() if k.startswith(prefix)]
+    return HTML("\n".join(section_html(s) for s in chosen) or f"<p>No analysis named {html.escape(prefix)}.</p>")
+
+
+def show_figure(figure: Figure | str) -> object:
+    """Render a figure of run_figures in a notebook (PNG), or the note that says why it is absent."""
+    from IPython.display import Image
+
+    if isinstance(figure, str):
+        return show_markdown(f"**Figure absent:** {figure}")
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return Image(data=buf.getvalue(), format="png")

@@ -251,3 +251,265 @@ def test_plot_without_path_writes_nothing(tmp_path, monkeypatch):
     fig = plot_accuracy(synthetic_items(60))
     assert fig.axes[0].get_ylabel().startswith("Accuracy")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- two-way ANOVA -----------------------------------------------------------------------------------------
+
+# Montgomery, "Design and Analysis of Experiments", Example 5.1: battery life (hours) by material type (1-3)
+# and temperature (15, 70, 125 F), four batteries per cell. The textbook's ANOVA table: SS material 10683.72,
+# SS temperature 39118.72, SS interaction 9613.78, SS error 18230.75 (27 df); F = 7.91, 28.97, 3.56.
+BATTERY = {
+    ("1", "15"): [130, 155, 74, 180], ("1", "70"): [34, 40, 80, 75], ("1", "125"): [20, 70, 82, 58],
+    ("2", "15"): [150, 188, 159, 126], ("2", "70"): [136, 122, 106, 115], ("2", "125"): [25, 70, 58, 45],
+    ("3", "15"): [138, 110, 168, 160], ("3", "70"): [174, 120, 150, 139], ("3", "125"): [96, 82, 60, 104],
+}
+
+
+def battery_frame() -> pd.DataFrame:
+    return pd.DataFrame([{"condition": m, "student_size": t, "correct": v}
+                         for (m, t), vs in BATTERY.items() for v in vs])
+
+
+def hand_two_way(frame: pd.DataFrame) -> dict[str, float]:
+    """Sums of squares of a balanced two-way layout from cell, row, column and grand means (numpy only)."""
+    cube = np.array([[BATTERY[(m, t)] for t in ("15", "70", "125")] for m in ("1", "2", "3")], dtype=float)
+    a, b, n = cube.shape
+    grand = cube.mean()
+    ma, mb, cell = cube.mean(axis=(1, 2)), cube.mean(axis=(0, 2)), cube.mean(axis=2)
+    return {
+        "condition": b * n * np.sum((ma - grand) ** 2),
+        "student_size": a * n * np.sum((mb - grand) ** 2),
+        "condition x student_size": n * np.sum((cell - ma[:, None] - mb[None, :] + grand) ** 2),
+        "residual": np.sum((cube - cell[:, :, None]) ** 2),
+    }
+
+
+def test_two_way_anova_matches_textbook_and_hand_sums():
+    from scipy.stats import f as f_dist
+
+    from lib.stats import two_way_anova
+
+    out = two_way_anova(battery_frame()).set_index("source")
+    hand = hand_two_way(battery_frame())
+    textbook = {"condition": 10683.72, "student_size": 39118.72, "condition x student_size": 9613.78,
+                "residual": 18230.75}
+    for source, ss in hand.items():
+        assert out.loc[source, "sum_sq"] == pytest.approx(ss, rel=1e-10)
+        assert out.loc[source, "sum_sq"] == pytest.approx(textbook[source], abs=0.01)
+    dfs = {"condition": 2, "student_size": 2, "condition x student_size": 4, "residual": 27}
+    assert out["df"].to_dict() == pytest.approx(dfs)
+    mse = hand["residual"] / 27
+    for source, f_book in [("condition", 7.91), ("student_size", 28.97), ("condition x student_size", 3.56)]:
+        f_hand = hand[source] / dfs[source] / mse
+        assert out.loc[source, "F"] == pytest.approx(f_hand) and round(f_hand, 2) == f_book
+        assert out.loc[source, "p"] == pytest.approx(f_dist.sf(f_hand, dfs[source], 27))
+    assert out.attrs["interaction"] and out.attrs["n"] == 36
+
+
+def test_two_way_anova_assumption_checks_note_failures():
+    from scipy.stats import levene, shapiro
+
+    from lib.stats import two_way_anova
+
+    rng = np.random.default_rng(0)
+    rows = [{"condition": c, "student_size": s, "correct": v}
+            for c, spread in (("A", 0.1), ("B", 10.0)) for s in ("small", "large")
+            for v in rng.normal(5, spread, 30)]
+    out = two_way_anova(pd.DataFrame(rows))
+    frame = pd.DataFrame(rows)
+    cells = [g["correct"].to_numpy() for _, g in frame.groupby(["condition", "student_size"])]
+    assert out.attrs["levene_p"] == pytest.approx(levene(*cells, center="median").pvalue)
+    resid = frame["correct"] - frame.groupby(["condition", "student_size"])["correct"].transform("mean")
+    assert out.attrs["shapiro_p"] == pytest.approx(shapiro(resid.to_numpy()).pvalue)
+    assert not out.attrs["ok"]
+    assert any("Levene's test rejects equal variances" in n for n in out.attrs["notes"])
+    assert any("Kruskal-Wallis" in n for n in out.attrs["notes"])
+    ok = two_way_anova(battery_frame())
+    assert ok.attrs["ok"] and ok.attrs["notes"] == []
+
+
+def test_two_way_anova_too_few_observations():
+    from lib.stats import two_way_anova
+
+    one_size = battery_frame().assign(student_size="270M")
+    with pytest.raises(TooFewObservations, match="two levels of student_size; this run has 1 \\(270M\\)"):
+        two_way_anova(one_size)
+    one_per_cell = battery_frame().groupby(["condition", "student_size"]).head(1)
+    with pytest.raises(TooFewObservations, match="more rows than cells"):
+        two_way_anova(one_per_cell)
+    with pytest.raises(TooFewObservations, match="no within-cell variance"):
+        two_way_anova(battery_frame().assign(correct=lambda d: d["condition"].astype(int)))
+
+
+# --- Kruskal-Wallis and Dunn ----------------------------------------------------------------------------
+
+def test_kruskal_matches_scipy_and_dunn_by_hand():
+    from scipy.stats import kruskal, norm
+
+    from lib.stats import kruskal_dunn
+
+    out = kruskal_dunn(long_frame(TEXTBOOK, value="correct"))
+    ref = kruskal(*TEXTBOOK.values())
+    assert out.attrs["H"] == pytest.approx(ref.statistic) and out.attrs["kw_p"] == pytest.approx(ref.pvalue)
+    # no ties among the 15 values: mean ranks by hand, sigma^2 = N(N+1)/12 (1/5 + 1/5)
+    values = np.concatenate(list(TEXTBOOK.values()))
+    assert len(np.unique(values)) == len(values)
+    ranks = np.argsort(np.argsort(values)) + 1
+    mean_rank = {g: ranks[i * 5:(i + 1) * 5].mean() for i, g in enumerate(TEXTBOOK)}
+    row = out.set_index(["group1", "group2"]).loc[("A", "B")]
+    z = (mean_rank["B"] - mean_rank["A"]) / np.sqrt(15 * 16 / 12 * (2 / 5))
+    assert row["z"] == pytest.approx(z)
+    assert row["p_adj"] == pytest.approx(min(1.0, 3 * 2 * norm.sf(abs(z))))
+    assert out["p_adj"].le(1).all() and (out["p_adj"] >= out["p"]).all()
+
+
+def test_kruskal_with_ties_matches_scipy():
+    from scipy.stats import kruskal
+
+    from lib.stats import kruskal_dunn
+
+    groups = {"CF": [0, 0, 1, 0, 1, 0], "MT": [1, 1, 1, 0, 1, 1], "FT": [0, 1, 0, 0, 1]}
+    out = kruskal_dunn(long_frame(groups, value="correct"))
+    assert out.attrs["H"] == pytest.approx(kruskal(*groups.values()).statistic)
+    with pytest.raises(TooFewObservations, match="nothing to rank"):
+        kruskal_dunn(long_frame({"CF": [0, 0], "MT": [0, 0]}, value="correct"))
+
+
+# --- McNemar -----------------------------------------------------------------------------------------------
+
+def paired_items(both_right: int, only_a: int, only_b: int, both_wrong: int) -> pd.DataFrame:
+    """Two conditions A and B on the same items with the given 2x2 counts."""
+    outcomes = [(1, 1)] * both_right + [(1, 0)] * only_a + [(0, 1)] * only_b + [(0, 0)] * both_wrong
+    return pd.DataFrame([{"condition": c, "item_id": f"q{i}", "test_set": "csqa", "student": "s", "seed": 0,
+                          "correct": pair[k]} for i, pair in enumerate(outcomes) for k, c in enumerate("AB")])
+
+
+def test_mcnemar_exact_by_hand():
+    from lib.stats import describe_mcnemar, mcnemar_pairs
+
+    out = mcnemar_pairs(paired_items(5, 10, 3, 2))
+    row = out.iloc[0]
+    assert (row["n_pairs"], row["both_right"], row["only1"], row["only2"], row["both_wrong"]) == (20, 5, 10, 3, 2)
+    # exact: two-sided binomial on 13 discordant pairs, 3 of one kind: 2 * (C(13,0)+..+C(13,3)) / 2^13
+    assert row["p"] == pytest.approx(2 * (1 + 13 + 78 + 286) / 2 ** 13)
+    assert row["method"] == "exact binomial"
+    assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A vs B: no significant difference (on 20 shared items")
+
+
+def test_mcnemar_chi_square_by_hand():
+    from scipy.stats import chi2
+
+    from lib.stats import describe_mcnemar, mcnemar_pairs
+
+    out = mcnemar_pairs(paired_items(20, 30, 12, 8))
+    row = out.iloc[0]
+    stat = (abs(30 - 12) - 1) ** 2 / 42
+    assert row["statistic"] == pytest.approx(stat) and row["p"] == pytest.approx(chi2.sf(stat, 1))
+    assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A beats B by 25.7 points (on 70 shared items, A is right where B "
+                                                "is wrong 30 times and the reverse 12 times; McNemar p = 0.009)")
+
+
+def test_mcnemar_pairs_only_shared_items():
+    from lib.stats import mcnemar_pairs
+
+    items = paired_items(3, 1, 1, 1)
+    items = pd.concat([items, items.iloc[[0]].assign(item_id="only-A")])
+    assert mcnemar_pairs(items).iloc[0]["n_pairs"] == 6
+
+
+# --- OLS with rater fixed effects -------------------------------------------------------------------------
+
+def test_ols_rater_fixed_effects_match_lstsq():
+    rng = np.random.default_rng(1)
+    n = 240
+    ratings = pd.DataFrame({"condition": rng.choice(["CF", "MT", "MT+CF"], n), "rater": rng.choice(["r1", "r2", "r3", "judge:x"], n),
+                            "rationale_len": rng.integers(5, 80, n)})
+    severity = ratings["rater"].map({"r1": 0.0, "r2": -1.0, "r3": 0.5, "judge:x": 1.0})
+    ratings["soundness"] = 3 + (ratings["condition"] == "MT") * 0.6 + severity + 0.01 * ratings["rationale_len"] \
+        + rng.normal(0, 0.5, n)
+    out = ols_regression(ratings, outcome="soundness", fixed_effects=["rater"])
+    raters = sorted(ratings["rater"].unique())
+    X = np.column_stack([design(ratings, "CF")] + [(ratings["rater"] == r).to_numpy(float) for r in raters[1:]])
+    beta = np.linalg.lstsq(X, ratings["soundness"].to_numpy(float), rcond=None)[0]
+    # statsmodels orders terms: intercept, condition dummies, rater dummies, then covariates
+    by_term = out.set_index("term")["coef"]
+    assert by_term["Intercept"] == pytest.approx(beta[0])
+    assert by_term["condition[T.MT]"] == pytest.approx(beta[1]) and by_term["condition[T.MT+CF]"] == pytest.approx(beta[2])
+    assert by_term["rationale_len"] == pytest.approx(beta[3])
+    for i, r in enumerate(raters[1:]):
+        assert by_term[f"rater[T.{r}]"] == pytest.approx(beta[4 + i])
+    assert by_term["condition[T.MT]"] == pytest.approx(0.6, abs=0.2)
+    assert "+ C(rater)" in out.attrs["formula"]
+
+
+# --- the analysis of a run: present and absent inputs, too few observations ------------------------------
+
+def run_tables(items: pd.DataFrame, ratings: pd.DataFrame | None = None):
+    from lib.stats import RunTables, join_ratings, with_student_size
+
+    runs = pd.DataFrame({"run": items["run"].unique(), "n_params": 124_000_000})
+    items = with_student_size(items, runs)
+    return RunTables(items=items, runs=runs, ratings=join_ratings(ratings, items) if ratings is not None else None,
+                     losses=None, acceptance=None)
+
+
+def test_analyse_full_inputs_runs_everything():
+    from lib.stats import analyse
+
+    items = synthetic_items(300)
+    items["student"] = np.where(np.arange(300) % 2, "gpt2", "gpt2-medium")
+    items["run"] = items["condition"] + "-" + items["student"]
+    items["item_id"] = [f"q{i // 6}" for i in range(300)]
+    for m in ("bleu", "rouge_l", "bertscore"):
+        items[m] = items["cec"] * 0.5 + np.random.default_rng(2).random(300) * 0.1
+    ratings = pd.DataFrame([{"run": r.run, "item_id": r.item_id, "rater": rater, "completeness": (i + j) % 5 + 1,
+                             "contrastiveness": (i * j) % 5 + 1, "soundness": (i + 2 * j) % 5 + 1}
+                            for i, r in enumerate(items.itertuples()) for j, rater in enumerate(("judge:x", "h1"))])
+    tables = run_tables(items, ratings)
+    runs = tables.runs.assign(n_params=tables.runs["run"].str.endswith("medium").map({True: 355e6, False: 124e6}))
+    tables.items["student_size"] = tables.items["run"].map(runs.set_index("run")["n_params"]).astype(str)
+    sections = analyse(tables, n_boot=200)
+    expected = {"accuracy", "mcnemar", "tukey_correct", "anova_correct", "kruskal_correct", "ols_correct",
+                "tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_rating_completeness",
+                "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics"}
+    assert set(sections) == expected
+    assert all(sections[k].ran for k in expected), {k: s.notes for k, s in sections.items() if not s.ran}
+    assert not any("absent" in n for s in sections.values() for n in s.notes)
+    assert "rater[T.judge:x]" in sections["ols_rating_soundness"].table["term"].tolist()
+    assert set(sections["anova_correct"].table["source"]) == {"condition", "student_size",
+                                                               "condition x student_size", "residual"}
+    assert any("Spearman" in s for s in sections["cec_vs_metrics"].sentences)
+
+
+def test_analyse_absent_inputs_say_so():
+    from lib.stats import analyse
+
+    sections = analyse(run_tables(synthetic_items(120).drop(columns=["cec"])), n_boot=200)
+    for key in ("tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_ratings", "cec_vs_metrics"):
+        assert not sections[key].ran
+        assert any("absent" in n for n in sections[key].notes), (key, sections[key].notes)
+    assert "ratings.jsonl is absent" in sections["ols_ratings"].notes[0]
+    assert sections["tukey_correct"].ran
+
+
+def test_analyse_one_seed_two_items_gives_notes_not_nans(tmp_path):
+    from lib.stats import analyse, write_analysis
+
+    items = pd.DataFrame([{"run": f"{c}-s0", "condition": c, "student": "tiny", "seed": 0, "test_set": "csqa",
+                           "item_id": f"q{i}", "correct": 0, "cec": 0.5 + 0.1 * i,
+                           "rationale_len": 10 + i} for c in ("CF", "MT") for i in range(2)])
+    sections = analyse(run_tables(items), n_boot=200)
+    for key in ("anova_correct", "anova_cec", "ols_correct", "tukey_correct", "kruskal_correct"):
+        assert not sections[key].ran and sections[key].notes, key
+    assert "no variance to explain" in sections["ols_correct"].notes[0]
+    assert "no within-group variance" in sections["tukey_correct"].notes[0]
+    assert any("one training seed" in n for n in sections["accuracy"].notes)
+    assert any("collapses to a point" in n for n in sections["accuracy"].notes)
+    for section in sections.values():
+        if section.ran:
+            assert not section.table.drop(columns=[c for c in section.table if "ci" in c or c in ("statistic",)],
+                                          errors="ignore").isna().all().any(), section.key
+    (tmp_path / "ols_correct.csv").write_text("stale")
+    write_analysis(sections, tmp_path)
+    assert not (tmp_path / "ols_correct.csv").exists() and (tmp_path / "accuracy.csv").exists()
+    assert "Not tested" in (tmp_path / "findings.md").read_text()
