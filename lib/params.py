@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
 # Conditions whose training data the current pipeline produces; the others are accepted names
 # from METHOD.md whose data steps have not been built yet, and are refused with that reason.
-IMPLEMENTED_CONDITIONS = ("FT", "FT-CoT", "MT", "CFD")
+IMPLEMENTED_CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
 
 
 class ParamsError(ValueError):
@@ -84,21 +84,51 @@ class DataParams(_Section):
 
 
 class TeacherParams(_Section):
-    backend: Literal["local", "replay"] = "local"  # local = in-process transformers model; replay = recorded outputs
-    model: str = "gemma3-270m-gguf"  # model spec (see lib.models): a hub id, a local folder, or a packaged default
-    replay_dir: str | None = None  # distilling step-by-step cqa folder (cqa_*.json + llm/), for backend=replay
+    backend: Literal["local", "replay", "openai"] = "local"  # local = in-process transformers model; replay = recorded outputs; openai = any OpenAI-compatible server
+    model: str = "gemma3-270m-gguf"  # local: a model spec (see lib.models); openai: the served model name
+    replay_dir: str | None = None  # backend=replay: distilling step-by-step cqa folder (palm) or the CoS-E v1.11 folder (cose)
+    replay_source: Literal["palm", "cose"] = "palm"  # recorded outputs replayed: PaLM-540B few-shot CoT or CoS-E human explanations
     n_shots: int = Field(2, ge=0, le=7)  # worked examples in the few-shot CoT prompt
     max_new_tokens: int = Field(64, ge=8)  # tokens per teacher completion
-    batch_size: int = Field(8, ge=1)  # prompts per generate() call
+    batch_size: int = Field(8, ge=1)  # local: prompts per generate() call
     temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    base_url: str | None = None  # openai: server base URL, e.g. http://127.0.0.1:8000/v1 (null = api.openai.com)
+    api_key_env: str | None = "OPENAI_API_KEY"  # openai: NAME of the environment variable holding the key (never the key); null = no key
+    endpoint: Literal["chat", "completions"] = "chat"  # openai: /chat/completions (prompt as one user message) or /completions (raw prompt)
+    max_in_flight: int = Field(8, ge=1)  # openai: requests in flight at once
+    requests_per_minute: int | None = Field(None, ge=1)  # openai: client-side request rate limit (null = none)
+    tokens_per_minute: int | None = Field(None, ge=1)  # openai: client-side prompt+completion token rate limit (null = none)
+    request_timeout_s: float = Field(60.0, gt=0)  # openai: seconds before one request is abandoned and retried
+    max_retries: int = Field(6, ge=0)  # openai: retries per request on 429, 5xx, timeouts, connection errors, bad bodies
+    backoff_s: float = Field(1.0, gt=0)  # openai: first retry delay; doubles per retry (with jitter) up to 60 s unless Retry-After says otherwise
+    batch_api: bool = False  # openai: send uncached requests through the OpenAI Batch API (cheaper, slower; for large runs)
+    batch_poll_s: float = Field(30.0, gt=0)  # openai batch_api: seconds between status polls
+    max_reasks: int = Field(1, ge=0)  # re-asks of a response that fails validation (unparseable, truncated, bad JSON)
+    reask_temperature: float = Field(0.7, ge=0)  # sampling temperature of re-asks (a greedy re-ask would repeat itself)
+    price_input_usd_per_mtok: float | None = Field(None, ge=0)  # dollars per million prompt tokens (null = cost not tracked)
+    price_output_usd_per_mtok: float | None = Field(None, ge=0)  # dollars per million completion tokens
+    max_cost_usd: float | None = Field(None, gt=0)  # budget: stop sending before the run's teacher cost would pass this
+    max_requests: int | None = Field(None, ge=1)  # budget: stop before the run's teacher requests would pass this
+    cache: str | None = None  # SQLite response cache (null = <run_dir>/teacher_cache.sqlite, outside the step folders)
+    revise_max_questions: int | None = Field(None, ge=1)  # training questions given critique-revision (3 calls each; null = all)
+    causal_max_pairs: int | None = Field(None, ge=1)  # claim-evidence pairs per split given a causal explanation (null = all)
+    revise_max_new_tokens: int = Field(96, ge=8)  # tokens per critique-revision completion
+    causal_max_new_tokens: int = Field(128, ge=16)  # tokens per causal explanation (a JSON object of three sentences)
 
     @model_validator(mode="after")
-    def _replay_needs_dir(self) -> "TeacherParams":
-        """The replay backend reads recorded files, so it needs their folder."""
+    def _backend_needs(self) -> "TeacherParams":
+        """The replay backend reads recorded files; a cost budget needs prices."""
         if self.backend == "replay":
             if not self.replay_dir:
-                raise ValueError("backend 'replay' needs teacher.replay_dir (the folder holding cqa_train.json and llm/)")
+                raise ValueError("backend 'replay' needs teacher.replay_dir (the folder holding cqa_train.json and llm/, "
+                                 "or the CoS-E v1.11 folder with replay_source: cose)")
             check_local_source(self.replay_dir, must_exist=True)
+        if self.max_cost_usd is not None and (self.price_input_usd_per_mtok is None or self.price_output_usd_per_mtok is None):
+            raise ValueError("teacher.max_cost_usd needs teacher.price_input_usd_per_mtok and "
+                             "teacher.price_output_usd_per_mtok (dollars per million tokens) to count cost")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError("teacher.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                             "never the key itself")
         return self
 
 
@@ -141,6 +171,7 @@ class TrainingParams(_Section):
     alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
     max_length: int = Field(256, ge=16)  # tokens per example (prompt + target), longer ones are cut
     rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones
+    save_steps: int = Field(50, ge=0)  # checkpoint every N optimiser steps so an interrupted run resumes (0 = no checkpoints)
 
     @field_validator("conditions")
     @classmethod
@@ -168,11 +199,25 @@ class EvaluationParams(_Section):
     max_new_tokens: int = Field(64, ge=8)  # tokens the student may generate (rationale + answer)
     batch_size: int = Field(8, ge=1)
     embedder: str = "all-MiniLM-L6-v2"  # sentence-transformer for CEC (packaged default, a hub id or a folder)
+    embed_batch_size: int = Field(128, ge=1)  # sentences per encoder call for CEC
+    loglik: bool = True  # also score each option's answer sentence by log-likelihood (second accuracy, causal LMs)
+    text_metrics: bool = True  # BLEU (sacrebleu), ROUGE-L (rouge-score) and BERTScore against the teacher's rationale
+    bertscore_model: str = "all-MiniLM-L6-v2"  # BERT-style encoder for BERTScore: an embedder spec (packaged, tiny-random-minilm, folder, hub id)
+    bertscore_layers: int | None = Field(None, ge=1)  # encoder layer whose token embeddings BERTScore uses (null = the last)
+    faithfulness: bool = True  # answer-change rate when the student's rationale is replaced (perturbed / counterfactual)
+    perturbation: Literal["other_item", "shuffle"] = "other_item"  # perturbed rationale: another item's rationale, or this one's sentences shuffled
+    score_max_items: int | None = Field(None, ge=2)  # items per test set given log-likelihood scoring and faithfulness (each scores every option; null = all)
+    judge: bool = True  # rate explanations with an LLM judge through the teacher (completeness, contrastiveness, soundness, 1-7)
+    judge_max_items: int = Field(8, ge=1)  # explanations judged per run (in-distribution items, in test-set order)
+    judge_max_new_tokens: int = Field(64, ge=16)  # tokens per judgement
+    human_sheet_items: int = Field(30, ge=1)  # explanations exported to the blinded human rating sheet
 
 
 class StatisticsParams(_Section):
-    outcomes: list[Literal["correct", "cec"]] = ["correct", "cec"]  # per-item outcomes tested across conditions
+    # per-item outcomes tested across conditions; one a run lacks is reported as absent
+    outcomes: list[Literal["correct", "cec", "bleu", "rouge_l", "bertscore", "loglik_correct"]] = ["correct", "cec"]
     n_boot: int = Field(1000, ge=100)  # bootstrap resamples for confidence intervals
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every test (Tukey, ANOVA, Dunn, McNemar)
 
 
 class StudyParams(_Section):

@@ -60,9 +60,12 @@ def test_unknown_condition_suggests_close_match(tmp_path):
         load_params(write(tmp_path, BASE + "training: {conditions: [FT-COT]}\n"))
 
 
-def test_condition_without_data_step_is_refused_with_reason(tmp_path):
-    with pytest.raises(ParamsError, match="'CF' needs teacher data"):
-        load_params(write(tmp_path, BASE + "training: {conditions: [CF]}\n"))
+def test_every_method_condition_is_accepted_and_a_typo_is_refused(tmp_path):
+    # CF, MT+CF and CAUSAL have training formats now (lib/training.py); their data comes from steps 02-03
+    params = load_params(write(tmp_path, BASE + "training: {conditions: [CF, MT+CF, CAUSAL]}\n"))
+    assert params.training.conditions == ["CF", "MT+CF", "CAUSAL"]
+    with pytest.raises(ParamsError, match="did you mean 'CFD'"):
+        load_params(write(tmp_path, BASE + "training: {conditions: [CFDD]}\n"))
 
 
 def test_replay_backend_needs_a_folder(tmp_path):

@@ -46,13 +46,17 @@ def test_smoke_study_runs_all_notebooks(smoke_run):
         assert injected and "smoke" in "".join(injected[0]["source"])
     assert manifest["params"]["run"]["name"] == "smoke"
     assert set(manifest["inputs"]["data"]) == {"data/sample/commonsenseqa_sample.jsonl",
-                                               "data/sample/climate_fever_sample.jsonl"}
+                                               "data/sample/climate_fever_sample.jsonl",
+                                               "data/sample/arc_sample.jsonl"}
     assert manifest["environment"]["packages"]["torch"]
     assert "commit" in manifest["git"] and manifest["seeds"]["run"] == 0
     assert (run_dir / "06_statistics" / "accuracy.csv").exists()
     assert (run_dir / "06_statistics" / "accuracy_by_condition.png").stat().st_size > 1000
     items = [json.loads(line) for line in (run_dir / "05_evaluation" / "items.jsonl").read_text().splitlines()]
     assert {i["condition"] for i in items} == {"FT", "FT-CoT", "MT", "CFD"}
+    assert {i["test_set"] for i in items} == {"csqa-sample", "arc-sample"}  # in and out of distribution
+    for name in ("ood_matrix.csv", "faithfulness.csv", "ratings.jsonl", "correlations.csv", "human_sheet.html"):
+        assert (run_dir / "05_evaluation" / name).exists(), name
 
 
 def test_rerun_is_cached_and_a_changed_param_reruns_downstream(smoke_run):
