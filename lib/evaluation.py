@@ -72,17 +72,49 @@ class ItemResult:
     faithfulness_cf_follows: int | None = None  # 1 when the answer became the counterfactual rationale's option
 
 
+
+@dataclasses.dataclass
+class ExplanationResult:
+    """A CAUSAL student's explanation of one held-out claim-evidence pair (a row of 05_evaluation/causal_items.jsonl)."""
+
+    run: str
+    condition: str
+    student: str
+    seed: int
+    item_id: str  # ClaimEvidence.id of the pair (02_teacher/causal.jsonl, split test)
+    claim_label: str
+    rationale: str  # the student's explanation
+    rationale_len: int  # words
+    reference: str  # the teacher's explanation ("" when the teacher failed on this pair)
+    seconds: float  # generation time per pair
+    cec: float = math.nan
+    cec_fc: float = math.nan
+    cec_bf: float = math.nan
+    bleu: float = math.nan
+    rouge_l: float = math.nan
+    bertscore: float = math.nan
+
 def load_student(base_spec: str, adapter_dir: Path, device: str) -> tuple[Any, Any]:
-    """The base model with a run's LoRA adapter (or full weights) and its tokenizer."""
+    """A trained student and its tokenizer: the base model with the run's LoRA adapter, or the run's full weights."""
     from peft import PeftModel
 
-    from lib.models import load_causal_lm, load_tokenizer
+    from lib.models import load_student_lm, load_tokenizer
 
     tokenizer = load_tokenizer(str(adapter_dir))
-    model = load_causal_lm(base_spec, device)
     if (adapter_dir / "adapter_config.json").exists():
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-    return model, tokenizer
+        base = load_student_lm(base_spec, device)
+        if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # CFD added its strategy tokens in training
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the adapter holds their trained rows
+        return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
+    if (adapter_dir / "config.json").exists():  # training.finetune: full saves the whole model
+        return load_student_lm(str(adapter_dir), device), tokenizer
+    raise FileNotFoundError(f"{adapter_dir} holds neither a LoRA adapter nor model weights; rerun step 04_training "
+                            f"(python -m lib.study PARAMS --steps 04 --force)")
+
+
+def is_seq2seq(model: Any) -> bool:
+    """True for an encoder-decoder student (T5, BART)."""
+    return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
 def clean_rationale(text: str) -> str:
@@ -255,6 +287,8 @@ def evaluate_run(run_info: dict, adapter_dir: Path, test_sets: dict[str, list[MC
         per_item = (time.perf_counter() - t0) / max(1, len(qs))
         answer_prompts = [p["answer"] for p in prompts]
         k = len(qs) if ev.score_max_items is None else min(len(qs), ev.score_max_items)  # scoring costs a pass per option
+        if is_seq2seq(model):
+            k = 0  # option scoring and forced rationales are defined for causal LMs only
         loglik = (loglik_choices(model, tokenizer, answer_prompts[:k], qs[:k], ev.batch_size) if ev.loglik
                   else []) + [None] * (len(qs) - (k if ev.loglik else 0))
         run_rows = []
@@ -271,7 +305,7 @@ def evaluate_run(run_info: dict, adapter_dir: Path, test_sets: dict[str, list[MC
                 cec=math.nan, cec_fc=math.nan, cec_bf=math.nan, seconds=round(per_item, 3), train_set=train_set,
                 loglik_pred=loglik[i], loglik_correct=None if loglik[i] is None else int(loglik[i] == q.answer),
             ))
-        if ev.faithfulness and t == 0:
+        if ev.faithfulness and t == 0 and k:
             own = [r.rationale for r in run_rows]
             found = [cf_rationales.get(q.id) for q in qs]
             found = [c if c is not None and 0 <= c[0] < len(q.choices) else None for c, q in zip(found, qs)]
@@ -288,14 +322,14 @@ def evaluate_run(run_info: dict, adapter_dir: Path, test_sets: dict[str, list[MC
 # ---------------------------------------------------------------- reference-based metrics
 
 
-def add_cec(rows: list[ItemResult], references: dict[str, str], embed: Any) -> None:
+def add_cec(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str], embed: Any) -> None:
     """Fill each row's CEC against the teacher rationale of its item, where both texts exist."""
     scored = [r for r in rows if r.rationale and references.get(r.item_id)]
     for r, s in zip(scored, cec_batch([(r.rationale, references[r.item_id]) for r in scored], embed)):
         r.cec, r.cec_fc, r.cec_bf = s.cec, s.fc, s.bf
 
 
-def add_text_metrics(rows: list[ItemResult], references: dict[str, str], bertscore_model: str,
+def add_text_metrics(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str], bertscore_model: str,
                      bertscore_layers: int | None = None, device: str = "cpu") -> None:
     """Fill BLEU, ROUGE-L and BERTScore against the teacher rationale of each item, where both texts exist."""
     from lib.metrics import bertscore_scores, bleu_scores, rouge_l_scores
@@ -331,7 +365,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
         log.info("faithfulness: %s is absent, so only the perturbed rationale is fed back (no counterfactual one)",
                  cf_path)
     rows: list[ItemResult] = []
-    for info in runs:
+    for info in (r for r in runs if r.get("task", "mc") == "mc"):  # CAUSAL runs: evaluate_causal_grid
         rows.extend(evaluate_run(info, ctx.artifact("04_training", info["run"]) / "adapter", tests, ctx.params,
                                  device, cf))
     references = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test",
@@ -343,11 +377,69 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     return rows
 
 
+
+def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], params: StudyParams,
+                        device: str) -> list[ExplanationResult]:
+    """Let one CAUSAL student explain every held-out claim-evidence pair (metrics are filled later)."""
+    from lib.models import generate_texts
+    from lib.training import causal_prompt
+
+    model, tokenizer = load_student(run_info["student"], adapter_dir, device)
+    ev = params.evaluation
+    t0 = time.perf_counter()
+    outs = generate_texts(model, tokenizer, [causal_prompt(p) for p in pairs], ev.max_new_tokens,
+                          batch_size=ev.batch_size, desc=f"{run_info['run']} on claims")
+    per_item = (time.perf_counter() - t0) / max(1, len(pairs))
+    rows = []
+    for p, out in zip(pairs, outs):
+        text = out[0].text.split("\nClaim:", 1)[0].strip()  # cut a hallucinated next pair
+        rows.append(ExplanationResult(
+            run=run_info["run"], condition=run_info["condition"], student=run_info["student"], seed=run_info["seed"],
+            item_id=str(p["id"]), claim_label=str(p["claim_label"]), rationale=text, rationale_len=rationale_length(text),
+            reference=str(p.get("explanation") or "") if p.get("failure") is None else "", seconds=round(per_item, 3)))
+    return rows
+
+
+def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
+    """Every CAUSAL run of step 04 explains the test pairs of 02_teacher/causal.jsonl, scored against the teacher."""
+    from lib.models import load_embedder, pick_device
+    from lib.runs import read_jsonl
+
+    ev = ctx.params.evaluation
+    causal_runs = [r for r in read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "causal"]
+    if not causal_runs:
+        log.info("no CAUSAL run in training.conditions: no claim-evidence pairs to explain")
+        return []
+    device = pick_device(ctx.params.run.device)
+    pairs = [r for r in read_jsonl(ctx.artifact("02_teacher", "causal.jsonl")) if r["split"] == "test"]
+    rows: list[ExplanationResult] = []
+    for info in causal_runs:
+        rows.extend(evaluate_causal_run(info, ctx.artifact("04_training", info["run"]) / "adapter", pairs,
+                                        ctx.params, device))
+    references = {r.item_id: r.reference for r in rows if r.reference}
+    embedder = load_embedder(ev.embedder, device)
+    add_cec(rows, references, lambda s: embedder.encode(s, batch_size=ev.embed_batch_size, show_progress_bar=False))
+    if ev.text_metrics:
+        add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
+    return rows
+
+
+def causal_summary(rows: Sequence[ExplanationResult]) -> Any:
+    """Per CAUSAL run: pairs explained and scored, mean explanation length and the metrics against the teacher."""
+    import pandas as pd
+
+    df = pd.DataFrame([dataclasses.asdict(r) for r in rows],
+                      columns=[f.name for f in dataclasses.fields(ExplanationResult)])
+    return (df.groupby(["condition", "student", "seed"], as_index=False, dropna=False)
+              .agg(n=("item_id", "size"), n_scored=("cec", "count"), words=("rationale_len", "mean"),
+                   cec=("cec", "mean"), cec_fc=("cec_fc", "mean"), cec_bf=("cec_bf", "mean"), bleu=("bleu", "mean"),
+                   rouge_l=("rouge_l", "mean"), bertscore=("bertscore", "mean")))
+
 def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
     """LLM-judge ratings (lib.ratings.Rating) of up to evaluation.judge_max_items explanations per run; [] when off."""
     from lib.data import read_test_sets
     from lib.ratings import judge_ratings
-    from lib.teacher import LocalTeacher
+    from lib.teacher import make_teacher
 
     ev = ctx.params.evaluation
     if not ev.judge:
@@ -357,13 +449,11 @@ def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
     first = next(iter(tests))
     questions = {q.id: q for q in tests[first]}
     in_dist = [r for r in rows if r.test_set == first]
-    if ctx.params.teacher.backend == "openai":  # a served model: the cached engine, as in step 02
-        from lib.teacher import make_teacher
-
-        teacher = make_teacher(ctx.params.teacher, ctx.params.run.device, run_dir=ctx.run_dir)
-    else:
-        teacher = LocalTeacher(ctx.params.teacher, ctx.params.run.device)
-    return judge_ratings(in_dist, questions, teacher, ev.judge_max_items, ev.judge_max_new_tokens)
+    teacher = make_teacher(ctx.params.teacher, ctx.params.run.device, run_dir=ctx.run_dir)  # step 02's cache
+    try:
+        return judge_ratings(in_dist, questions, teacher, ev.judge_max_items, ev.judge_max_new_tokens)
+    finally:
+        teacher.close()
 
 
 def export_human_sheet(ctx: Any, rows: Sequence[ItemResult]) -> dict[str, Path]:

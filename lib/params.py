@@ -154,7 +154,7 @@ class LoraParams(_Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+    target_modules: list[str] | Literal["all-linear"] | None = None  # null: peft's default for the architecture (q_proj, v_proj for Gemma; q, v for T5)
 
 
 class TrainingParams(_Section):
@@ -170,7 +170,7 @@ class TrainingParams(_Section):
     lr: float = Field(2e-4, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
     max_length: int = Field(256, ge=16)  # tokens per example (prompt + target), longer ones are cut
-    rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones
+    rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones (CAUSAL: any keeps failed explanations as written)
     save_steps: int = Field(50, ge=0)  # checkpoint every N optimiser steps so an interrupted run resumes (0 = no checkpoints)
 
     @field_validator("conditions")

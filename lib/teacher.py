@@ -265,6 +265,7 @@ class CausalExplanation:
     model: str
     template: str
     template_sha256: str
+    raw: str = ""  # the teacher's completion as written (kept on failure too, to see what went wrong)
 
 
 CAUSAL_KEYS = ("cause", "mechanism", "effect")
@@ -306,9 +307,10 @@ def causal_explanations(pairs: dict[str, list[ClaimEvidence]], params: TeacherPa
     template = load_template("causal")
     picked = {split: ps[: params.causal_max_pairs] if params.causal_max_pairs else ps for split, ps in pairs.items()}
 
-    def row(split: str, p: ClaimEvidence, explanation: str, failure: str | None, model: str) -> CausalExplanation:
+    def row(split: str, p: ClaimEvidence, explanation: str, failure: str | None, model: str,
+            raw: str = "") -> CausalExplanation:
         return CausalExplanation(p.id, split, p.claim, p.evidence, p.claim_label, p.evidence_label, explanation,
-                                 failure, params.backend, model, template.name, template.sha256)
+                                 failure, params.backend, model, template.name, template.sha256, raw)
 
     if params.backend == "replay":
         return [row(s, p, "", REPLAY_ONLY, "") for s, ps in picked.items() for p in ps]
@@ -322,7 +324,8 @@ def causal_explanations(pairs: dict[str, list[ClaimEvidence]], params: TeacherPa
                     validate=causal_failure, stop="\n\n") for p in ps]
         for p, a in zip(ps, engine.ask(asks, desc=f"causal explanations ({split})")):
             parts, _ = parse_causal(a.completion.text)
-            rows.append(row(split, p, explanation_text(parts) if parts and not a.failure else "", a.failure, engine.name))
+            rows.append(row(split, p, explanation_text(parts) if parts and not a.failure else "", a.failure, engine.name,
+                            a.completion.text))
     return rows
 
 

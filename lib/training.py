@@ -11,6 +11,7 @@ Every condition of METHOD.md becomes a list of `Example`s (prompt, target, task)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -112,19 +113,28 @@ def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rat
     return ex
 
 
-def _causal_examples(causal_rows: list[dict] | None) -> list[Example]:
-    """CAUSAL: claim; evidence; label → the teacher's causal explanation (train rows without failure)."""
+def _causal_examples(causal_rows: list[dict] | None, keep: str = "parsed") -> list[Example]:
+    """CAUSAL: claim; evidence; label → the teacher's causal explanation (train rows without failure).
+
+    With `keep == "any"` (training.rationale_filter) a failed row's raw completion is kept too, as for rationales.
+    """
     if causal_rows is None:
         raise ValueError("CAUSAL needs the causal explanations of step 02 (02_teacher/causal.jsonl)")
-    return [Example(causal_prompt(r), " " + r["explanation"].strip(), "explanation", str(r["id"]))
-            for r in causal_rows if r.get("split") == "train" and not r.get("failure") and (r.get("explanation") or "").strip()]
+    out = []
+    for r in causal_rows:
+        text = (r.get("explanation") or "").strip() if not r.get("failure") else ""
+        if not text and keep == "any":
+            text = (r.get("raw") or "").strip()
+        if r.get("split") == "train" and text:
+            out.append(Example(causal_prompt(r), " " + text, "explanation", str(r["id"])))
+    return out
 
 
 def condition_examples(condition: str, questions: list[MCQuestion], rationales: dict[str, str],
                        views: list[dict] | None = None, strategy: dict[str, str] | None = None,
                        counterfactuals: list[MCQuestion] | None = None, cf_rationales: list[dict] | None = None,
-                       causal_rows: list[dict] | None = None) -> list[Example]:
-    """Training examples of one condition from the questions and the teacher's artifacts."""
+                       causal_rows: list[dict] | None = None, keep: str = "parsed") -> list[Example]:
+    """Training examples of one condition from the questions and the teacher's artifacts (`keep`: causal filter)."""
     ex: list[Example] = []
     if condition == "FT":
         ex = [Example(qa_prompt(q), " " + answer_sentence(q, q.answer), "answer", q.id) for q in questions]
@@ -138,7 +148,7 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
     elif condition == "MT+CF":
         ex = _mt_examples(questions, rationales) + _cf_examples(questions, rationales, cf_rationales)
     elif condition == "CAUSAL":
-        ex = _causal_examples(causal_rows)
+        ex = _causal_examples(causal_rows, keep)
     elif condition == "CFD":
         if views is None or strategy is None:
             raise ValueError("CFD needs the multi-view artifacts of step 03 (03_counterfactuals/multiview.jsonl)")
@@ -301,8 +311,52 @@ def _last_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
-def lora_model(model: Any, params: TrainingParams) -> Any:
-    """Wrap a model with LoRA adapters (after k-bit preparation for QLoRA); `full` trains every weight."""
+def add_special_tokens(tokenizer: Any, model: Any, strings: list[str]) -> list[int]:
+    """Add the strings that are not single tokens yet to the tokenizer as special tokens; returns their new ids.
+
+    The embedding matrix grows to the tokenizer when it is too small, and each new row (input embeddings, and the
+    output head when it is not tied to them) starts as the mean of the rows of the tokens the string was split
+    into before, so the new token starts from what its text meant to the model.
+    """
+    import torch
+
+    def pieces(s: str) -> list[int]:
+        return tokenizer(s, add_special_tokens=False)["input_ids"]
+
+    new = [s for s in dict.fromkeys(strings) if len(pieces(s)) != 1 or pieces(s)[0] == tokenizer.unk_token_id]
+    if not new:
+        return []
+    old = {s: pieces(s) for s in new}
+    tokenizer.add_special_tokens({"extra_special_tokens": new}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(new)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # new rows are set just below
+    layers = {id(m.weight): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    with torch.no_grad():
+        for layer in layers.values():
+            for s, i in zip(new, ids):
+                layer.weight[i] = layer.weight[old[s]].mean(0)
+    log.info("added %s to the tokenizer as special tokens (ids %s)", new, ids)
+    return ids
+
+
+def _trainable_token_indices(model: Any, token_ids: list[int]) -> list[int] | dict[str, list[int]]:
+    """peft's `trainable_token_indices` for new token rows: the input embeddings, plus an untied output head.
+
+    With tied embeddings (Gemma, T5) peft wraps the tied LM head with the same trained rows itself.
+    """
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is emb.weight:
+        return token_ids
+    name = {m: n for n, m in model.named_modules()}
+    return {name[emb]: token_ids, name[head]: token_ids}
+
+
+def lora_model(model: Any, params: TrainingParams, token_ids: list[int] | None = None) -> Any:
+    """Wrap a model with LoRA adapters (after k-bit preparation for QLoRA); `full` trains every weight.
+
+    `token_ids`: embedding rows to train as well (added special tokens), stored in the adapter.
+    """
     if params.finetune == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -311,18 +365,29 @@ def lora_model(model: Any, params: TrainingParams) -> Any:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     seq2seq = getattr(model.config, "is_encoder_decoder", False)
     cfg = LoraConfig(r=params.lora.r, lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-                     target_modules=params.lora.target_modules, task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
+                     target_modules=params.lora.target_modules, task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
+                     trainable_token_indices=_trainable_token_indices(model, token_ids) if token_ids else None)
     return get_peft_model(model, cfg)
 
 
-def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, out_dir: Path, device: str) -> dict:
-    """Train one student on one condition's examples and save its adapter, losses and timings."""
+def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, out_dir: Path, device: str,
+              strategy_tokens: list[str] | None = None) -> dict:
+    """Train one student on one condition's examples and save its adapter, losses and timings.
+
+    A CFD run adds `strategy_tokens` (params counterfactual.strategy_tokens) to the student's tokenizer as special
+    tokens and trains their embedding rows (with LoRA: peft's trainable tokens, saved in the adapter).
+    """
     from transformers import TrainingArguments, set_seed
 
     from lib.models import load_student_lm, load_tokenizer
 
+    if run.condition == "CFD" and not strategy_tokens:
+        raise ValueError(f"{run.name}: a CFD run needs the strategy tokens (params counterfactual.strategy_tokens); "
+                         "pass them as train_run(..., strategy_tokens=[positive, negative])")
     config = {"run": dataclasses.asdict(run), "training": params.model_dump(mode="json"), "n_examples": len(examples),
               "examples_sha256": sha256_json([dataclasses.asdict(e) for e in examples])}
+    if run.condition == "CFD":
+        config["strategy_tokens"] = list(strategy_tokens or [])
     done = out_dir / "done.json"
     if done.exists() and read_json(done).get("config_sha256") == sha256_json(config):
         log.info("%s: finished earlier with the same config, skipped", run.name)
@@ -330,7 +395,13 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     set_seed(run.seed)
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(run.student, padding_side="right")
-    model = lora_model(load_student_lm(run.student, device, load_in_4bit=params.finetune == "qlora"), params)
+    model = load_student_lm(run.student, device, load_in_4bit=params.finetune == "qlora")
+    new_ids = add_special_tokens(tokenizer, model, strategy_tokens or []) if run.condition == "CFD" else []
+    model = lora_model(model, params, new_ids)
+    if new_ids and hasattr(model, "peft_config"):
+        # The trained rows are in the adapter; with a resized vocabulary peft would otherwise save the whole
+        # embedding matrix in every checkpoint and in the adapter (hundreds of MB for Gemma's 262k tokens).
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     weights = task_weights(run.condition, params.alpha)
     tasks = list(weights)
@@ -368,6 +439,7 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
         "resumed_from": resume.name if resume is not None else None, "final_loss": trainer.term_log[-1]["loss"] if trainer.term_log else None,
         "config_sha256": sha256_json(config), "finetune": params.finetune,
         "architecture": "encoder-decoder" if seq2seq else "decoder-only", "n_params": int(total), "n_trainable": int(trainable),
+        "added_tokens": tokenizer.convert_ids_to_tokens(new_ids),
     }
     write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
     write_json(out_dir / "config.json", config)
@@ -398,7 +470,8 @@ def load_condition_examples(ctx: Any) -> dict[str, list[Example]]:
     cf_rows = read_jsonl(ctx.artifact("03_counterfactuals", "cf_rationales.jsonl")) if conds & {"CF", "MT+CF"} else None
     causal = read_jsonl(ctx.artifact("02_teacher", "causal.jsonl")) if "CAUSAL" in conds else None
     strategy = params.counterfactual.strategy_tokens.model_dump()
-    return {c: condition_examples(c, train, rationales, views, strategy, cfs, cf_rows, causal)
+    return {c: condition_examples(c, train, rationales, views, strategy, cfs, cf_rows, causal,
+                                  params.training.rationale_filter)
             for c in params.training.conditions}
 
 
@@ -421,7 +494,8 @@ def train_grid(ctx: Any, examples: dict[str, list[Example]]) -> Any:
     results = []
     for i, run in enumerate(runs, 1):
         log.info("training run %d/%d: %s (%d examples)", i, len(runs), run.name, len(examples[run.condition]))
-        results.append(train_run(run, examples[run.condition], ctx.params.training, ctx.out / run.name, device))
+        results.append(train_run(run, examples[run.condition], ctx.params.training, ctx.out / run.name, device,
+                                 strategy_tokens=list(ctx.params.counterfactual.strategy_tokens.model_dump().values())))
     write_jsonl(ctx.out / "runs.jsonl", results)
     return pd.DataFrame(results)
 

@@ -412,8 +412,8 @@ training.run_costs(results)
 
 **Reads** `01_data/tests/`, `02_teacher/rationales.jsonl`, `03_counterfactuals/cf_rationales.jsonl` (when present),
 `04_training/`. **Writes** `05_evaluation/items.jsonl` (one row per run × item), `summary.csv`, `ood_matrix.csv`,
-`faithfulness.csv`, `ratings.jsonl`, `correlations.csv`, `summary.json`, `human_sheet.csv` / `.html` /
-`_key.csv`, `accuracy.png`, `cec.png`.
+`faithfulness.csv`, `ratings.jsonl`, `causal_items.jsonl` (CAUSAL runs), `correlations.csv`, `summary.json`,
+`human_sheet.csv` / `.html` / `_key.csv`, `accuracy.png`, `cec.png`.
 """),
         params_cell("05_evaluation"),
         open_cell("05_evaluation", "from lib import evaluation, ratings, report, runs"),
@@ -505,6 +505,19 @@ evaluation.export_human_sheet(ctx, items)
 correlations = evaluation.metric_correlations(items, judged)
 runs.atomic_write_text(ctx.out / "correlations.csv", correlations.to_csv(index=False))
 correlations
+"""),
+        md("""
+## CAUSAL students: explaining claims
+
+A CAUSAL student (seed 000) is not asked questions: it reads a held-out Climate-FEVER claim, one evidence sentence and
+the label, and writes the causal explanation. CEC and the text metrics compare it with the teacher's explanation of
+the same pair. The table is empty when `training.conditions` has no CAUSAL.
+"""),
+        code("""
+# explain the held-out claim-evidence pairs with every CAUSAL run
+causal_items = evaluation.evaluate_causal_grid(ctx)
+runs.write_jsonl(ctx.out / "causal_items.jsonl", causal_items)
+evaluation.causal_summary(causal_items)
 """),
         code("""
 # the summary of this step

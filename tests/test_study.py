@@ -55,6 +55,14 @@ def test_smoke_study_runs_all_notebooks(smoke_run):
     items = [json.loads(line) for line in (run_dir / "05_evaluation" / "items.jsonl").read_text().splitlines()]
     assert {i["condition"] for i in items} == {"FT", "FT-CoT", "MT", "CFD"}
     assert {i["test_set"] for i in items} == {"csqa-sample", "arc-sample"}  # in and out of distribution
+    assert {i["student"] for i in items} == {"tiny-random-gemma3", "tiny-random-t5"}
+    t5 = [i for i in items if i["student"] == "tiny-random-t5"]
+    assert all(i["loglik_pred"] is None for i in t5)  # option scoring is for causal LMs only
+    causal = [json.loads(line) for line in (run_dir / "05_evaluation" / "causal_items.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (run_dir / "02_teacher" / "causal.jsonl").read_text().splitlines()]
+    n_test_pairs = sum(p["split"] == "test" for p in pairs)
+    assert n_test_pairs and len(causal) == 2 * n_test_pairs  # every CAUSAL student explains every held-out pair
+    assert {c["condition"] for c in causal} == {"CAUSAL"}
     for name in ("ood_matrix.csv", "faithfulness.csv", "ratings.jsonl", "correlations.csv", "human_sheet.html"):
         assert (run_dir / "05_evaluation" / name).exists(), name
 

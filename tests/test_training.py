@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from lib.data import MCQuestion
-from lib.models import TINY_GEMMA, TINY_T5, generate_texts, load_causal_lm, load_seq2seq_lm, load_tokenizer
+from lib.models import (
+    TINY_GEMMA, TINY_T5, generate_texts, load_causal_lm, load_seq2seq_lm, load_student_lm, load_tokenizer,
+)
 from lib.params import TrainingParams
 from lib.training import (
-    StudentRun, causal_prompt, collate, condition_examples, eval_prompts, task_weights, tokenize_examples, train_run,
-    weighted_target_loss,
+    StudentRun, add_special_tokens, causal_prompt, collate, condition_examples, eval_prompts, task_weights,
+    tokenize_examples, train_run, weighted_target_loss,
 )
 
 STRATEGY = {"positive": "[Direct election]", "negative": "[Elimination method]"}
@@ -101,6 +103,13 @@ def test_causal_format_uses_train_rows_without_failure():
         eval_prompts("CAUSAL", questions()[0], "[Direct election]")
 
 
+def test_causal_keep_any_trains_on_a_failed_explanation_as_written():
+    failed = [{**CAUSAL_ROWS[2], "raw": "Heat comes first {not json"}]
+    assert condition_examples("CAUSAL", [], {}, causal_rows=CAUSAL_ROWS[:2] + failed, keep="parsed")[-1].qid == "c1"
+    ex = condition_examples("CAUSAL", [], {}, causal_rows=CAUSAL_ROWS[:2] + failed, keep="any")
+    assert [e.qid for e in ex] == ["c0", "c1", "c2"] and ex[-1].target == " Heat comes first {not json"
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return load_tokenizer(TINY_GEMMA, padding_side="right"), load_causal_lm(TINY_GEMMA)
@@ -161,7 +170,9 @@ def test_every_condition_trains_and_logs_its_loss_terms(condition, student, tmp_
     params = TrainingParams(students=[student], conditions=[condition], max_steps=2, batch_size=8, max_length=128,
                             lora={"target_modules": STUDENTS[student]})
     examples = all_examples(condition)
-    result = train_run(StudentRun(condition, student, 0), examples, params, tmp_path / condition, "cpu")
+    tokens = list(STRATEGY.values())  # already special tokens of the tiny tokenizer: nothing is added
+    result = train_run(StudentRun(condition, student, 0), examples, params, tmp_path / condition, "cpu", tokens)
+    assert result["added_tokens"] == []
     assert result["steps"] == 2 and (tmp_path / condition / "adapter" / "adapter_config.json").exists()
     assert result["task"] == ("causal" if condition == "CAUSAL" else "mc")
     assert result["architecture"] == ("encoder-decoder" if student == TINY_T5 else "decoder-only")
@@ -171,7 +182,7 @@ def test_every_condition_trains_and_logs_its_loss_terms(condition, student, tmp_
     assert terms == set(task_weights(condition, 0.5)) | {"total"}
     losses = read_jsonl(tmp_path / condition / "losses.jsonl")
     assert all(r["loss"] > 0 and r["loss"] == r["loss"] for r in losses)  # finite, positive cross-entropy per term
-    again = train_run(StudentRun(condition, student, 0), examples, params, tmp_path / condition, "cpu")
+    again = train_run(StudentRun(condition, student, 0), examples, params, tmp_path / condition, "cpu", tokens)
     assert again == result  # a finished run with the same config is skipped, not retrained
 
 
@@ -215,3 +226,94 @@ def test_qlora_trains_on_cpu(tmp_path):
                             max_length=64)
     result = train_run(StudentRun("FT", TINY_GEMMA, 0), all_examples("FT"), params, tmp_path / "FT", "cpu")
     assert result["steps"] == 1 and result["finetune"] == "qlora" and result["final_loss"] > 0
+
+
+NEW_STRATEGY = {"positive": "[Strategy A]", "negative": "[Strategy B]"}  # not in the tiny vocabulary: they get added
+
+
+def test_add_special_tokens_adds_only_missing_strings_and_starts_them_from_their_pieces():
+    tok, model = load_tokenizer(TINY_GEMMA), load_causal_lm(TINY_GEMMA)
+    n_vocab, known = len(tok), tok.convert_tokens_to_ids("[Direct election]")
+    pieces = tok("[Strategy A]", add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1
+    ids = add_special_tokens(tok, model, ["[Strategy A]", "[Direct election]", "[Strategy A]"])
+    assert ids == [n_vocab] and len(tok) == n_vocab + 1  # "[Direct election]" is one token already; duplicates once
+    assert tok("Q [Strategy A] x", add_special_tokens=False)["input_ids"].count(n_vocab) == 1
+    assert tok.convert_tokens_to_ids("[Direct election]") == known and "[Strategy A]" in tok.all_special_tokens
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] == len(tok) and model.get_output_embeddings().weight.shape[0] == len(tok)
+    assert torch.allclose(weight[n_vocab], weight[pieces].mean(0))
+    assert add_special_tokens(tok, model, ["[Strategy A]"]) == []  # a second call adds nothing
+
+
+def test_cfd_run_needs_its_strategy_tokens(tmp_path):
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["CFD"], max_steps=1)
+    with pytest.raises(ValueError, match="counterfactual.strategy_tokens"):
+        train_run(StudentRun("CFD", TINY_GEMMA, 0), all_examples("CFD"), params, tmp_path / "CFD", "cpu")
+
+
+@pytest.fixture(scope="module")
+def untied_gemma(tmp_path_factory):
+    """The tiny Gemma with an output head of its own (not tied to the input embeddings), as a local folder."""
+    from transformers import Gemma3ForCausalLM
+
+    config = load_causal_lm(TINY_GEMMA).config
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("untied-gemma")
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    load_tokenizer(TINY_GEMMA).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("student,finetune", [(TINY_GEMMA, "lora"), (TINY_T5, "lora"), ("untied", "lora"),
+                                              (TINY_GEMMA, "full"), (TINY_GEMMA, "qlora")])
+def test_cfd_run_adds_and_trains_its_strategy_tokens(student, finetune, untied_gemma, tmp_path):
+    # A tied head moves the new rows even if no example used them; the untied model's input rows move only when the
+    # examples were tokenised with the new ids, so that case also checks the order of adding and tokenising.
+    from safetensors import safe_open
+
+    from lib.evaluation import load_student
+
+    if finetune == "qlora":
+        pytest.importorskip("bitsandbytes")
+    student = untied_gemma if student == "untied" else student
+    targets = STUDENTS.get(student, STUDENTS[TINY_GEMMA])
+    params = TrainingParams(students=[student], conditions=["CFD"], finetune=finetune, max_steps=3, batch_size=2,
+                            lr=1e-2, max_length=128, save_steps=0, lora={"target_modules": targets})
+    examples = condition_examples("CFD", questions(), RATIONALES, VIEWS, NEW_STRATEGY)
+    strings = list(NEW_STRATEGY.values())
+    result = train_run(StudentRun("CFD", student, 0), examples, params, tmp_path / "CFD", "cpu", strings)
+    assert result["steps"] == 3 and result["added_tokens"] == strings
+    adapter = tmp_path / "CFD" / "adapter"
+
+    tok = load_tokenizer(str(adapter))  # the saved tokenizer knows each strategy string as one special token
+    ids = [tok(s, add_special_tokens=False)["input_ids"] for s in strings]
+    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 2
+    ids = [i[0] for i in ids]
+    assert set(strings) <= set(tok.all_special_tokens) and min(ids) >= len(load_tokenizer(student))
+    stored = {}  # LoRA: the trained rows kept in the adapter, by "input" / "output" embeddings
+    if finetune != "full":
+        with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+            stored = {("output" if "lm_head" in k else "input"): f.get_tensor(k)
+                      for k in keys if "trainable_tokens_delta" in k}
+        assert "input" in stored and not any("base_layer.weight" in k for k in keys)  # not the whole resized matrix
+        assert ("output" in stored) == (student == untied_gemma)  # a tied head shares the input rows
+        stored.setdefault("output", stored["input"])
+
+    model, tok = load_student(student, adapter, "cpu")
+    prompt = eval_prompts("CFD", questions()[0], NEW_STRATEGY["positive"])["answer"]
+    out = generate_texts(model, tok, [prompt], max_new_tokens=4, progress=False)
+    assert len(out) == 1 and out[0][0].completion_tokens <= 4 and out[0][0].prompt_tokens > 0
+
+    trained = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    base_tok, base = load_tokenizer(student), load_student_lm(student)
+    for role, layer, base_layer in (("input", trained.get_input_embeddings(), base.get_input_embeddings()),
+                                    ("output", trained.get_output_embeddings(), base.get_output_embeddings())):
+        assert layer.weight.shape[0] == len(tok)
+        if stored:  # the loaded student uses the rows trained and saved with the adapter
+            assert torch.allclose(layer.weight[ids].float(), stored[role].float())
+        for s, i in zip(strings, ids):
+            initial = base_layer.weight[base_tok(s, add_special_tokens=False)["input_ids"]].mean(0).float()
+            assert (layer.weight[i].float() - initial).abs().max() > 1e-4, f"{s}: row {i} was not trained"
