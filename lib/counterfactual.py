@@ -209,21 +209,26 @@ class CounterfactualRationale:
     text: str
     teacher_model: str
     template_sha256: str
+    split: str = "train"  # train rows feed CF training; test rows feed the faithfulness probe of step 05
 
 
-def build_cf_rationales(questions: list[MCQuestion], teacher: Teacher, params: CounterfactualParams,
+def build_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: Teacher, params: CounterfactualParams,
                         seed: int) -> list[CounterfactualRationale]:
-    """For each question, a rationale written as if a randomly chosen wrong option were right (after SCOTT)."""
+    """Per split, for each question a rationale written as if a randomly chosen wrong option were right (after SCOTT).
+
+    At most `cf_rationale_questions` per split; the wrong option is drawn with `seed`.
+    """
     rng = random.Random(seed)
     template = load_template("counterfactual_rationale")
-    picked = questions if params.cf_rationale_questions is None else questions[: params.cf_rationale_questions]
-    options = [rng.choice([i for i in range(len(q.choices)) if i != q.answer]) for q in picked]
-    prompts = [view_prompt(q, o, positive=True, template="counterfactual_rationale") for q, o in zip(picked, options)]
+    cap = params.cf_rationale_questions
+    picked = [(split, q) for split, qs in questions.items() for q in (qs if cap is None else qs[:cap])]
+    options = [rng.choice([i for i in range(len(q.choices)) if i != q.answer]) for _, q in picked]
+    prompts = [view_prompt(q, o, positive=True, template="counterfactual_rationale") for (_, q), o in zip(picked, options)]
     outs = teacher.complete(prompts, max_new_tokens=params.max_new_tokens, temperature=0.0,
                             desc="counterfactual rationales")
     rows = [CounterfactualRationale(id=q.id, option=o, text=split_rationale(c.text), teacher_model=teacher.name,
-                                    template_sha256=template.sha256)
-            for q, o, (c,) in zip(picked, options, outs)]
+                                    template_sha256=template.sha256, split=split)
+            for (split, q), o, (c,) in zip(picked, options, outs)]
     empty = sum(not r.text for r in rows)
     if empty:
         log.warning("%d of %d counterfactual rationales came back empty and are dropped", empty, len(rows))

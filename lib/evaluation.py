@@ -95,7 +95,7 @@ class ExplanationResult:
     bertscore: float = math.nan
 
 def load_student(base_spec: str, adapter_dir: Path, device: str) -> tuple[Any, Any]:
-    """A trained student and its tokenizer: the base model with the run's LoRA adapter, or the run's full weights."""
+    """A trained student and its tokenizer: the base model with the run's LoRA adapter merged in, or its full weights."""
     from peft import PeftModel
 
     from lib.models import load_student_lm, load_tokenizer
@@ -105,7 +105,9 @@ def load_student(base_spec: str, adapter_dir: Path, device: str) -> tuple[Any, A
         base = load_student_lm(base_spec, device)
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # CFD added its strategy tokens in training
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the adapter holds their trained rows
-        return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
+        # merged into the base weights: generation then costs what the base model costs (no adapter or
+        # trainable-token wrappers rebuilding weights at every step)
+        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tokenizer
     if (adapter_dir / "config.json").exists():  # training.finetune: full saves the whole model
         return load_student_lm(str(adapter_dir), device), tokenizer
     raise FileNotFoundError(f"{adapter_dir} holds neither a LoRA adapter nor model weights; rerun step 04_training "

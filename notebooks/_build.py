@@ -310,11 +310,13 @@ counterfactual.views_frame(views).groupby(["origin", "strategy"]).head(2)
 
 Counterfactual training (seed 001, after SCOTT) pairs each question with a rationale written as if a wrong option
 were right, and trains the student to follow that rationale to *that* option: a student that only pattern-matches
-the question cannot do this, one that uses its rationale can.
+the question cannot do this, one that uses its rationale can. The test questions' counterfactual rationales are
+never trained on: step 05 forces them into the student's answer to see whether the answer follows (faithfulness).
 """),
         code("""
-# write one counterfactual rationale per training question (arguing for a random wrong option)
-cf_rationales = counterfactual.build_cf_rationales(splits.train, refiller, ctx.params.counterfactual, ctx.params.run.seed)
+# write a counterfactual rationale (for a random wrong option) per training and in-distribution test question
+cf_rationales = counterfactual.build_cf_rationales(splits.teacher_questions(), refiller, ctx.params.counterfactual,
+                                                   ctx.params.run.seed)
 runs.write_jsonl(ctx.out / "cf_rationales.jsonl", cf_rationales)
 counterfactual.views_frame(cf_rationales, counterfactual.CounterfactualRationale).head(3)
 """),

@@ -115,8 +115,9 @@ def test_views_reuse_step02_rationale_and_refute_wrong_options():
 def test_cf_rationales_argue_for_a_wrong_option():
     params = CounterfactualParams(cf_rationale_questions=2)
     qs = [q("q1"), q("q2", answer=3), q("q3")]
-    rows = build_cf_rationales(qs, ScriptedTeacher("", []), params, seed=0)
-    assert [r.id for r in rows] == ["q1", "q2"]
+    rows = build_cf_rationales({"train": qs, "test": [q("t1", answer=1)]}, ScriptedTeacher("", []), params, seed=0)
+    assert [(r.id, r.split) for r in rows] == [("q1", "train"), ("q2", "train"), ("t1", "test")]
+    assert rows[2].option != 1
     assert rows[0].option != 0 and rows[1].option != 3
     assert rows[0].text == "Because it fits." and rows[0].template_sha256
 
