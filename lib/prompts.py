@@ -36,7 +36,8 @@ def load_template(name: str) -> Template:
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATES.glob("*.txt"))
         raise FileNotFoundError(f"no prompt template {name!r} in {TEMPLATES}; known: {', '.join(known)}")
-    text = path.read_text(encoding="utf-8")
+    # the file's final newline is not part of the prompt: the completion must continue right after the last label
+    text = path.read_text(encoding="utf-8").removesuffix("\n")
     return Template(name=name, text=text, sha256=sha256_text(text))
 
 

@@ -146,6 +146,7 @@ def execute(step: str, params: StudyParams, run_dir: Path) -> None:
             str(NOTEBOOKS / f"{step}.ipynb"), str(partial),
             parameters={"params": params.model_dump(mode="json"), "params_file": "", "run_dir": str(run_dir)},
             kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no start-up chatter (e.g. the TCP transport warning)
         )
     finally:
         if partial.exists():

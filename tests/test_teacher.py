@@ -286,3 +286,13 @@ def test_study_switches_to_openai_with_set_only_and_writes_no_key(server, secret
     files = written_files(run_dir)
     assert any(f.name == "02_teacher.ipynb" for f in files) and any(f.name == "manifest.json" for f in files)
     assert not any(SECRET.encode() in f.read_bytes() for f in files)
+
+
+def test_templates_end_at_their_last_label():
+    from lib.prompts import TEMPLATES, cot_prompt, load_template
+
+    for path in TEMPLATES.glob("*.txt"):
+        text = load_template(path.stem).text
+        assert not text.endswith((" ", "\n")), f"{path.name}: the model would answer after a line break"
+    q = MCQuestion("q", "Where is the sun?", ["sky", "sea"], ["A", "B"], 0)
+    assert cot_prompt(q, 1).endswith("A:")
