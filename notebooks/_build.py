@@ -485,8 +485,9 @@ faith
 ## Ratings
 
 The judge (the teacher model) rates a few explanations per run from 1 to 7; a judgement it does not write in the
-asked form is recorded as a failure, never as a number. Gemma 3 270M is a weak judge: read its scores as a demonstration
-of the procedure. The human sheet hides which student wrote what; `ratings.import_sheet` reads a filled copy back.
+asked form is recorded as a failure, never as a number. Gemma 3 270M is a weak judge that mostly copies the scores of
+the last worked example in its prompt: read its scores as a demonstration of the procedure, and use a strong judge
+(`teacher.backend: openai`) or human raters for the study. The human sheet hides which student wrote what; `ratings.import_sheet` reads a filled copy back.
 """),
         code("""
 # the LLM judge's ratings
