@@ -16,6 +16,10 @@ shared while it ran.
 
     .venv/bin/python benchmarks/train_throughput.py [--data /work/shared/data] [--student gemma3-270m-gguf]
         [--n 256] [--steps 16] [--batch-size 4] [--threads N]
+
+Measured (2026-11-24, 2-core AMD EPYC, load average 0.8 before, Gemma 3 270M, LoRA r 8 on q/v, 256
+examples, `--steps 12`): ours 68.2 target tokens/s (peak RSS 3.22 GB), baseline 38.3 (4.09 GB): 1.78x,
+short of the 2x target.
 """
 
 from __future__ import annotations
