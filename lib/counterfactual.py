@@ -89,8 +89,12 @@ def clean_refill(text: str) -> str:
     return first.strip().rstrip(".").strip().strip("\"'`").strip()
 
 
-def refill_problem(q: MCQuestion, span_text: str, refill: str, masked: str = "") -> str | None:
-    """Why a refill cannot make a counterfactual, or None when it can."""
+def refill_problem(q: MCQuestion, span_text: str, refill: str, masked: str = "", new_answer: str = "") -> str | None:
+    """Why a refill cannot make a counterfactual, or None when it can.
+
+    A refill that spells out the new answer is rejected too: the question would give its answer away by word
+    overlap, the very shortcut counterfactual data is meant to break.
+    """
     if not refill:
         return "empty refill"
     if MASK in refill:
@@ -102,6 +106,8 @@ def refill_problem(q: MCQuestion, span_text: str, refill: str, masked: str = "")
         return "refill leaves the question unchanged"
     if q.choices[q.answer].lower() in refill.lower():
         return "refill names the old answer"
+    if new_answer and new_answer.lower() in refill.lower():
+        return "refill names the new answer"
     return None
 
 
@@ -148,7 +154,8 @@ def build_counterfactuals(questions: list[MCQuestion], teacher: Teacher, params:
     for q, span, source, w, target, masked in drafts:
         span_text = q.question[span[0]:span[1]] if span else ""
         refill = clean_refill(next(fills)[0].text) if span else ""
-        problem = "no topic words found in the question" if not span else refill_problem(q, span_text, refill, masked)
+        problem = ("no topic words found in the question" if not span
+                   else refill_problem(q, span_text, refill, masked, q.choices[target]))
         rows.append(Counterfactual(
             source_id=q.id, id=f"{q.id}-cf", original=q.question, span=span, span_text=span_text,
             span_source=source, topic_words=w, concept=q.concept or "", masked=masked, new_target=target, refill=refill,

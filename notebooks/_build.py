@@ -235,7 +235,8 @@ engine.close()
 1. Ask the teacher which words decide a question's answer, locate them in the text and mask them
    (CommonsenseQA's `question_concept` is the fallback and is kept beside them).
 2. Ask the teacher to refill the mask so that a former distractor becomes the answer; reject refills that leave the
-   question unchanged or name the old answer.
+   question unchanged, rewrite words outside the mask, name the old answer, or spell out the new one (a question
+   that contains its answer teaches word overlap, not reasoning).
 3. Keep a counterfactual only when several sampled teacher reasoning paths agree on the new answer (self-consistency).
 4. Build multi-view CoT: a positive view (`[Direct election]`, why the answer is right) and negative views
    (`[Elimination method]`, why a wrong option is wrong).

@@ -63,6 +63,9 @@ def test_refill_rules():
     assert refill_problem(question, "umbrella", "coat from the closet") == "refill names the old answer"
     assert refill_problem(question, "umbrella", f"{MASK} cake") == "refill still contains [MASK]"
     assert refill_problem(question, "umbrella", "frozen pizza") is None
+    assert refill_problem(question, "umbrella", "box for the freezer", new_answer="freezer") == \
+        "refill names the new answer"
+    assert refill_problem(question, "umbrella", "frozen pizza", new_answer="freezer") is None
     masked = f"Where would you keep a spare {MASK}?"
     assert refill_problem(question, "umbrella", "Where would you keep a spare pizza", masked) == \
         "refill rewrites words outside the mask"
