@@ -551,6 +551,7 @@ class RunTables:
     ratings: pd.DataFrame | None  # 05_evaluation/ratings.jsonl joined to items (condition, rationale_len)
     losses: pd.DataFrame | None  # 04_training/<run>/losses.jsonl, all runs
     acceptance: dict | None  # 03_counterfactuals/acceptance.json
+    causal: pd.DataFrame | None = None  # 05_evaluation/causal_items.jsonl (CAUSAL students' explanations)
 
 
 @dataclasses.dataclass
@@ -609,9 +610,12 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
     loss_files = sorted((run_dir / "04_training").glob("*/losses.jsonl"))
     losses = pd.DataFrame([r for f in loss_files for r in read_jsonl(f)]) if loss_files else None
     acc_path = run_dir / "03_counterfactuals" / "acceptance.json"
+    causal_path = run_dir / "05_evaluation" / "causal_items.jsonl"
+    causal = pd.DataFrame(read_jsonl(causal_path)) if causal_path.exists() else None
     return RunTables(items=items, runs=runs, ratings=ratings if ratings is None or len(ratings) else None,
                      losses=losses if losses is not None and len(losses) else None,
-                     acceptance=read_json(acc_path) if acc_path.exists() else None)
+                     acceptance=read_json(acc_path) if acc_path.exists() else None,
+                     causal=causal if causal is not None and len(causal) else None)
 
 
 def join_ratings(ratings: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -882,6 +886,31 @@ def metrics_section(tables: RunTables) -> Section:
     return section
 
 
+def causal_section(tables: RunTables) -> Section:
+    """How close the CAUSAL students' explanations of held-out claims come to the teacher's (CEC and text metrics)."""
+    section = Section("causal_explanations", "CAUSAL students: explanations of held-out claims",
+                      "A CAUSAL student reads a claim, one evidence sentence and the label, and explains the cause, "
+                      "mechanism and effect; CEC and the text metrics compare it with the teacher's explanation.")
+    if tables.causal is None:
+        section.notes.append("no CAUSAL run in this study (add CAUSAL to training.conditions); this input is absent.")
+        return section
+    metrics = [c for c in ("cec", "cec_fc", "cec_bf", "bleu", "rouge_l", "bertscore") if c in tables.causal.columns]
+    df = tables.causal.assign(**{c: pd.to_numeric(tables.causal[c], errors="coerce") for c in metrics})
+    table = (df.groupby(["condition", "student", "seed"], as_index=False)
+               .agg(n=("item_id", "size"), n_scored=("cec", "count"), **{c: (c, "mean") for c in metrics}))
+    section.table = table
+    for row in table.itertuples(index=False):
+        label = f"[{row.student}, seed {row.seed}]"
+        if row.n_scored == 0:
+            section.notes.append(f"{label} none of its {_plural(int(row.n), 'explanation')} has a teacher "
+                                 "explanation to score against (the teacher failed on those pairs).")
+            continue
+        section.sentences.append(f"{label} {_plural(int(row.n_scored), 'explanation')} scored: mean CEC "
+                                 f"{row.cec:.3f} (forward coverage {row.cec_fc:.3f}, backward faithfulness "
+                                 f"{row.cec_bf:.3f}).")
+    return section
+
+
 def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alpha: float = 0.05,
             n_boot: int = 1000, seed: int = 0) -> dict[str, Section]:
     """Every analysis of the report in order, keyed by section key; a test the data cannot support becomes a note."""
@@ -891,6 +920,7 @@ def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alp
                      kruskal_section(tables, outcome, alpha), ols_section(tables, outcome)]
     sections += ratings_sections(tables)
     sections.append(metrics_section(tables))
+    sections.append(causal_section(tables))
     return {s.key: s for s in sections}
 
 

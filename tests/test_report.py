@@ -49,6 +49,9 @@ def make_run(root: Path, name: str = "synthetic", n_items: int = 40, seeds=(0,),
     write_jsonl(run_dir / "05_evaluation" / "items.jsonl", items)
     if with_optional:
         write_jsonl(run_dir / "05_evaluation" / "ratings.jsonl", ratings)
+        write_jsonl(run_dir / "05_evaluation" / "causal_items.jsonl",
+                    [{"run": "CAUSAL__gpt2__seed0", "condition": "CAUSAL", "student": "gpt2", "seed": 0,
+                      "item_id": f"claim-{i}", "cec": 0.5, "cec_fc": 0.4, "cec_bf": 0.6} for i in range(3)])
     write_jsonl(run_dir / "04_training" / "runs.jsonl", runs)
     write_json(run_dir / "03_counterfactuals" / "acceptance.json",
                {"accepted": 3, "attempted": 8, "reasons": {"accepted": 3, "votes below threshold": 5},
@@ -91,7 +94,7 @@ def test_report_with_every_input_has_every_table_and_figure(tmp_path):
     for name, _ in report.FIGURES.values():
         assert (run_dir / "06_statistics" / name).read_bytes().startswith(PNG_MAGIC)
     for title in ("Tukey-Kramer HSD on correct", "Two-way ANOVA on correct", "Kruskal-Wallis", "McNemar",
-                  "Regression of soundness ratings", "CEC against BLEU"):
+                  "Regression of soundness ratings", "CEC against BLEU", "CAUSAL students"):
         assert title in page
     assert re.search(r"MT beats CF by \d+\.\d points \((p = 0\.\d{3}|p &lt; 0\.001)\)", page)
     # provenance from the manifest, and the caveat about this step's own record
@@ -110,6 +113,7 @@ def test_report_without_optional_inputs_says_they_are_absent(tmp_path):
     assert "ratings.jsonl is absent" in page
     assert "no item has BLEU, ROUGE-L or BERTScore" in page
     assert "acceptance.json is absent" in page
+    assert "no CAUSAL run in this study" in page
     assert len(images(page)) == len(report.FIGURES) - 3  # no metrics scatter, ratings or acceptance figure
     assert "Tukey-Kramer HSD on correct" in page and "MT beats CF" in page
 

@@ -468,10 +468,12 @@ def test_analyse_full_inputs_runs_everything():
     tables = run_tables(items, ratings)
     runs = tables.runs.assign(n_params=tables.runs["run"].str.endswith("medium").map({True: 355e6, False: 124e6}))
     tables.items["student_size"] = tables.items["run"].map(runs.set_index("run")["n_params"]).astype(str)
+    tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": "gpt2", "seed": 0, "item_id": ["c1", "c2"],
+                                  "cec": [0.5, 0.7], "cec_fc": [0.4, 0.6], "cec_bf": [0.6, 0.8]})
     sections = analyse(tables, n_boot=200)
     expected = {"accuracy", "mcnemar", "tukey_correct", "anova_correct", "kruskal_correct", "ols_correct",
                 "tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_rating_completeness",
-                "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics"}
+                "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics", "causal_explanations"}
     assert set(sections) == expected
     assert all(sections[k].ran for k in expected), {k: s.notes for k, s in sections.items() if not s.ran}
     assert not any("absent" in n for s in sections.values() for n in s.notes)
@@ -513,3 +515,20 @@ def test_analyse_one_seed_two_items_gives_notes_not_nans(tmp_path):
     write_analysis(sections, tmp_path)
     assert not (tmp_path / "ols_correct.csv").exists() and (tmp_path / "accuracy.csv").exists()
     assert "Not tested" in (tmp_path / "findings.md").read_text()
+
+
+def test_causal_section_summarises_explanations_and_says_when_absent():
+    from lib.stats import causal_section
+
+    tables = run_tables(synthetic_items(30))
+    assert causal_section(tables).table is None and "no CAUSAL run" in causal_section(tables).notes[0]
+    tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": ["s1"] * 3 + ["s2"] * 2, "seed": 0,
+                                  "item_id": ["c1", "c2", "c3", "c1", "c2"],
+                                  "cec": [0.2, 0.4, None, None, None], "cec_fc": [0.1, 0.3, None, None, None],
+                                  "cec_bf": [0.3, 0.5, None, None, None]})
+    section = causal_section(tables)
+    row = section.table.set_index("student").loc["s1"]
+    assert (row["n"], row["n_scored"]) == (3, 2) and row["cec"] == pytest.approx(0.3)
+    assert section.sentences == ["[s1, seed 0] 2 explanations scored: mean CEC 0.300 (forward coverage 0.200, "
+                                 "backward faithfulness 0.400)."]
+    assert "none of its 2 explanations" in section.notes[0]

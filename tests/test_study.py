@@ -63,6 +63,7 @@ def test_smoke_study_runs_all_notebooks(smoke_run):
     n_test_pairs = sum(p["split"] == "test" for p in pairs)
     assert n_test_pairs and len(causal) == 2 * n_test_pairs  # every CAUSAL student explains every held-out pair
     assert {c["condition"] for c in causal} == {"CAUSAL"}
+    assert "CAUSAL students" in (run_dir / "06_statistics" / "findings.md").read_text()
     for name in ("ood_matrix.csv", "faithfulness.csv", "ratings.jsonl", "correlations.csv", "human_sheet.html"):
         assert (run_dir / "05_evaluation" / name).exists(), name
 
