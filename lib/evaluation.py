@@ -315,8 +315,8 @@ def evaluate_run(run_info: dict, adapter_dir: Path, test_sets: dict[str, list[MC
             faith = faithfulness(model, tokenizer, answer_prompts[:k], qs[:k], own[:k], perturbed[:k], found[:k],
                                  ev.batch_size)
             for r, f in zip(run_rows, faith):
-                for k, v in f.items():
-                    setattr(r, k, v)
+                for column, value in f.items():
+                    setattr(r, column, value)
         rows.extend(run_rows)
     return rows
 
@@ -347,13 +347,24 @@ def add_text_metrics(rows: Sequence[ItemResult | ExplanationResult], references:
         r.bleu, r.rouge_l, r.bertscore = b, rl, bs
 
 
+
+def score_against_references(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str],
+                             ev: Any, device: str) -> None:
+    """Fill CEC (and, with evaluation.text_metrics, BLEU, ROUGE-L, BERTScore) of each row against its reference."""
+    from lib.models import load_embedder
+
+    embedder = load_embedder(ev.embedder, device)
+    add_cec(rows, references, lambda s: embedder.encode(s, batch_size=ev.embed_batch_size, show_progress_bar=False))
+    if ev.text_metrics:
+        add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
+
 # ---------------------------------------------------------------- the grid
 
 
 def evaluate_grid(ctx: Any) -> list[ItemResult]:
     """Evaluate every trained run of step 04 on every test set of step 01, with CEC and the text metrics."""
     from lib.data import read_test_sets
-    from lib.models import load_embedder, pick_device
+    from lib.models import pick_device
     from lib.runs import read_jsonl
     from lib.teacher import read_rationales
 
@@ -372,10 +383,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
                                  device, cf))
     references = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test",
                                  ctx.params.training.rationale_filter)
-    embedder = load_embedder(ev.embedder, device)
-    add_cec(rows, references, lambda s: embedder.encode(s, batch_size=ev.embed_batch_size, show_progress_bar=False))
-    if ev.text_metrics:
-        add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
+    score_against_references(rows, references, ev, device)
     return rows
 
 
@@ -404,7 +412,7 @@ def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], pa
 
 def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     """Every CAUSAL run of step 04 explains the test pairs of 02_teacher/causal.jsonl, scored against the teacher."""
-    from lib.models import load_embedder, pick_device
+    from lib.models import pick_device
     from lib.runs import read_jsonl
 
     ev = ctx.params.evaluation
@@ -419,10 +427,7 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
         rows.extend(evaluate_causal_run(info, ctx.artifact("04_training", info["run"]) / "adapter", pairs,
                                         ctx.params, device))
     references = {r.item_id: r.reference for r in rows if r.reference}
-    embedder = load_embedder(ev.embedder, device)
-    add_cec(rows, references, lambda s: embedder.encode(s, batch_size=ev.embed_batch_size, show_progress_bar=False))
-    if ev.text_metrics:
-        add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
+    score_against_references(rows, references, ev, device)
     return rows
 
 
@@ -430,12 +435,11 @@ def causal_summary(rows: Sequence[ExplanationResult]) -> Any:
     """Per CAUSAL run: pairs explained and scored, mean explanation length and the metrics against the teacher."""
     import pandas as pd
 
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows],
-                      columns=[f.name for f in dataclasses.fields(ExplanationResult)])
-    return (df.groupby(["condition", "student", "seed"], as_index=False, dropna=False)
-              .agg(n=("item_id", "size"), n_scored=("cec", "count"), words=("rationale_len", "mean"),
-                   cec=("cec", "mean"), cec_fc=("cec_fc", "mean"), cec_bf=("cec_bf", "mean"), bleu=("bleu", "mean"),
-                   rouge_l=("rouge_l", "mean"), bertscore=("bertscore", "mean")))
+    from lib.stats import causal_table
+
+    return causal_table(pd.DataFrame([dataclasses.asdict(r) for r in rows],
+                                     columns=[f.name for f in dataclasses.fields(ExplanationResult)]))
+
 
 def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
     """LLM-judge ratings (lib.ratings.Rating) of up to evaluation.judge_max_items explanations per run; [] when off."""

@@ -886,6 +886,15 @@ def metrics_section(tables: RunTables) -> Section:
     return section
 
 
+def causal_table(causal: pd.DataFrame) -> pd.DataFrame:
+    """Per CAUSAL run: explanations, how many had a teacher reference, and the mean length and metrics."""
+    metrics = [c for c in ("rationale_len", "cec", "cec_fc", "cec_bf", "bleu", "rouge_l", "bertscore")
+               if c in causal.columns]
+    df = causal.assign(**{c: pd.to_numeric(causal[c], errors="coerce") for c in metrics})
+    return (df.groupby(["condition", "student", "seed"], as_index=False, dropna=False)
+              .agg(n=("item_id", "size"), n_scored=("cec", "count"), **{c: (c, "mean") for c in metrics}))
+
+
 def causal_section(tables: RunTables) -> Section:
     """How close the CAUSAL students' explanations of held-out claims come to the teacher's (CEC and text metrics)."""
     section = Section("causal_explanations", "CAUSAL students: explanations of held-out claims",
@@ -894,10 +903,7 @@ def causal_section(tables: RunTables) -> Section:
     if tables.causal is None:
         section.notes.append("no CAUSAL run in this study (add CAUSAL to training.conditions); this input is absent.")
         return section
-    metrics = [c for c in ("cec", "cec_fc", "cec_bf", "bleu", "rouge_l", "bertscore") if c in tables.causal.columns]
-    df = tables.causal.assign(**{c: pd.to_numeric(tables.causal[c], errors="coerce") for c in metrics})
-    table = (df.groupby(["condition", "student", "seed"], as_index=False)
-               .agg(n=("item_id", "size"), n_scored=("cec", "count"), **{c: (c, "mean") for c in metrics}))
+    table = causal_table(tables.causal)
     section.table = table
     for row in table.itertuples(index=False):
         label = f"[{row.student}, seed {row.seed}]"
