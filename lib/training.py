@@ -228,23 +228,21 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, Any]:
 
 def weighted_target_loss(model: Any, inputs: dict[str, Any], weights: list[float]) -> tuple[Any, dict[int, float]]:
     """Σ_task w_task · mean CE over that task's target tokens, computing logits only where labels are set."""
-    import torch
     import torch.nn.functional as F
+
+    from lib.head_loss import target_nll
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "is_encoder_decoder", False):
         labels = inputs["labels"]
         keep = labels != -100
-        logits = _seq2seq_target_logits(base, inputs, keep)
+        token_loss = F.cross_entropy(_seq2seq_target_logits(base, inputs, keep), labels[keep], reduction="none")
     else:
         hidden = base.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
         labels = inputs["labels"][:, 1:]
         keep = labels != -100
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        cap = getattr(base.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-    token_loss = F.cross_entropy(logits, labels[keep], reduction="none")
+        token_loss = target_nll(hidden[:, :-1][keep], base.get_output_embeddings(), labels[keep],
+                                getattr(base.config, "final_logit_softcapping", None))
     token_task = inputs["task_ids"][:, None].expand_as(labels)[keep]
     total, terms = token_loss.new_zeros(()), {}
     for t, w in enumerate(weights):
