@@ -131,9 +131,11 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
     """Sum of log p(continuation tokens | context) for each (context, continuation), tokenised as in training.
 
     The LM head runs only at the continuation's positions (Gemma's 262k-token vocabulary would make
-    full logits the dominant cost on a CPU).
+    full logits the dominant cost on a CPU), through `lib.head_loss.target_nll`.
     """
     import torch
+
+    from lib.head_loss import target_nll
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
@@ -159,11 +161,8 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
             target[row, len(ctx_ids) - 1:len(seq) - 1] = True
         with torch.no_grad():
             hidden = base.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            logits = base.get_output_embeddings()(hidden[target.to(device)]).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
             next_ids = torch.roll(ids, -1, dims=1)[target].to(device)
-            token_lp = torch.log_softmax(logits, dim=-1).gather(1, next_ids[:, None])[:, 0].cpu()
+            token_lp = -target_nll(hidden[target.to(device)], base.get_output_embeddings(), next_ids, cap).cpu()
         counts = target.sum(dim=1).tolist()
         for row, (i, piece) in enumerate(zip(idx, torch.split(token_lp, counts))):
             out[i] = float(piece.sum())
@@ -351,10 +350,10 @@ def add_text_metrics(rows: Sequence[ItemResult | ExplanationResult], references:
 def score_against_references(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str],
                              ev: Any, device: str) -> None:
     """Fill CEC (and, with evaluation.text_metrics, BLEU, ROUGE-L, BERTScore) of each row against its reference."""
-    from lib.models import load_embedder
+    from lib.models import encode_sentences, load_embedder
 
     embedder = load_embedder(ev.embedder, device)
-    add_cec(rows, references, lambda s: embedder.encode(s, batch_size=ev.embed_batch_size, show_progress_bar=False))
+    add_cec(rows, references, lambda s: encode_sentences(embedder, s, ev.embed_batch_size, desc="CEC: embedding sentences"))
     if ev.text_metrics:
         add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
 

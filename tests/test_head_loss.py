@@ -23,7 +23,9 @@ def frozen_head(vocab=50, dim=8, seed=0):
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("rows", [1, 3, 256])
-def test_values_and_gradients_match_full_logits(softcap, rows):
+@pytest.mark.parametrize("vocab_block", [7, 8192])  # several blocks (online softmax rescaling), or one
+def test_values_and_gradients_match_full_logits(softcap, rows, vocab_block, monkeypatch):
+    monkeypatch.setattr("lib.head_loss.VOCAB_BLOCK", vocab_block)
     head = frozen_head()
     assert _fusable(torch.zeros(1, 8), head, head.weight)
     hidden = (torch.randn(7, 8) * 4).requires_grad_()  # large logits: the max subtraction matters
@@ -37,11 +39,13 @@ def test_values_and_gradients_match_full_logits(softcap, rows):
     torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-4, atol=1e-6)
 
 
-def test_no_grad_gives_the_same_values():
-    head, hidden, labels = frozen_head(), torch.randn(5, 8), torch.tensor([1, 2, 3, 4, 5])
+def test_no_grad_gives_the_same_values_even_for_a_trainable_head():
+    head, hidden, labels = torch.nn.Linear(8, 50, bias=False), torch.randn(5, 8), torch.tensor([1, 2, 3, 4, 5])
     with torch.no_grad():
+        assert _fusable(hidden, head, head.weight)  # scoring a merged student: no graph, so the fast path
         ours = target_nll(hidden, head, labels, rows=2)
-    torch.testing.assert_close(ours, reference_nll(hidden, head, labels))
+        ref = reference_nll(hidden, head, labels)
+    torch.testing.assert_close(ours, ref)
 
 
 def test_a_trainable_head_takes_the_plain_path_and_gets_its_gradient():

@@ -255,6 +255,23 @@ def test_bertscore_with_a_local_encoder_folder():
     assert bertscore_scores([], path) == []
 
 
+def test_encode_sentences_batches_by_token_length_and_keeps_input_order():
+    from lib.models import TINY_MINILM, encode_sentences, load_embedder
+
+    embedder = load_embedder(TINY_MINILM)
+    sentences = ["Ice is cold and melts in the warm sun of the afternoon.", "Ice.", "Fire is hot.",
+                 "So the answer is a box because things are kept in boxes.", "Snow falls at night.", "Q:"]
+    calls = []
+    encode = embedder.encode
+    embedder.encode = lambda batch, **kw: calls.append(batch) or encode(batch, **kw)
+    got = encode_sentences(embedder, sentences, batch_size=2, progress=False)
+    embedder.encode = encode
+    np.testing.assert_allclose(got, embedder.encode(sentences), atol=1e-5)  # row i belongs to sentence i
+    lengths = [[len(embedder.tokenizer(s)["input_ids"]) for s in batch] for batch in calls]
+    assert len(calls) == 3 and all(max(a) <= min(b) for a, b in zip(lengths, lengths[1:]))
+    assert encode_sentences(embedder, [], progress=False).shape == (0, got.shape[1])
+
+
 def test_metric_rating_correlations_by_hand():
     import pandas as pd
 
