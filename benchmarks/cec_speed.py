@@ -9,16 +9,25 @@ rest (splitting, de-duplication, scoring) separately.
 
     .venv/bin/python benchmarks/cec_speed.py [--pairs 10000] [--items 1000] [--batch-size 256] [--threads N]
 
-The encoder sees the distinct sentences sorted by length (sentence-transformers sorts each call), in
-batches of `--batch-size`; larger batches cut per-call overhead on a CPU without changing any
-embedding. The load average before and after is printed: figures taken while other processes
-use the cores are slower than the machine can do.
+The encoder sees the distinct sentences in batches of `--batch-size` sentences of equal length in
+tokens (`lib.models.encode_sentences`, as the study's step 05 does); `--by-characters` batches them as
+SentenceTransformer.encode does, by length in characters, which pads more. The load average before
+and after is printed: figures taken while other processes use the cores are slower than the machine
+can do.
 
-Measured (2026-11-24, idle 2-core AMD EPYC, AVX2 only, torch 2 threads, defaults): 10,000 pairs over
-1,000 references = 31,482 distinct sentences in 81.1 s (80.8 s encoder at 389 sentences/s, 0.29 s the
-rest); the under-60-s target is not met on this CPU. torch dynamic int8 quantisation of the Linear layers
-ran at 563 vs 403 sentences/s on 3,000 sentences but moved embeddings (mean cosine 0.95 to fp32), so it is
-not used. A faster encoder runtime (e.g. ONNX Runtime) is the remaining lever.
+Measured (2026-11-25, 2-core AMD EPYC at 2.0 GHz (Zen 1, AVX2), torch 2 threads, cores idle, defaults):
+10,000 pairs over 1,000 references = 31,482 distinct sentences, 402,850 tokens, in 153.2 s (152.8 s
+encoder at 206 sentences/s, 0.38 s the rest); with `--by-characters` 171.3 s. Padded positions, counted
+from the tokenizer, on top of the real tokens: these sentences 14.9% by characters and 0.3% by tokens
+(batches of 256); real rationales (the 18,582 distinct sentences of the PaLM-540B and CoS-E
+explanations of 5,000 CommonsenseQA training questions, batches of 128) 32.8% and 0.8%.
+
+The under-60-s target of issue #6 cannot be met on this CPU with the float32 MiniLM: its six layers
+cost 2 x 10.6 M = 21.2 MFLOP per token, 8.5 TFLOP for these sentences, and float32 matrix products
+peak at about 65 GFLOP/s on these two cores (measured with torch.mm), so the arithmetic alone takes
+131 s. The 81.1 s of 2026-11-24 was measured on a faster CPU. torch dynamic int8 quantisation of the
+Linear layers ran at 563 vs 403 sentences/s there, but it changes the embeddings, and torch marks
+that API as deprecated, so it is not used.
 
 Encoder cost grows with the number of DISTINCT sentences, not with the number of pairs: use
 `--items` equal to `--pairs` for the worst case where no reference is shared.
