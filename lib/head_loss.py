@@ -70,7 +70,7 @@ class _HeadNLL(torch.autograd.Function):
             buffer = h.new_empty(VOCAB_BLOCK, len(y))
             for v in range(0, weight.shape[0], VOCAB_BLOCK):
                 w = weight[v:v + VOCAB_BLOCK]
-                z = torch.mm(w, h.t(), out=buffer[:len(w)])  # (block, rows): BLAS packs only h this way round
+                z = torch.mm(w, h.t(), out=buffer[:len(w)])  # (block, rows): measured faster on CPU than h @ w.T
                 if softcap:
                     z.div_(softcap).tanh_().mul_(softcap)
                 new_top = torch.maximum(top, z.amax(0))
