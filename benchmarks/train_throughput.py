@@ -24,9 +24,10 @@ Measured (2026-11-25, 2-core AMD EPYC at 2.0 GHz (Zen 1, AVX2; about 65 GFLOP/s 
 products), cores idle, Gemma 3 270M, LoRA r 8 on q/v, 256 examples, one epoch = 64 steps of 4):
 ours 359.7 s, 34.0 target tokens/s (25,822 tokens, 286 padded positions, peak RSS 2.59 GB); baseline
 674.7 s, 18.1 target tokens/s (25,822 tokens, 2,534 padded positions, peak RSS 4.17 GB): 1.88x, short
-of the 2x target. With 16 steps (the longest examples first for ours) the same code gave 1.76x-1.86x
-over three runs; before `lib.head_loss` it gave 1.58x on this machine (1.78x on the faster CPU of
-2026-11-24). What is left in our step is matrix products at close to the machine's peak: the head's
+of the 2x target. With `--steps 16` (the longest examples first for ours): 1.58x before `lib.head_loss`
+(1.78x on the faster CPU of 2026-11-24), 1.86x with its first version and 1.76x with this one; an
+in-process A/B of the two versions on the same batches put this one 2.5% faster, so that spread is
+the machine's noise. What is left in our step is matrix products at close to the machine's peak: the head's
 two (forward and the gradient, 2 x 2 x 262,144 x 640 FLOPs per target token) and the body's.
 """
 
