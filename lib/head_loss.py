@@ -1,4 +1,4 @@
-"""The LM head's cross-entropy at target positions, without the full logits tensor.
+"""The LM head on a CPU: cross-entropy at target positions without the full logits, and faster logits for generation.
 
 Training and log-likelihood scoring need -log p(y | h) only where a label is set. With Gemma's
 262k-token vocabulary the head is then the largest single cost of a CPU training step, and the
@@ -15,10 +15,18 @@ small); backward only scales it. Memory is one block of logits instead of all of
 It is used where it is exact and faster: a bias-free `nn.Linear` head with a float32 weight on the
 CPU that needs no gradient (LoRA and QLoRA students; scoring under `torch.no_grad`). Elsewhere
 (full fine-tuning, where the head's own weight needs a gradient; GPUs) the plain form is used.
+
+Generation needs the head's full logits, but for a few rows at a time (one per sequence in the batch
+at each decoding step). There `nn.Linear`'s h W^T is slow on a CPU: for 8 rows against Gemma's
+(262,144 x 640) W it took 346 ms where the same product taken as W h^T took 77 ms (20 rows: 354 and
+188 ms), and the head is most of a decoding step. `vocabulary_major_head` makes the head use W h^T
+while a block runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -96,3 +104,26 @@ class _HeadNLL(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         return grad * grad_nll[:, None], None, None, None, None
 
+
+
+class _VocabularyMajorLinear(torch.nn.Linear):
+    """A bias-free `nn.Linear` whose product is taken as W x^T, the faster order on a CPU for a few rows against a large W."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.mm(self.weight, flat.t()).t().contiguous().reshape(*x.shape[:-1], self.out_features)
+
+
+@contextmanager
+def vocabulary_major_head(model: Any) -> Iterator[None]:
+    """While the block runs, the model's LM head computes W h^T instead of h W^T (a bias-free float32 CPU Linear only)."""
+    head = model.get_output_embeddings()
+    swap = (type(head) is torch.nn.Linear and head.bias is None
+            and head.weight.device.type == "cpu" and head.weight.dtype == torch.float32)
+    if swap:
+        head.__class__ = _VocabularyMajorLinear  # same parameters and hooks; only forward differs
+    try:
+        yield
+    finally:
+        if swap:
+            head.__class__ = torch.nn.Linear

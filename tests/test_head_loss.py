@@ -59,3 +59,42 @@ def test_no_target_rows_give_an_empty_loss():
     head = frozen_head()
     out = target_nll(torch.zeros(0, 8, requires_grad=True), head, torch.zeros(0, dtype=torch.long))
     assert out.shape == (0,)
+
+
+def test_vocabulary_major_head_gives_the_same_logits_and_restores_the_head():
+    from lib.head_loss import vocabulary_major_head
+    from lib.models import TINY_GEMMA, load_causal_lm
+
+    model = load_causal_lm(TINY_GEMMA)
+    ids = torch.randint(0, model.config.vocab_size, (3, 5))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with vocabulary_major_head(model):
+            assert type(model.get_output_embeddings()) is not torch.nn.Linear
+            swapped = model(input_ids=ids).logits
+    torch.testing.assert_close(swapped, plain, rtol=1e-5, atol=1e-5)
+    assert swapped.is_contiguous()
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    with pytest.raises(RuntimeError), vocabulary_major_head(model):
+        raise RuntimeError("generation failed")
+    assert type(model.get_output_embeddings()) is torch.nn.Linear  # restored on the way out of an error too
+
+
+def test_vocabulary_major_head_leaves_other_heads_alone():
+    from lib.head_loss import vocabulary_major_head
+
+    class WithBias(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 6, bias=True)
+
+        def get_output_embeddings(self):
+            return self.head
+
+    model = WithBias()
+    with vocabulary_major_head(model):
+        assert type(model.head) is torch.nn.Linear
+    model.head = model.head.double()
+    model.head.bias = None
+    with vocabulary_major_head(model):
+        assert type(model.head) is torch.nn.Linear  # float64: not the path it was measured for
