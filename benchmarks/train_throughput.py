@@ -28,7 +28,12 @@ of the 2x target. With `--steps 16` (the longest examples first for ours): 1.58x
 (1.78x on the faster CPU of 2026-11-24), 1.86x with its first version and 1.76x with this one; an
 in-process A/B of the two versions on the same batches put this one 2.5% faster, so that spread is
 the machine's noise. What is left in our step is matrix products at close to the machine's peak: the head's
-two (forward and the gradient, 2 x 2 x 262,144 x 640 FLOPs per target token) and the body's.
+two (forward and the gradient, 2 x 2 x 262,144 x 640 FLOPs per target token) and the body's. They were
+84% of the profiled time of 4 real steps (17.7 of 21.2 s), at 58-66 GFLOP/s each in isolation; 2x needs
+about a third of the other 16% (norms, GELU, attention, LoRA dropout's random numbers, the online
+softmax) gone. Tried on those 4 steps (22.4-22.7 s as they are): `torch.compile(dynamic=True)` of the
+whole body compiled for 398 s and then saved 2-4%; eager attention instead of SDPA about 1%; padding the
+head's rows to a multiple of 8, 16 or 32 for its matrix products nothing beyond the noise.
 """
 
 from __future__ import annotations
