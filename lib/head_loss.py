@@ -105,7 +105,6 @@ class _HeadNLL(torch.autograd.Function):
         return grad * grad_nll[:, None], None, None, None, None
 
 
-
 class _VocabularyMajorLinear(torch.nn.Linear):
     """A bias-free `nn.Linear` whose product is taken as W x^T, the faster order on a CPU for a few rows against a large W."""
 
