@@ -108,6 +108,7 @@ class StepContext:
     step: str
     params: Any  # lib.params.StudyParams
     run_dir: Path
+    force: bool = False  # recompute what the step would otherwise reuse (finished training runs, cached outputs)
 
     @property
     def out(self) -> Path:
@@ -127,7 +128,7 @@ class StepContext:
         return path
 
 
-def open_step(step: str, params: dict, params_file: str, run_dir: str) -> StepContext:
+def open_step(step: str, params: dict, params_file: str, run_dir: str, force: bool = False) -> StepContext:
     """Validate a notebook's parameters and prepare its run folder, logging and seeds."""
     from lib.params import load_params, validate_params
 
@@ -142,7 +143,7 @@ def open_step(step: str, params: dict, params_file: str, run_dir: str) -> StepCo
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # weight-loading bars; the study's own bars stay
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     seed_everything(validated.run.seed)
-    ctx = StepContext(step=step, params=validated, run_dir=Path(run_dir).resolve())
+    ctx = StepContext(step=step, params=validated, run_dir=Path(run_dir).resolve(), force=bool(force))
     ctx.out  # noqa: B018 - creates the folder
     return ctx
 

@@ -4,8 +4,9 @@
 
 Each step's executed notebook lands in the run folder beside its artifacts (`<run>/<step>.ipynb`,
 `<run>/<step>/`), and `<run>/manifest.json` records params, code, environment, input hashes and
-every step's status. A step is skipped when its fingerprint (its params sections, the lib code, its
-notebook, the run's input files and every upstream artifact) matches the manifest's record.
+every step's status. A step is skipped when its fingerprint matches the manifest's record: every params
+key the step reads (STEP_PARAMS), the weights of the models it uses, the lib code, its notebook, the
+run's input files (data, replayed teacher files, human ratings for step 06) and every upstream artifact.
 """
 
 from __future__ import annotations
@@ -28,15 +29,25 @@ from lib.runs import STEPS, read_json, sha256_file, sha256_json, write_json
 log = logging.getLogger("lib.study")
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
-# The params sections each step reads; `run` minus its name is read by all of them.
-STEP_SECTIONS = {
+# Every params key each step reads, as dotted prefixes ("teacher" = the whole section). This is the one place
+# that says so: a step's fingerprint covers exactly these, plus `run` (minus its name), which every step reads.
+STEP_PARAMS = {
     "01_data": ("data",),
     "02_teacher": ("teacher",),
-    "03_counterfactuals": ("counterfactual",),
-    "04_training": ("training",),
-    "05_evaluation": ("evaluation",),
-    "06_statistics": ("statistics",),
+    "03_counterfactuals": ("counterfactual", "teacher", "training.rationale_filter"),
+    "04_training": ("training", "counterfactual.strategy_tokens"),
+    "05_evaluation": ("evaluation", "teacher", "counterfactual.strategy_tokens", "training.rationale_filter",
+                      "data.train.name"),
+    "06_statistics": ("statistics", "training.conditions", "training.students"),
 }
+# The models whose weights each step's results depend on (teacher: steps 02-03 and the judge of step 05).
+STEP_MODELS = {
+    "02_teacher": ("teacher",),
+    "03_counterfactuals": ("teacher",),
+    "04_training": ("students",),
+    "05_evaluation": ("teacher", "students"),
+}
+HUMAN_RATINGS = "human_ratings.jsonl"  # imported human ratings: an input of step 06, outside every step folder
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "sentence-transformers", "papermill",
             "statsmodels", "seaborn", "pandas", "numpy", "pydantic", "openai")
 
@@ -76,8 +87,37 @@ def input_files(params: StudyParams) -> dict[str, str]:
             out[src] = sha256_file(path)
     if params.teacher.backend == "replay" and params.teacher.replay_dir:
         folder = resolve_path(params.teacher.replay_dir)
-        out.update({str(p.relative_to(folder.parent)): sha256_file(p) for p in sorted(folder.rglob("*.json"))})
+        replayed = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
+        out.update({str(p.relative_to(folder.parent)): sha256_file(p) for p in replayed})
     return out
+
+
+def params_read(step: str, params: StudyParams) -> dict[str, Any]:
+    """The values of every params key `step` reads (STEP_PARAMS), by dotted key."""
+    dumped = params.model_dump(mode="json")
+    out: dict[str, Any] = {"run": {k: v for k, v in dumped["run"].items() if k != "name"}}
+    for dotted in STEP_PARAMS[step]:
+        node: Any = dumped
+        for part in dotted.split("."):
+            node = node[part]
+        out[dotted] = node
+    return out
+
+
+def models_read(step: str, params: StudyParams) -> dict[str, Any]:
+    """The provenance (content hashes) of the models whose weights `step`'s results depend on."""
+    from lib.models import model_provenance
+
+    roles = STEP_MODELS.get(step, ())
+    specs = ([params.teacher.model] if "teacher" in roles and params.teacher.backend == "local" else []) + (
+        list(params.training.students) if "students" in roles else [])
+    return {spec: model_provenance(spec) for spec in specs}
+
+
+def step_inputs(step: str, run_dir: Path) -> dict[str, str]:
+    """Files outside the step folders that a step reads: the human ratings for step 06."""
+    path = run_dir / HUMAN_RATINGS
+    return {HUMAN_RATINGS: sha256_file(path)} if step == "06_statistics" and path.is_file() else {}
 
 
 def git_state() -> dict[str, Any]:
@@ -112,15 +152,15 @@ def artifact_hashes(step_dir: Path) -> dict[str, str]:
 
 def fingerprint(step: str, params: StudyParams, run_dir: Path, code: str, inputs: dict[str, str]) -> str:
     """What a step's result depends on, hashed: equal fingerprints mean the step can be skipped."""
-    dumped = params.model_dump(mode="json")
     upstream = STEPS[: STEPS.index(step)]
     return sha256_json({
         "step": step,
-        "run": {k: v for k, v in dumped["run"].items() if k != "name"},
-        "params": {s: dumped[s] for s in STEP_SECTIONS[step]},
+        "params": params_read(step, params),
+        "models": models_read(step, params),
         "code": code,
         "notebook": sha256_file(NOTEBOOKS / f"{step}.ipynb"),
         "inputs": inputs,
+        "step_inputs": step_inputs(step, run_dir),
         "upstream": {u: artifact_hashes(run_dir / u) for u in upstream},
     })
 
@@ -132,7 +172,7 @@ def is_cached(record: dict | None, fp: str, run_dir: Path, step: str) -> bool:
     return artifact_hashes(run_dir / step) == record.get("artifacts")
 
 
-def execute(step: str, params: StudyParams, run_dir: Path) -> None:
+def execute(step: str, params: StudyParams, run_dir: Path, force: bool = False) -> None:
     """Execute one notebook with papermill into the run folder (written atomically)."""
     import papermill as pm
 
@@ -144,7 +184,8 @@ def execute(step: str, params: StudyParams, run_dir: Path) -> None:
     try:
         pm.execute_notebook(
             str(NOTEBOOKS / f"{step}.ipynb"), str(partial),
-            parameters={"params": params.model_dump(mode="json"), "params_file": "", "run_dir": str(run_dir)},
+            parameters={"params": params.model_dump(mode="json"), "params_file": "", "run_dir": str(run_dir),
+                        "force": force},
             kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no start-up chatter (e.g. the TCP transport warning)
         )
@@ -194,7 +235,7 @@ def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file:
         started, t0 = _now(), time.perf_counter()
         record: dict[str, Any] = {"fingerprint": fp, "started": started, "notebook": f"{step}.ipynb"}
         try:
-            execute(step, params, run_dir)
+            execute(step, params, run_dir, force)
         except Exception as exc:  # a failed step is recorded, then the run stops
             record.update(status="failed", wall_s=round(time.perf_counter() - t0, 1), finished=_now(),
                           error=_short_error(exc), artifacts=artifact_hashes(run_dir / step))
@@ -244,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one param (value parsed as YAML); repeatable")
     parser.add_argument("--steps", help="steps to run, e.g. 02,04-05 (default: all)")
     parser.add_argument("--run-dir", help="run folder (default: outputs/<run.name>)")
-    parser.add_argument("--force", action="store_true", help="re-execute steps even when cached")
+    parser.add_argument("--force", action="store_true",
+                        help="re-execute steps even when cached, retraining and regenerating what they would reuse")
     parser.add_argument("--check", action="store_true", help="validate params and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

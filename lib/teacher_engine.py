@@ -36,6 +36,7 @@ from typing import Any, Callable
 from lib.models import Completion
 from lib.params import TeacherParams
 from lib.response_cache import ResponseCache, request_key
+from lib.runs import seed_everything, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ def classify(exc: BaseException) -> tuple[bool, float | None, str]:
     return False, None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
+def sampling_seed(run_seed: int, sample: int, reask: int) -> int:
+    """The seed of one sampled request: distinct per sample and re-ask, fixed by the run's seed."""
+    return int(sha256_json([run_seed, sample, reask])[:8], 16)
+
+
 class OpenAIBackend:
     """Requests to an OpenAI-compatible server, with bounded concurrency, rate limits and retries."""
 
@@ -239,7 +245,8 @@ class OpenAIBackend:
 
     def body(self, call: _Call) -> dict[str, Any]:
         """The API body of a call (its cached request minus the bookkeeping keys)."""
-        return {k: v for k, v in call.request.items() if k in ("messages", "prompt", "max_tokens", "temperature", "stop")}
+        keys = ("messages", "prompt", "max_tokens", "temperature", "stop", "seed")
+        return {k: v for k, v in call.request.items() if k in keys}
 
     async def _create(self, client: Any, body: dict[str, Any]) -> Completion:
         """Send one request and parse its completion; raises on any transport or shape problem."""
@@ -362,6 +369,8 @@ class LocalBackend:
             model, tokenizer = self.load()
             for start in range(0, len(members), self.params.batch_size):
                 chunk = members[start:start + self.params.batch_size]
+                if temperature > 0:  # a sampled batch draws from the seed of its first request
+                    seed_everything(chunk[0][0].request["seed"])
                 outs = generate_texts(model, tokenizer, [c.request["prompt"] for c, _ in chunk], max_tokens,
                                       batch_size=len(chunk), temperature=temperature, stop=stop, progress=False)
                 for (call, reserved), (completion,) in zip(chunk, outs):
@@ -373,8 +382,9 @@ class CachedTeacher:
     """A generative teacher behind the response cache: the `Teacher` protocol plus validated `ask`."""
 
     def __init__(self, backend: OpenAIBackend | LocalBackend, cache: ResponseCache, params: TeacherParams,
-                 usage_log: Path | None = None):
+                 usage_log: Path | None = None, seed: int = 0):
         self.backend = backend
+        self.seed = seed  # the run's seed: sampled requests carry a seed derived from it
         self.cache = cache
         self.params = params
         self.name = backend.model
@@ -408,6 +418,8 @@ class CachedTeacher:
         """The cached request of an Ask at re-ask number `reask` (its hash is the cache key)."""
         temperature = ask.temperature if reask == 0 else max(ask.temperature, self.params.reask_temperature)
         body = self.backend.request(ask.prompt, ask.max_new_tokens, temperature, ask.stop)
+        if temperature > 0:
+            body["seed"] = sampling_seed(self.seed, ask.sample, reask)
         return {"backend": self.backend.name, "model": self.backend.model,
                 "endpoint": self.params.endpoint if self.backend.name == "openai" else "generate",
                 "template_sha256": ask.template_sha256, **body, "sample": ask.sample, "reask": reask}

@@ -91,7 +91,8 @@ class FakeOpenAI:
         fault = self.fault_for(prompt)
         with self.lock:
             self.requests.append({"prompt": prompt, "chat": chat, "temperature": body.get("temperature"),
-                                  "max_tokens": body.get("max_tokens"), "fault": fault, "time": time.time()})
+                                  "max_tokens": body.get("max_tokens"), "seed": body.get("seed"), "fault": fault,
+                                  "time": time.time()})
         if fault == "stall":
             time.sleep(self.stall_s)
         if fault == "429":

@@ -1,4 +1,4 @@
-"""The committed notebooks: clean, in sync with notebooks/_build.py, parameters papermill can read, no logic."""
+"""The committed notebooks: clean, in sync with their jupytext .py pairs, parameters papermill can read, no logic."""
 
 import ast
 import json
@@ -32,7 +32,7 @@ def test_parameters_cell_is_readable_by_papermill(step):
     cells = [c for c in load(step).cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1
     names = {p.name: p for p in PythonTranslator.inspect(cells[0])}
-    assert set(names) == {"params", "params_file", "run_dir"}
+    assert set(names) == {"params", "params_file", "run_dir", "force"}
     assert all(p.help for p in names.values())
 
 
@@ -47,15 +47,21 @@ def test_notebooks_hold_no_logic(step):
         assert cell.source.startswith("# "), f"each code cell opens with a '# verb phrase' comment: {cell.source[:60]}"
 
 
-def test_committed_notebooks_match_their_generator(tmp_path, monkeypatch):
-    import importlib.util
+def cells_of(nb: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
+    """What a pair must agree on: each cell's type, source and tags."""
+    return [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in nb.cells]
 
-    spec = importlib.util.spec_from_file_location("nb_build", NOTEBOOKS / "_build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "HERE", tmp_path)
-    module.build()
-    for step in STEPS:
-        built = json.loads((tmp_path / f"{step}.ipynb").read_text())
-        committed = json.loads((NOTEBOOKS / f"{step}.ipynb").read_text())
-        assert built == committed, f"{step}.ipynb differs from notebooks/_build.py: run python notebooks/_build.py"
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_notebook_is_in_sync_with_its_jupytext_pair(step):
+    import jupytext
+
+    paired = jupytext.read(NOTEBOOKS / f"{step}.py", fmt="py:percent")
+    assert cells_of(paired) == cells_of(load(step)), (
+        f"notebooks/{step}.ipynb and notebooks/{step}.py differ: after editing one, run "
+        f"`.venv/bin/jupytext --sync notebooks/{step}.py` (JupyterLab with jupytext saves both)")
+
+
+def test_pairs_are_declared_for_jupyterlab():
+    config = (NOTEBOOKS / "jupytext.toml").read_text()
+    assert 'formats = "ipynb,py:percent"' in config

@@ -103,3 +103,41 @@ def test_a_notebook_runs_on_its_own_with_its_defaults(tmp_path):
                         kernel_name="python3", progress_bar=False)
     summary = read_json(tmp_path / "run" / "01_data" / "summary.json")
     assert summary["in_distribution"] == "csqa-sample" and summary["train"] > 0
+
+
+def _fingerprints(tmp_path: Path, overrides: list[str] | None = None) -> dict[str, str]:
+    """Every step's fingerprint for the smoke params with `overrides`, over an empty run folder."""
+    from lib.params import load_params
+    from lib.study import fingerprint, input_files
+
+    params = load_params(SMOKE, overrides or [])
+    return {s: fingerprint(s, params, tmp_path, "code", input_files(params)) for s in STEPS}
+
+
+@pytest.mark.parametrize("override, changed", [
+    ("counterfactual.strategy_tokens.positive='[Direct]'", {"03_counterfactuals", "04_training", "05_evaluation"}),
+    ("training.rationale_filter=correct", {"03_counterfactuals", "04_training", "05_evaluation"}),
+    ("teacher.n_shots=0", {"02_teacher", "03_counterfactuals", "05_evaluation"}),
+    ("training.lr=0.001", {"04_training"}),
+    ("statistics.n_boot=300", {"06_statistics"}),
+])
+def test_a_fingerprint_covers_every_params_key_its_step_reads(tmp_path, override, changed):
+    before, after = _fingerprints(tmp_path), _fingerprints(tmp_path, [override])
+    assert {s for s in STEPS if before[s] != after[s]} == changed
+
+
+def test_human_ratings_and_replayed_jsonl_files_are_fingerprinted(tmp_path):
+    from lib.params import load_params
+    from lib.study import HUMAN_RATINGS, input_files
+
+    before = _fingerprints(tmp_path)
+    (tmp_path / HUMAN_RATINGS).write_text('{"run": "r", "item_id": "q1", "rater": "h1", "soundness": 5}\n')
+    after = _fingerprints(tmp_path)
+    assert {s for s in STEPS if before[s] != after[s]} == {"06_statistics"}
+
+    replay = tmp_path / "replay" / "cqa"
+    (replay / "llm").mkdir(parents=True)
+    (replay / "cqa_train.json").write_text("[]")
+    (replay / "llm" / "rationales.jsonl").write_text("{}\n")
+    params = load_params(SMOKE, ["teacher.backend=replay", f"teacher.replay_dir={replay}"])
+    assert {"cqa/cqa_train.json", "cqa/llm/rationales.jsonl"} <= set(input_files(params))

@@ -194,6 +194,18 @@ def test_complete_keeps_the_teacher_protocol_and_caches_samples(server, secret, 
     assert len(server.requests) == 6
 
 
+def test_sampled_requests_carry_the_run_seed_in_the_request_and_the_cache_key(server, secret, tmp_path):
+    p = params(server)
+    make_teacher(p, run_dir=tmp_path, seed=0).complete(["a prompt"], temperature=0.8, n=2, desc="votes")
+    seeds = [r["seed"] for r in server.requests]
+    assert None not in seeds and len(set(seeds)) == 2  # each sample its own seed
+    make_teacher(p, run_dir=tmp_path, seed=1).complete(["a prompt"], temperature=0.8, n=2, desc="votes")
+    assert len(server.requests) == 4  # another run seed is another sample, not a cache hit
+    assert not {r["seed"] for r in server.requests[2:]} & set(seeds)
+    make_teacher(p, run_dir=tmp_path, seed=1).complete(["greedy"], temperature=0.0)
+    assert server.requests[-1]["seed"] is None  # greedy requests need no seed
+
+
 def test_chat_and_completions_endpoints_and_the_batch_api(server, secret, tmp_path):
     p = params(server, endpoint="completions")
     rows = cot_rationales({"train": questions(3)}, p, engine=make_teacher(p, run_dir=tmp_path))

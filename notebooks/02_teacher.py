@@ -1,0 +1,143 @@
+# %% [markdown]
+# # 02 · Teacher: rationales, critique–revision and causal explanations
+#
+# **Goals**
+# 1. Show the few-shot chain-of-thought prompt the teacher answers, and where every prompt template lives.
+# 2. Produce one CoT rationale per training and in-distribution test question with the configured backend:
+#    `local` (an in-process model, Gemma 3 270M by default), `openai` (any OpenAI-compatible server: OpenAI, vLLM,
+#    Ollama, llama.cpp) or `replay` (the PaLM-540B rationales of *Distilling step-by-step*, or CoS-E explanations).
+# 3. Critique–revision (seed 001): initial explanation → the teacher's critique → a revised explanation.
+# 4. Structured causal explanations (seed 000) of Climate-FEVER claim–evidence pairs: cause, mechanism, effect.
+# 5. Measure the teacher: accuracy against gold, rationale lengths, failures by reason, tokens and cost.
+#
+# **Reads** `01_data/`. **Writes** `02_teacher/rationales.jsonl` (one row per question), `revisions.jsonl` (one row
+# per critiqued training question), `causal.jsonl` (one row per explained claim–evidence pair), `summary.json`,
+# `accounting.json`; every row carries the backend, the model and the hashes of its prompt templates. The teacher's
+# responses are cached in `<run>/teacher_cache.sqlite`, outside this folder: a rerun makes no calls.
+#
+# **Follows** METHOD.md, *Teacher data generation* 1, 4 and 6. A failed completion (empty, unparseable, truncated, not
+# JSON, a request that never got an answer, a spent budget) is kept with its reason, never silently dropped.
+# Test-split rationales are the references that CEC compares students against.
+
+# %% tags=["parameters"]
+# parameters (papermill injects the resolved study params after this cell)
+params: dict = {}  # resolved study params injected by the runner (python -m lib.study); empty means: read params_file
+params_file: str = "../params/quickstart.yaml"  # study params used when the notebook runs on its own
+run_dir: str = "../outputs/quickstart"  # run folder: upstream artifacts are read here, this step writes to run_dir/02_teacher/
+force: bool = False  # recompute what this step would reuse: trained runs, cached student outputs (the runner's --force)
+
+# %%
+# validate the parameters and open this step's folder in the run
+from lib import data, prompts, report, runs, teacher
+
+ctx = runs.open_step("02_teacher", params, params_file, run_dir, force)
+ctx.out
+
+# %%
+# read the splits written by step 01
+splits = data.read_splits(ctx.run_dir / "01_data")
+data.split_table(splits)
+
+# %% [markdown]
+# ## The prompt
+#
+# Worked examples, each ending in *So the answer is (x) …*, then the new question. The closing sentence is what
+# makes the teacher's answer machine-readable. Every template is a file in `lib/templates/`; the sha256 of its text
+# is recorded with every output made from it, and is part of the cache key of every request.
+
+# %%
+# show the few-shot CoT prompt for the first training question
+print(prompts.cot_prompt(splits.train[0], ctx.params.teacher.n_shots))
+
+# %% [markdown]
+# ## The teacher engine
+#
+# `make_teacher` opens the response cache and the backend. Each request is looked up first (keyed by backend, model,
+# template hash, the rendered prompt, the sampling params and the sample index); only misses are sent, and each
+# response is stored the moment it arrives, so an interrupted step resumes where it stopped. A response that fails
+# validation (no answer letter, truncated, not JSON) is re-asked at most `teacher.max_reasks` times at
+# `teacher.reask_temperature`. With `openai`, at most `teacher.max_in_flight` requests are in flight, 429 / 5xx /
+# timeouts are retried with backoff, and `teacher.max_cost_usd` / `teacher.max_requests` stop the run cleanly before
+# they would be passed. The API key is read from the variable `teacher.api_key_env` names and is written nowhere.
+
+# %%
+# open the cached teacher (the model loads only if a request misses the cache)
+engine = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed)
+
+# %%
+# ask the teacher for a rationale per question (train and in-distribution test)
+rows = teacher.cot_rationales(splits.teacher_questions(), ctx.params.teacher, ctx.params.run.device, engine)
+runs.write_jsonl(ctx.out / "rationales.jsonl", rows)
+
+# %% [markdown]
+# ## How good is the teacher?
+#
+# A weak teacher (a 270M model) makes many wrong or unparseable rationales; the recorded PaLM-540B teacher agrees with
+# gold on 74.3% of CommonsenseQA train and 77.2% of dev. The students in step 04 always learn the gold answer; the
+# rationale is the teacher's.
+
+# %%
+# teacher accuracy, failures and lengths per split
+summary = teacher.summarize(rows)
+runs.write_json(ctx.out / "summary.json", summary)
+report.frame_of(summary)
+
+# %%
+# distribution of rationale lengths
+report.plot_rationale_lengths(rows, path=ctx.out / "rationale_lengths.png");
+
+# %%
+# a few rationales per split
+teacher.examples_frame(rows, n=3)
+
+# %% [markdown]
+# ## Critique–revision (seed 001)
+#
+# Three calls per question: the teacher explains the gold answer, critiques its own explanation (what is missing,
+# wrong or unclear; does it say why the other options are wrong?), then rewrites it to meet the critique. Both the
+# unrevised and the revised explanation are kept. Only the first `teacher.revise_max_questions` training questions
+# are critiqued. The replay backend has no model to critique with: its rows say *not available from replay*.
+
+# %%
+# initial explanation, critique and revision per training question
+revisions = teacher.critique_revisions(splits.train, ctx.params.teacher, engine)
+runs.write_jsonl(ctx.out / "revisions.jsonl", revisions)
+teacher.revisions_frame(revisions, n=3)
+
+# %% [markdown]
+# ## Causal explanations (seed 000)
+#
+# For a claim, one evidence sentence and the evidence's label, the teacher answers with a JSON object naming the cause,
+# the mechanism and the effect, grounded in the evidence; the three sentences become the explanation that the CAUSAL
+# students learn and that CEC scores against. The first `teacher.causal_max_pairs` pairs of each split are explained.
+
+# %%
+# read the claim-evidence pairs written by step 01
+pairs = teacher.read_claim_pairs(ctx.artifact("01_data", "claims_train.jsonl"), ctx.artifact("01_data", "claims_test.jsonl"))
+{split: len(ps) for split, ps in pairs.items()}
+
+# %%
+# ask for a structured causal explanation per claim-evidence pair
+causal = teacher.causal_explanations(pairs, ctx.params.teacher, engine)
+runs.write_jsonl(ctx.out / "causal.jsonl", causal)
+teacher.causal_frame(causal, n=3)
+
+# %% [markdown]
+# ## Failures and cost
+#
+# Every output ends valid or with its reason. The accounting below counts the responses each task used (cached or
+# not): tokens, and dollars where `teacher.price_*_usd_per_mtok` are set. The session table adds how many requests
+# were actually sent this time (zero on a cached rerun) and the wall time.
+
+# %%
+# outputs and failures by task and reason
+teacher.failures_frame(rows, revisions, causal)
+
+# %%
+# tokens and cost per task, as written to accounting.json
+runs.write_json(ctx.out / "accounting.json", teacher.accounting(engine))
+engine.usage_frame()
+
+# %%
+# release the teacher (its worker thread and the cache file)
+engine.close()
