@@ -95,6 +95,9 @@ def sha256_json(obj: Any) -> str:
 
 
 STEPS = ("01_data", "02_teacher", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics")
+# Steps whose folder keeps costly work between executions, and what decides its reuse. Every other step's
+# folder is emptied when the step opens, so nothing an earlier configuration wrote can be read as new.
+KEEPS_ITS_FOLDER = {"04_training": "trained runs, reused only when done.json matches config, code and weights"}
 
 
 class MissingArtifact(FileNotFoundError):
@@ -144,8 +147,23 @@ def open_step(step: str, params: dict, params_file: str, run_dir: str, force: bo
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     seed_everything(validated.run.seed)
     ctx = StepContext(step=step, params=validated, run_dir=Path(run_dir).resolve(), force=bool(force))
+    if step not in KEEPS_ITS_FOLDER:
+        empty_folder(ctx.run_dir / step)
     ctx.out  # noqa: B018 - creates the folder
     return ctx
+
+
+def empty_folder(folder: Path) -> None:
+    """Remove everything inside `folder` (a step's artifacts from its previous execution)."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def seed_everything(seed: int) -> None:
