@@ -2,8 +2,8 @@
 
     python -m lib.study params/quickstart.yaml [--set section.key=value ...] [--steps 02,04-05] [--run-dir DIR]
 
-Each step's executed notebook lands in the run folder beside its artifacts (`<run>/<step>.ipynb`,
-`<run>/<step>/`), and `<run>/manifest.json` records params, code, environment, input hashes and
+Each step's executed notebook lands in the run folder beside its artifacts (`<run>/<step>.ipynb`, an HTML
+copy `<run>/<step>.html` to read without Jupyter, `<run>/<step>/`), and `<run>/manifest.json` records params, code, environment, input hashes and
 every step's status. A step is skipped when its fingerprint matches the manifest's record: every params
 key the step reads (STEP_PARAMS), the weights of the models it uses, the lib code, its notebook, the
 run's input files (data, replayed teacher files, human ratings for step 06) and every upstream artifact.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.params import PROJECT_ROOT, ParamsError, StudyParams, load_params, resolve_path
-from lib.runs import STEPS, read_json, sha256_file, sha256_json, write_json
+from lib.runs import STEPS, atomic_write_text, read_json, sha256_file, sha256_json, write_json
 
 log = logging.getLogger("lib.study")
 
@@ -186,12 +186,26 @@ def execute(step: str, params: StudyParams, run_dir: Path, force: bool = False) 
             str(NOTEBOOKS / f"{step}.ipynb"), str(partial),
             parameters={"params": params.model_dump(mode="json"), "params_file": "", "run_dir": str(run_dir),
                         "force": force},
-            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
+            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar={"desc": f"{step} cells", "unit": "cell"},
+            log_output=False,
             extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no start-up chatter (e.g. the TCP transport warning)
         )
     finally:
         if partial.exists():
             os.replace(partial, target)
+            write_handout(target)
+
+
+def write_handout(notebook: Path) -> Path | None:
+    """The executed notebook as self-contained HTML beside it (`<run>/<step>.html`), for readers without Jupyter."""
+    from nbconvert import HTMLExporter
+
+    try:
+        html, _ = HTMLExporter(embed_images=True).from_filename(str(notebook))
+    except Exception as exc:  # a handout is a convenience: never fail the study over it
+        log.warning("could not write the HTML copy of %s: %s", notebook.name, exc)
+        return None
+    return atomic_write_text(notebook.with_suffix(".html"), html)
 
 
 def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file: str = "", overrides: list[str] | None = None,

@@ -44,6 +44,8 @@ def test_smoke_study_runs_all_notebooks(smoke_run):
         assert nb["metadata"]["papermill"]["exception"] is None
         injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and "smoke" in "".join(injected[0]["source"])
+        handout = (run_dir / f"{step}.html").read_text()
+        assert handout.startswith("<!DOCTYPE html>") and "injected-parameters" in handout
     assert manifest["params"]["run"]["name"] == "smoke"
     assert set(manifest["inputs"]["data"]) == {"data/sample/commonsenseqa_sample.jsonl",
                                                "data/sample/climate_fever_sample.jsonl",
