@@ -28,7 +28,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import data, prompts, report, runs, teacher
+from lib import data, metrics, prompts, report, runs, teacher
 
 ctx = runs.open_step("02_teacher", params, params_file, run_dir, force)
 ctx.out
@@ -48,6 +48,28 @@ data.split_table(splits)
 # %%
 # show the few-shot CoT prompt for the first training question
 print(prompts.cot_prompt(splits.train[0], ctx.params.teacher.n_shots))
+
+# %% [markdown]
+# ### Under the hood: one prompt, one answer
+#
+# The library call above is nothing more than string assembly: each worked example is the question, `A:`, its
+# rationale and the closing sentence; the new question follows with an open `A:`. Reading the answer back is the
+# reverse: find the closing sentence's letter. The cell below does both by hand for one question and checks that the
+# library agrees.
+
+# %% tags=["under-the-hood"]
+# assemble one CoT prompt by hand, and read the answer letter back from a response
+import re
+
+q, n_shots = splits.train[0], ctx.params.teacher.n_shots
+shots = "".join(f"{data.format_question(s)}\nA: {r} So the answer is ({'abcdefgh'[s.answer]}) {s.choices[s.answer]}.\n\n"
+                for s, r in prompts.few_shot_examples()[:n_shots])
+by_hand = prompts.load_template("cot").text.replace("{shots}", shots).replace("{question}", data.format_question(q))
+assert by_hand == prompts.cot_prompt(q, n_shots)
+response = f" Think of where it belongs. So the answer is ({'abcdefgh'[1]}) {q.choices[1]}."
+letter = re.search(r"answer is \(([a-h])\)", response).group(1)
+assert "abcdefgh".index(letter) == metrics.extract_answer(response, q.choices) == 1
+letter
 
 # %% [markdown]
 # ## The teacher engine

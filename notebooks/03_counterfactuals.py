@@ -27,7 +27,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import counterfactual, data, report, runs, teacher
+from lib import counterfactual, data, prompts, report, runs, teacher
 
 ctx = runs.open_step("03_counterfactuals", params, params_file, run_dir, force)
 ctx.out
@@ -55,6 +55,25 @@ refiller = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.r
 cfs = counterfactual.build_counterfactuals(splits.train, refiller, ctx.params.counterfactual,
                                            ctx.params.teacher.n_shots, ctx.params.run.seed)
 runs.write_jsonl(ctx.out / "counterfactuals.jsonl", cfs)
+
+# %% [markdown]
+# ### Under the hood: one counterfactual by hand
+#
+# Take one attempt: cut the located words out of the question and put `[MASK]` in their place, show the prompt
+# that asks the teacher to refill the mask so that the new target becomes right, then count the sampled votes that
+# reach the new target. The attempt is accepted when that share reaches `counterfactual.accept_threshold`.
+
+# %% tags=["under-the-hood"]
+# mask one question, show its refill prompt, and decide it from its votes by hand
+c = next((c for c in cfs if c.span), cfs[0])
+start, end = c.span or (0, 0)
+masked = c.original[:start] + "[MASK]" + c.original[end:] if c.span else ""
+target_text = splits.train[[q.id for q in splits.train].index(c.source_id)].choices[c.new_target]
+print(prompts.load_template("refill").render(target=target_text, masked=masked), "→", repr(c.refill))
+share = sum(v == c.new_target for v in c.votes) / len(c.votes) if c.votes else 0.0
+accepted = bool(c.votes) and share >= ctx.params.counterfactual.accept_threshold
+assert masked == c.masked and share == c.vote_share and accepted == c.accepted
+print(f"votes {c.votes} for target {c.new_target}: share {share:.2f} → {'accepted' if accepted else c.reason}")
 
 # %%
 # original, masked and counterfactual side by side (changed words in bold)

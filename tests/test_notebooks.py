@@ -36,15 +36,28 @@ def test_parameters_cell_is_readable_by_papermill(step):
     assert all(p.help for p in names.values())
 
 
+UNDER_THE_HOOD = "under-the-hood"  # a cell that computes one item by hand and asserts the library agrees
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_notebooks_hold_no_logic(step):
     for cell in load(step).cells:
-        if cell.cell_type != "code":
+        if cell.cell_type != "code" or UNDER_THE_HOOD in cell.metadata.get("tags", []):
             continue
         tree = ast.parse(cell.source)
         kinds = {type(n).__name__ for n in ast.walk(tree)}
         assert not kinds & {"FunctionDef", "ClassDef", "For", "While", "If", "Try", "Lambda"}, cell.source
         assert cell.source.startswith("# "), f"each code cell opens with a '# verb phrase' comment: {cell.source[:60]}"
+
+
+@pytest.mark.parametrize("step", STEPS[1:])
+def test_each_method_notebook_works_one_item_by_hand(step):
+    cells = [c for c in load(step).cells if UNDER_THE_HOOD in c.metadata.get("tags", [])]
+    assert cells, f"{step} has no cell tagged {UNDER_THE_HOOD}"
+    for cell in cells:
+        code = [line for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert len(code) <= 16, f"{step}: an under-the-hood cell is short ({len(code)} lines of code)"
+        assert cell.source.startswith("# ") and any(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(cell.source)))
 
 
 def cells_of(nb: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
