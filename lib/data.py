@@ -1,8 +1,9 @@
 """Datasets: multiple-choice questions, Climate-FEVER claim-evidence pairs, CoS-E and recorded PaLM rationales.
 
 Every loader reads either a local file in the dataset's ORIGINAL published format or a Hugging Face hub id
-(through `datasets.load_dataset`), and maps rows to the small dataclasses below. A malformed local row is
-reported as `file:line` with the offending field.
+(through `datasets.load_dataset`), and maps rows to the small dataclasses below. Local files are UTF-8, with or
+without a byte-order mark. A malformed local row, or bytes that are not UTF-8, are reported as `file:line`; every
+such error is a `DataError` (a ValueError).
 
 Multiple-choice formats (`MC_FORMATS`); the local file is always the AI2-style jsonl
 `{"id", "answerKey", "question": {"stem", "choices": [{"label", "text"}], "question_concept"?}}`:
@@ -17,11 +18,14 @@ Multiple-choice formats (`MC_FORMATS`); the local file is always the AI2-style j
 - `quarel`: QuaRel v1 (`quarel-v1/quarel_v1_test.jsonl` ...), 2 options written into the question text
   ("... because _____ is smoother. (A) snow (B) ice") with `answer_index` 0 or 1; the logical forms are not used.
   Hub: `allenai/quarel` (same fields).
-A hub id may carry its config after a colon (`name:config`). Missing or empty answerKey means no key: answer = -1.
+A hub id may carry its config after a colon (`name:config`). Missing or empty answerKey means no key: answer = -1
+(the loaders keep such questions; step 01, `prepare_splits`, refuses them, as it refuses empty sets and test
+questions that are also training questions).
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import logging
@@ -30,8 +34,6 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
-
-from lib.runs import read_jsonl
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,6 +45,13 @@ CLAIM_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO", "DISPUTED")
 EVIDENCE_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO")
 PALM_BATCH = 1000  # completions per llm/<split>_CoT_<k>.json file, as in upstream `load_llm_preds`
 _LOCAL_SUFFIXES = {".json", ".jsonl"}
+_WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends a file opened in text mode splits on
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a test-set name is also its file name in 01_data/tests/
+
+
+class DataError(ValueError):
+    """A data file or set the study cannot use; the message says what is wrong, where, and what to do."""
 
 
 @dataclasses.dataclass
@@ -100,21 +109,50 @@ def _is_local(source: str) -> bool:
     if path.is_file():
         return True
     if path.exists():
-        raise ValueError(f"{source} is a folder; give the data file inside it")
+        raise DataError(f"{source} is a folder; give the data file inside it")
     if source.startswith((".", "/", "~")) or path.suffix in _LOCAL_SUFFIXES:
         raise FileNotFoundError(f"data file not found: {source} "
                                 f"(relative paths start at the working directory {Path.cwd()})")
     return False
 
 
+def read_text(path: str | Path) -> str:
+    """A data file's text, decoded as UTF-8 with or without a byte-order mark; other bytes are a DataError with the line."""
+    raw = Path(path).read_bytes()
+    if raw.startswith(_WIDE_BOMS):
+        raise DataError(f"{path}:1: the file is UTF-16 or UTF-32 (it starts with that byte-order mark); "
+                        "re-save it as UTF-8")
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # Excel and Windows editors start UTF-8 files with one
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise DataError(f"{path}:{line}: byte 0x{raw[exc.start]:02x} at byte {column} of the line is not UTF-8; "
+                        "re-save the file as UTF-8 (an editor's 'Save with encoding: UTF-8', Excel's 'CSV UTF-8', "
+                        "or `iconv -f cp1252 -t utf-8 OLD > NEW`)") from exc
+
+
+def _read_json(path: str | Path) -> Any:
+    """One JSON document from a data file; a syntax error names the file and line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix the file") from exc
+
+
 def _numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Rows of a JSON-lines file with their 1-based line numbers."""
-    rows = read_jsonl(path)
-    with open(path, encoding="utf-8") as fh:
-        linenos = [i for i, line in enumerate(fh, 1) if line.strip()]
-    for lineno, row in zip(linenos, rows):
+    """Rows of a JSON-lines file with their 1-based line numbers; blank lines are skipped."""
+    for lineno, line in enumerate(_LINE_BREAK.split(read_text(path)), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}, column {exc.colno}); "
+                            "fix or remove that line") from exc
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         yield lineno, row
 
 
@@ -132,7 +170,7 @@ def _get(row: dict, dotted: str, where: str) -> Any:
     value: Any = row
     for key in dotted.split("."):
         if not isinstance(value, dict) or key not in value or value[key] is None:
-            raise ValueError(f"{where}: missing field {dotted!r}; the row must follow the dataset's original schema")
+            raise DataError(f"{where}: missing field {dotted!r}; the row must follow the dataset's original schema")
         value = value[key]
     return value
 
@@ -144,17 +182,17 @@ def _build_question(qid: Any, stem: Any, labels: list[Any], texts: list[Any], an
                     concept: str | None, fmt: str, where: str, prefix: str) -> MCQuestion:
     """Check one question's parts and map its answer key to an index; `prefix` locates fields in messages."""
     if not isinstance(stem, str):
-        raise ValueError(f"{where}: field '{prefix}stem' must be a string, got {type(stem).__name__}")
+        raise DataError(f"{where}: field '{prefix}stem' must be a string, got {type(stem).__name__}")
     if len(labels) != len(texts) or len(texts) < 2:
-        raise ValueError(f"{where}: field '{prefix}choices' needs at least 2 options with a label and a text each "
-                         f"(got {len(texts)} texts, {len(labels)} labels)")
+        raise DataError(f"{where}: field '{prefix}choices' needs at least 2 options with a label and a text each "
+                        f"(got {len(texts)} texts, {len(labels)} labels)")
     labels, texts = [str(x) for x in labels], [str(x) for x in texts]
     if answer_key is None or str(answer_key).strip() == "":
         answer = -1
     elif str(answer_key).strip() in labels:
         answer = labels.index(str(answer_key).strip())
     else:
-        raise ValueError(f"{where}: field 'answerKey' is {answer_key!r}, not one of the option labels {labels}")
+        raise DataError(f"{where}: field 'answerKey' is {answer_key!r}, not one of the option labels {labels}")
     return MCQuestion(id=str(qid), question=stem, choices=texts, labels=labels, answer=answer,
                       concept=concept, source=fmt)
 
@@ -163,7 +201,7 @@ def _question_from_original(row: dict, fmt: str, where: str) -> MCQuestion:
     """Map a row of the original AI2-style jsonl (CommonsenseQA, ARC, QASC, OpenBookQA)."""
     choices = _get(row, "question.choices", where)
     if not isinstance(choices, list):
-        raise ValueError(f"{where}: field 'question.choices' must be a list of {{label, text}} objects")
+        raise DataError(f"{where}: field 'question.choices' must be a list of {{label, text}} objects")
     labels = [_get(c, "label", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
     texts = [_get(c, "text", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
     concept = _get(row, "question.question_concept", where) if fmt == "commonsenseqa" else None
@@ -179,15 +217,15 @@ def _question_from_quarel(row: dict, where: str) -> MCQuestion:
     """Map a QuaRel row (the same fields locally and on the hub): options are split out of the question text."""
     text = _get(row, "question", where)
     if not isinstance(text, str):
-        raise ValueError(f"{where}: field 'question' must be a string, got {type(text).__name__}")
+        raise DataError(f"{where}: field 'question' must be a string, got {type(text).__name__}")
     marks = list(_QUAREL_OPTIONS.finditer(text))
     if len(marks) < 2:
-        raise ValueError(f"{where}: field 'question' must end with its options '(A) ... (B) ...', got {text[-80:]!r}")
+        raise DataError(f"{where}: field 'question' must end with its options '(A) ... (B) ...', got {text[-80:]!r}")
     labels = [m.group(1) for m in marks]
     texts = [text[m.end():nxt.start() if nxt else len(text)].strip() for m, nxt in zip(marks, [*marks[1:], None])]
     index = row.get("answer_index")
     if index is not None and not (isinstance(index, int) and 0 <= index < len(labels)):
-        raise ValueError(f"{where}: field 'answer_index' is {index!r}, expected an option index 0..{len(labels) - 1}")
+        raise DataError(f"{where}: field 'answer_index' is {index!r}, expected an option index 0..{len(labels) - 1}")
     return _build_question(_get(row, "id", where), text[:marks[0].start()].strip(), labels, texts,
                            None if index is None else labels[index], None, "quarel", where, "")
 
@@ -203,7 +241,7 @@ def _question_from_hub(row: dict, fmt: str, where: str) -> MCQuestion:
 def load_multiple_choice(source: str, fmt: str, split: str = "train", limit: int | None = None) -> list[MCQuestion]:
     """Questions from a local original-format jsonl or a hub id; `split` applies to hub ids only."""
     if fmt not in MC_FORMATS:
-        raise ValueError(f"unknown multiple-choice format {fmt!r}; supported: {', '.join(MC_FORMATS)}")
+        raise DataError(f"unknown multiple-choice format {fmt!r}; supported: {', '.join(MC_FORMATS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     questions: list[MCQuestion] = []
@@ -234,7 +272,7 @@ def _label_name(value: Any, names: tuple[str, ...], field: str, where: str) -> s
     if isinstance(value, int) and 0 <= value < len(names):
         value = names[value]
     if value not in names:
-        raise ValueError(f"{where}: field {field!r} is {value!r}, expected one of {', '.join(names)}")
+        raise DataError(f"{where}: field {field!r} is {value!r}, expected one of {', '.join(names)}")
     return value
 
 
@@ -252,7 +290,7 @@ def _pairs_from_claim(row: dict, where: str, claim_names: tuple[str, ...],
     claim_label = _label_name(_get(row, "claim_label", where), claim_names, "claim_label", where)
     evidences = _get(row, "evidences", where)
     if not isinstance(evidences, list) or not evidences:
-        raise ValueError(f"{where}: field 'evidences' must be a non-empty list")
+        raise DataError(f"{where}: field 'evidences' must be a non-empty list")
     pairs = []
     for i, ev in enumerate(evidences):
         at = f"{where}: evidences[{i}]"
@@ -302,7 +340,7 @@ def load_cose(source: str) -> dict[str, str]:
         where = f"{source}:{lineno}"
         qid = str(_get(row, "id", where))
         if qid in explanations:
-            raise ValueError(f"{where}: id {qid!r} appears twice; each question has one explanation")
+            raise DataError(f"{where}: id {qid!r} appears twice; each question has one explanation")
         explanations[qid] = _get(row, "explanation.open-ended", where)
     log.info("%s: %d CoS-E explanations", source, len(explanations))
     return explanations
@@ -319,18 +357,17 @@ def _palm_completions(folder: Path, split: str) -> list[str]:
         raise FileNotFoundError(f"no {split}_CoT_<k>.json files in {folder / 'llm'}; "
                                 f"is {folder} the distilling-step-by-step cqa folder?")
     if sorted(files) != list(range(len(files))):
-        raise ValueError(f"{folder / 'llm'}: {split}_CoT files are numbered {sorted(files)}, "
-                         f"expected 0..{len(files) - 1} without gaps")
+        raise DataError(f"{folder / 'llm'}: {split}_CoT files are numbered {sorted(files)}, "
+                        f"expected 0..{len(files) - 1} without gaps")
     completions: list[str] = []
     for k in range(len(files)):
-        with open(files[k], encoding="utf-8") as fh:
-            batch = json.load(fh)
+        batch = _read_json(files[k])
         if not isinstance(batch, list) or not all(isinstance(c, str) for c in batch):
-            raise ValueError(f"{files[k]}: expected a JSON list of completion strings")
+            raise DataError(f"{files[k]}: expected a JSON list of completion strings")
         # completion i of file k belongs to row k*PALM_BATCH+i, so every file but the last must be full
         if len(batch) > PALM_BATCH or (k < len(files) - 1 and len(batch) != PALM_BATCH):
-            raise ValueError(f"{files[k]}: {len(batch)} completions; "
-                             f"every file but the last must hold exactly {PALM_BATCH}")
+            raise DataError(f"{files[k]}: {len(batch)} completions; "
+                            f"every file but the last must hold exactly {PALM_BATCH}")
         completions.extend(batch)
     return completions
 
@@ -347,11 +384,11 @@ def load_palm_rationales(folder: str, split: str) -> dict[str, str]:
     ids = [str(_get(row, "id", f"{questions_file}:{lineno}")) for lineno, row in _numbered_jsonl(questions_file)]
     completions = _palm_completions(root, split)
     if len(completions) != len(ids):
-        raise ValueError(f"{root}: {len(completions)} {split} completions for {len(ids)} rows of {questions_file.name}; "
-                         "the files must come from the same release")
+        raise DataError(f"{root}: {len(completions)} {split} completions for {len(ids)} rows of {questions_file.name}; "
+                        "the files must come from the same release")
     duplicates = [qid for qid, n in Counter(ids).items() if n > 1]
     if duplicates:
-        raise ValueError(f"{questions_file}: {len(duplicates)} ids appear more than once, e.g. {duplicates[0]!r}")
+        raise DataError(f"{questions_file}: {len(duplicates)} ids appear more than once, e.g. {duplicates[0]!r}")
     # PaLM kept writing invented few-shot examples after the answer; upstream cuts at the first "\n\nQ:"
     rationales = {qid: text.split("\n\nQ:", 1)[0].strip() for qid, text in zip(ids, completions)}
     log.info("%s: %d PaLM %s rationales", root, len(rationales), split)
@@ -365,13 +402,13 @@ def split_questions(questions: list[MCQuestion], test_fraction: float,
                     seed: int) -> tuple[list[MCQuestion], list[MCQuestion]]:
     """Seeded shuffle-split into (train, test); both sides keep the shuffled order."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+        raise DataError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
     shuffled = list(questions)
     random.Random(seed).shuffle(shuffled)
     n_test = round(len(shuffled) * test_fraction)
     if n_test == 0 or n_test == len(shuffled):
-        raise ValueError(f"splitting {len(shuffled)} questions with test_fraction={test_fraction} leaves "
-                         f"{len(shuffled) - n_test} train and {n_test} test; use more questions or another fraction")
+        raise DataError(f"splitting {len(shuffled)} questions with test_fraction={test_fraction} leaves "
+                        f"{len(shuffled) - n_test} train and {n_test} test; use more questions or another fraction")
     return shuffled[n_test:], shuffled[:n_test]
 
 
@@ -444,6 +481,7 @@ class Splits:
 
     train: list[MCQuestion]
     tests: dict[str, list[MCQuestion]]  # test-set name -> questions; the first is in distribution
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)  # "train" or a test-set name -> params source
 
     @property
     def in_distribution(self) -> str:
@@ -465,37 +503,122 @@ def check_questions(questions: list[MCQuestion], where: str) -> None:
     serious = [p for p in problems if p not in minor]
     if serious:
         shown = "\n  ".join(serious[:10])
-        raise ValueError(f"{where}: {len(serious)} problems, fix the data or choose another source:\n  {shown}")
+        raise DataError(f"{where}: {len(serious)} problems, fix the data or choose another source:\n  {shown}")
 
 
-def _load_source(src: Any, limit: int | None) -> list[MCQuestion]:
-    """Load one params data source (a `DataSource`), resolving local paths from the project root."""
+def check_answer_keys(questions: list[MCQuestion], where: str, fmt: str = "") -> None:
+    """Refuse questions without a gold answer (an unkeyed test item scores as wrong), naming `where` and the count."""
+    unkeyed = [q.id for q in questions if q.answer < 0]
+    if unkeyed:
+        field = "answer_index" if fmt == "quarel" else "answerKey"
+        shown = ", ".join(repr(i) for i in unkeyed[:3]) + (", ..." if len(unkeyed) > 3 else "")
+        raise DataError(f"{where}: {len(unkeyed)} of {len(questions)} questions have no answer key (field {field!r}; "
+                        f"ids {shown}). Every question the study trains on or scores needs its gold answer; use a "
+                        "labelled file (official test splits such as CommonsenseQA's test_rand_split_no_answers.jsonl "
+                        "have none: use the dev split) or remove the unlabelled rows")
+
+
+def check_not_empty(questions: list[Any], where: str, what: str) -> None:
+    """Refuse an empty set, saying which set and what to do."""
+    if not questions:
+        raise DataError(f"{where}: no {what}; the file is empty, holds only blank lines, or the hub split has no rows. "
+                        "Point it at a file with questions, or remove it from the params")
+
+
+def _overlap_key(q: MCQuestion) -> tuple[str, tuple[str, ...]]:
+    """What makes two questions the same item: the normalised question text and the set of option texts."""
+    return _normal(q.question), tuple(sorted(_normal(c) for c in q.choices))
+
+
+def find_overlap(train: list[MCQuestion], test: list[MCQuestion]) -> tuple[list[str], list[str]]:
+    """Test questions that are training ones (same id, or same text and options), and those sharing only the text."""
+    ids = {q.id for q in train}
+    items = {_overlap_key(q): q.id for q in train}
+    stems = {_normal(q.question): q.id for q in train}
+    same, same_text = [], []
+    for q in test:
+        if q.id in ids:
+            same.append(f"id {q.id!r}")
+        elif _overlap_key(q) in items:
+            same.append(f"{q.id!r} = train {items[_overlap_key(q)]!r} ({q.question[:60]!r}, same options)")
+        elif _normal(q.question) in stems:
+            same_text.append(f"{q.id!r} ~ train {stems[_normal(q.question)]!r} ({q.question[:60]!r})")
+    return same, same_text
+
+
+def check_disjoint(train: list[MCQuestion], test: list[MCQuestion], train_where: str, test_where: str) -> None:
+    """Refuse a test set that shares questions with the training set; log questions that share only their text."""
+    same, same_text = find_overlap(train, test)
+    if same_text:
+        log.warning("%s: %d questions have the text of a training question but other options (kept as different "
+                    "questions), e.g. %s", test_where, len(same_text), same_text[0])
+    if same:
+        shown = "; ".join(same[:5]) + ("; ..." if len(same) > 5 else "")
+        raise DataError(f"{test_where} shares {len(same)} questions with the training set {train_where}: {shown}. "
+                        "A test question seen in training inflates its accuracy; remove those questions from one of "
+                        "the two files or choose sets that do not overlap")
+
+
+def _where(src: Any, key: str) -> str:
+    """A params data source in messages: its params key, name and resolved file (or hub id and split)."""
     from lib.params import resolve_path
 
     local = resolve_path(src.source)
+    place = str(local) if local.exists() else f"hub {src.source} [split {getattr(src, 'split', 'test')}]"
+    return f"{key}.source ({getattr(src, 'name', 'claims')!r}: {place})"
+
+
+def _check_set_name(name: str, key: str) -> None:
+    """A test-set name is a file name in 01_data/tests/: letters, digits, '.', '_' and '-', not starting with a dot."""
+    if not _SET_NAME.fullmatch(name):
+        hint = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
+        raise DataError(f"{key}: test-set name {name!r} must be letters, digits, '.', '_' or '-' (it names the file "
+                        f"01_data/tests/<name>.jsonl); rename it, e.g. {hint!r}")
+
+
+def _load_source(src: Any, key: str, limit: int | None = None) -> list[MCQuestion]:
+    """Load one params data source (`key`, e.g. data.ood[0]): checked, keyed, non-empty, capped at `limit`."""
+    from lib.params import resolve_path
+
+    local = resolve_path(src.source)
+    where = _where(src, key)
     questions = load_multiple_choice(str(local) if local.exists() else src.source, src.format, src.split)
-    check_questions(questions, f"data source {src.name!r} ({src.source})")
+    check_not_empty(questions, where, "questions")
+    check_questions(questions, where)
+    check_answer_keys(questions, where, src.format)
     return questions[:limit] if limit else questions
 
 
 def prepare_splits(params: Any, seed: int) -> Splits:
-    """Load, validate and split the questions named by the params `data` section."""
-    pool = _load_source(params.train, None)
+    """Load, check and split the questions named by the params `data` section, refusing sets that give wrong numbers."""
+    keys = {params.train.name: "data.train.name", **{s.name: f"data.ood[{i}].name" for i, s in enumerate(params.ood)}}
+    for name, key in keys.items():
+        _check_set_name(name, key)
+    train_where = _where(params.train, "data.train")
+    pool = _load_source(params.train, "data.train")
     if params.test is None:
-        train, test = split_questions(pool, params.test_fraction, seed)
+        try:
+            train, test = split_questions(pool, params.test_fraction, seed)
+        except DataError as exc:
+            raise DataError(f"{train_where} with data.test_fraction: {exc}") from exc
+        test_where = f"the test split held out of {train_where} (data.test_fraction)"
     else:
-        train, test = pool, _load_source(params.test, None)
-    unlabelled = sum(q.answer < 0 for q in train)
-    if unlabelled:
-        raise ValueError(f"data.train ({params.train.source}) has {unlabelled} questions without an answer key; "
-                         "use a labelled split for training")
+        train, test = pool, _load_source(params.test, "data.test")
+        test_where = _where(params.test, "data.test")
+    train = train[: params.max_train] if params.max_train else train
     cap = params.max_test
     tests = {params.train.name: test[:cap] if cap else test}
-    for src in params.ood:
+    wheres = {params.train.name: test_where}
+    held_out = f"{params.train.source} (held out: data.test_fraction={params.test_fraction})"
+    sources = {"train": params.train.source, params.train.name: params.test.source if params.test else held_out}
+    for i, src in enumerate(params.ood):
         if src.name in tests:
-            raise ValueError(f"data.ood: test-set name {src.name!r} is used twice; give each set its own name")
-        tests[src.name] = _load_source(src, cap)
-    return Splits(train=train[: params.max_train] if params.max_train else train, tests=tests)
+            raise DataError(f"data.ood[{i}].name: test-set name {src.name!r} is used twice; give each set its own name")
+        tests[src.name] = _load_source(src, f"data.ood[{i}]", cap)
+        wheres[src.name], sources[src.name] = _where(src, f"data.ood[{i}]"), src.source
+    for name, questions in tests.items():
+        check_disjoint(train, questions, train_where, wheres[name])
+    return Splits(train=train, tests=tests, sources=sources)
 
 
 def split_table(splits: Splits) -> pd.DataFrame:
@@ -518,7 +641,9 @@ def load_claims(params: Any) -> list[ClaimEvidence]:
     if params.claims is None:
         return []
     local = resolve_path(params.claims.source)
-    return load_climate_fever(str(local) if local.exists() else params.claims.source, params.max_claims)
+    pairs = load_climate_fever(str(local) if local.exists() else params.claims.source, params.max_claims)
+    check_not_empty(pairs, _where(params.claims, "data.claims"), "claims")
+    return pairs
 
 
 def claims_frame(claims: list[ClaimEvidence]) -> pd.DataFrame:
@@ -539,38 +664,87 @@ def split_claims(claims: list[ClaimEvidence], test_fraction: float, seed: int) -
     return [c for c in claims if c.claim_id not in test_ids], [c for c in claims if c.claim_id in test_ids]
 
 
+def _remove_stale_tests(folder: Path, names: set[str]) -> None:
+    """Delete test files an earlier step 01 wrote for sets that are no longer in the params."""
+    for path in sorted(folder.glob("*.jsonl")):
+        if path.stem not in names:
+            log.info("removing %s: not a test set of these params", path)
+            path.unlink()
+
+
 def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence], test_fraction: float = 0.3,
                  seed: int = 0) -> list[str]:
-    """Write train.jsonl, tests/<name>.jsonl, claims_{train,test}.jsonl and summary.json; returns the paths."""
+    """Write train.jsonl, tests/<name>.jsonl, claims_{train,test}.jsonl and summary.json, and remove old test files."""
     from lib.runs import write_json, write_jsonl
 
+    for name, qs in [("train", splits.train), *splits.tests.items()]:
+        check_not_empty(qs, f"set {name!r}", "questions to write")
+    for name in splits.tests:
+        _check_set_name(name, "test set")
     paths = [write_jsonl(out / "train.jsonl", splits.train)]
     paths += [write_jsonl(out / "tests" / f"{name}.jsonl", qs) for name, qs in splits.tests.items()]
     claims_train, claims_test = split_claims(claims, test_fraction, seed)
-    paths += [write_jsonl(out / "claims_train.jsonl", claims_train), write_jsonl(out / "claims_test.jsonl", claims_test)]
-    summary = {"train": len(splits.train), "tests": {k: len(v) for k, v in splits.tests.items()},
+    paths += [write_jsonl(out / "claims_train.jsonl", claims_train),
+              write_jsonl(out / "claims_test.jsonl", claims_test)]
+    index = [{"name": name, "file": f"tests/{name}.jsonl", "questions": len(qs), "source": splits.sources.get(name)}
+             for name, qs in splits.tests.items()]
+    summary = {"train": len(splits.train), "train_source": splits.sources.get("train"),
+               "tests": {k: len(v) for k, v in splits.tests.items()}, "test_sets": index,
                "in_distribution": splits.in_distribution,
                "claim_evidence_pairs": {"train": len(claims_train), "test": len(claims_test)}}
-    paths.append(write_json(out / "summary.json", summary))
+    paths.append(write_json(out / "summary.json", summary))  # the index: readers read only the sets it lists
+    _remove_stale_tests(out / "tests", set(splits.tests))
     return [str(p) for p in paths]
 
 
 def read_questions(path: str | Path) -> list[MCQuestion]:
     """Questions written by `write_splits` (or any `write_jsonl` of MCQuestion rows)."""
-    return [MCQuestion.from_dict(r) for r in read_jsonl(path)]
+    questions = []
+    for lineno, row in _numbered_jsonl(path):
+        try:
+            questions.append(MCQuestion.from_dict(row))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path}:{lineno}: {exc}") from exc
+    return questions
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    """Step 01's summary.json, which indexes its test sets; a missing or old one says to rerun step 01."""
+    from lib.runs import MissingArtifact
+
+    path = folder / "summary.json"
+    if not path.exists():
+        raise MissingArtifact(f"{folder} has no summary.json: run step 01 first (`python -m lib.study ... --steps 01`)")
+    summary = _read_json(path)
+    if not isinstance(summary, dict) or not summary.get("test_sets"):
+        raise DataError(f"{path} has no 'test_sets' index: an older step 01 wrote it. Rerun step 01 "
+                        "(`python -m lib.study PARAMS.yaml --steps 01 --force`)")
+    return summary
+
+
+def _read_set(path: Path, expected: int, summary: Path) -> list[MCQuestion]:
+    """One set listed in summary.json, checked to be there with as many questions as listed."""
+    from lib.runs import MissingArtifact
+
+    if not path.exists():
+        raise MissingArtifact(f"{path} is listed in {summary} but missing: rerun step 01 (`--steps 01 --force`)")
+    questions = read_questions(path)
+    if len(questions) != expected:
+        raise DataError(f"{path} holds {len(questions)} questions but {summary} lists {expected}: the folder changed "
+                        "after step 01 wrote it; rerun step 01 (`--steps 01 --force`)")
+    return questions
 
 
 def read_test_sets(folder: Path) -> dict[str, list[MCQuestion]]:
-    """The test sets of a run's 01_data folder, in-distribution first."""
-    from lib.runs import read_json
-
-    first = read_json(folder / "summary.json")["in_distribution"]
-    names = sorted(p.stem for p in (folder / "tests").glob("*.jsonl"))
-    return {n: read_questions(folder / "tests" / f"{n}.jsonl") for n in [first] + [n for n in names if n != first]}
+    """The test sets listed in the run's 01_data/summary.json, in its order (in-distribution first); no others."""
+    summary = _summary(folder)
+    return {entry["name"]: _read_set(folder / "tests" / f"{entry['name']}.jsonl", entry["questions"],
+                                     folder / "summary.json") for entry in summary["test_sets"]}
 
 
 def read_splits(folder: Path) -> Splits:
     """The splits step 01 wrote; a missing folder says to run step 01."""
-    if not (folder / "summary.json").exists():
-        raise FileNotFoundError(f"{folder} has no summary.json: run step 01 first (`python -m lib.study ... --steps 01`)")
-    return Splits(train=read_questions(folder / "train.jsonl"), tests=read_test_sets(folder))
+    summary = _summary(folder)
+    sources = {"train": summary.get("train_source")} | {e["name"]: e.get("source") for e in summary["test_sets"]}
+    return Splits(train=_read_set(folder / "train.jsonl", summary["train"], folder / "summary.json"),
+                  tests=read_test_sets(folder), sources={k: v for k, v in sources.items() if v is not None})

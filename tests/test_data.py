@@ -391,3 +391,211 @@ def test_shipped_samples_load_cleanly():
     assert len(qs) == 60 and validate_questions(qs) == []
     pairs = load_climate_fever(str(SAMPLE / "climate_fever_sample.jsonl"))
     assert len(pairs) == 50 and len({p.claim_id for p in pairs}) == 10
+
+
+# ---------------------------------------------------------------- step 01: what it refuses, what it writes, what is read
+
+
+def mc_file(path: Path, ids: list[str], key: str | None = "B", fmt_rows: list[dict] | None = None) -> Path:
+    """A CommonsenseQA-schema file of questions with these ids (each its own text)."""
+    return write_lines(path, fmt_rows if fmt_rows is not None else [csqa_row(i, key) for i in ids])
+
+
+def data_params(train: Path, test: Path | None = None, ood: tuple[Path, ...] = (), names: tuple[str, ...] = (),
+                **extra):
+    """A validated params `data` section over local commonsenseqa-format files."""
+    from lib.params import DataParams
+
+    def src(name: str, path: Path) -> dict:
+        return {"name": name, "format": "commonsenseqa", "source": str(path)}
+
+    names = names or tuple(f"ood{i}" for i in range(len(ood)))
+    return DataParams.model_validate({"train": src("tr", train), "test": src("te", test) if test else None,
+                                      "ood": [src(n, p) for n, p in zip(names, ood)], **extra})
+
+
+def test_write_splits_replaces_old_test_sets_and_readers_follow_the_index(tmp_path):
+    out = tmp_path / "01_data"
+    data.write_splits(out, data.Splits(train=[q("t1"), q("t2")], tests={"csqa": [q("a")], "old-ood": [q("b")]}), [])
+    current = data.Splits(train=[q("t1"), q("t2")], tests={"csqa": [q("a")], "zeta": [q("z")], "arc": [q("c"), q("d")]})
+    data.write_splits(out, current, [])
+    write_jsonl(out / "tests" / "by-hand.jsonl", [q("x")])  # a file nobody listed is never evaluated
+    assert not (out / "tests" / "old-ood.jsonl").exists()
+    assert list(data.read_test_sets(out)) == ["csqa", "zeta", "arc"]  # params order, in-distribution first
+    assert data.read_test_sets(out) == current.tests
+    assert data.read_splits(out).tests == current.tests and data.read_splits(out).train == current.train
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [(e["name"], e["file"], e["questions"]) for e in summary["test_sets"]] == [
+        ("csqa", "tests/csqa.jsonl", 1), ("zeta", "tests/zeta.jsonl", 1), ("arc", "tests/arc.jsonl", 2)]
+    assert summary["in_distribution"] == "csqa"
+
+
+def test_readers_refuse_an_old_or_changed_01_data_folder(tmp_path):
+    from lib.runs import MissingArtifact
+
+    out = tmp_path / "01_data"
+    data.write_splits(out, data.Splits(train=[q("t1"), q("t2")], tests={"csqa": [q("a")], "arc": [q("c")]}), [])
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    write_jsonl(out / "tests" / "arc.jsonl", [q("c"), q("e")])
+    with pytest.raises(ValueError, match=r"arc.jsonl holds 2 questions but .*summary.json lists 1.*rerun step 01"):
+        data.read_test_sets(out)
+    (out / "tests" / "arc.jsonl").unlink()
+    with pytest.raises(MissingArtifact, match=r"arc.jsonl is listed in .*summary.json but missing"):
+        data.read_test_sets(out)
+    del summary["test_sets"]  # as an older step 01 wrote it
+    (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"no 'test_sets' index.*Rerun step 01"):
+        data.read_splits(out)
+
+
+@pytest.mark.parametrize("role, key", [("train", "data.train.source"), ("test", "data.test.source"),
+                                       ("ood", r"data.ood\[0\].source")])
+def test_prepare_splits_refuses_a_set_without_answer_keys(tmp_path, role, key):
+    files = {"train": mc_file(tmp_path / "train.jsonl", [f"t{i}" for i in range(6)]),
+             "test": mc_file(tmp_path / "test.jsonl", ["s1", "s2"]), "ood": mc_file(tmp_path / "ood.jsonl", ["o1"])}
+    unkeyed = ["u1", "u2", "u3"] if role != "train" else ["t0", "u1", "u2", "u3"]
+    files[role] = write_lines(tmp_path / f"{role}-nokey.jsonl",
+                              [csqa_row(i, None if i.startswith("u") else "B") for i in unkeyed])
+    with pytest.raises(ValueError, match=rf"{key} \('\w+': .*{role}-nokey.jsonl\): 3 of {len(unkeyed)} questions have "
+                                         r"no answer key \(field 'answerKey'; ids 'u1', 'u2', 'u3'\)"):
+        data.prepare_splits(data_params(files["train"], files["test"], (files["ood"],)), seed=0)
+
+
+@pytest.mark.parametrize("role, key", [("train", "data.train.source"), ("test", "data.test.source"),
+                                       ("ood", r"data.ood\[0\].source")])
+@pytest.mark.parametrize("text", ["", "\n \n"])
+def test_prepare_splits_refuses_an_empty_set(tmp_path, role, key, text):
+    files = {"train": mc_file(tmp_path / "train.jsonl", [f"t{i}" for i in range(6)]),
+             "test": mc_file(tmp_path / "test.jsonl", ["s1", "s2"]), "ood": mc_file(tmp_path / "ood.jsonl", ["o1"])}
+    files[role] = tmp_path / f"{role}-empty.jsonl"
+    files[role].write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{key} \('\w+': .*{role}-empty.jsonl\): no questions; the file is empty"):
+        data.prepare_splits(data_params(files["train"], files["test"], (files["ood"],)), seed=0)
+
+
+def test_empty_claims_and_empty_sets_to_write_are_refused(tmp_path):
+    from lib.params import DataParams
+
+    (tmp_path / "claims.jsonl").write_text("", encoding="utf-8")
+    params = DataParams.model_validate({"train": {"name": "tr", "format": "commonsenseqa",
+                                                  "source": str(mc_file(tmp_path / "t.jsonl", ["t1", "t2"]))},
+                                        "claims": {"source": str(tmp_path / "claims.jsonl")}})
+    with pytest.raises(ValueError, match=r"data.claims.source \(.*claims.jsonl\): no claims"):
+        data.load_claims(params)
+    with pytest.raises(ValueError, match=r"set 'arc': no questions to write"):
+        data.write_splits(tmp_path / "01_data", data.Splits(train=[q("t1")], tests={"csqa": [q("a")], "arc": []}), [])
+
+
+@pytest.mark.parametrize("name", ["arc/easy", "../up", ".hidden", "a b"])
+def test_prepare_splits_refuses_a_test_set_name_that_is_not_a_file_name(tmp_path, name):
+    files = [mc_file(tmp_path / "train.jsonl", [f"t{i}" for i in range(6)]), mc_file(tmp_path / "ood.jsonl", ["o1"])]
+    with pytest.raises(ValueError, match=r"data.ood\[0\].name: test-set name .* must be letters, digits"):
+        data.prepare_splits(data_params(files[0], ood=(files[1],), names=(name,)), seed=0)
+
+
+def _same_id_other_text(rows: list[dict]) -> None:
+    rows[1]["question"]["stem"] = "A different question?"  # id t1 of the train file
+
+
+def _same_text_and_options(rows: list[dict]) -> None:
+    rows[1]["id"] = "new-id"
+    rows[1]["question"]["choices"] = rows[1]["question"]["choices"][::-1]  # the order of options does not matter
+
+
+@pytest.mark.parametrize("role, key", [("test", "data.test.source"), ("ood", r"data.ood\[0\].source")])
+@pytest.mark.parametrize("leak, shown", [(_same_id_other_text, "id 't1'"), (_same_text_and_options, "'new-id' = train 't1'")])
+def test_prepare_splits_refuses_test_questions_seen_in_training(tmp_path, role, key, leak, shown):
+    train = mc_file(tmp_path / "train.jsonl", [f"t{i}" for i in range(4)])
+    rows = [csqa_row("s0"), csqa_row("t1")]
+    leak(rows)
+    files = {"test": mc_file(tmp_path / "test.jsonl", ["s1"]), "ood": mc_file(tmp_path / "ood.jsonl", ["o1"])}
+    files[role] = write_lines(tmp_path / f"{role}-leak.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"{key} \(.*{role}-leak.jsonl\) shares 1 questions with the training set "
+                                         rf"data.train.source \(.*train.jsonl\): {re.escape(shown)}"):
+        data.prepare_splits(data_params(train, files["test"], (files["ood"],)), seed=0)
+
+
+def test_prepare_splits_keeps_questions_that_share_only_their_text(tmp_path, caplog):
+    train = mc_file(tmp_path / "train.jsonl", [f"t{i}" for i in range(4)])
+    other = csqa_row("s9")
+    other["question"]["stem"] = csqa_row("t2")["question"]["stem"]
+    other["question"]["choices"][0]["text"] = "something else"  # as ARC-Easy test repeats train stems with new options
+    ood = write_lines(tmp_path / "ood.jsonl", [csqa_row("o1"), other])
+    splits = data.prepare_splits(data_params(train, mc_file(tmp_path / "test.jsonl", ["s1"]), (ood,)), seed=0)
+    assert [x.id for x in splits.tests["ood0"]] == ["o1", "s9"]
+    assert "1 questions have the text of a training question but other options" in caplog.text
+
+
+def test_held_out_split_is_checked_and_written_with_its_sources(tmp_path):
+    train = mc_file(tmp_path / "train.jsonl", [f"t{i}" for i in range(10)])
+    splits = data.prepare_splits(data_params(train, test_fraction=0.3, max_test=2), seed=1)
+    assert (len(splits.train), len(splits.tests["tr"])) == (7, 2)
+    assert splits.sources == {"train": str(train), "tr": f"{train} (held out: data.test_fraction=0.3)"}
+    data.write_splits(tmp_path / "01_data", splits, [])
+    assert data.read_splits(tmp_path / "01_data") == splits
+
+
+# ---------------------------------------------------------------- encodings
+
+
+def test_files_with_a_byte_order_mark_load(tmp_path, monkeypatch):
+    path = tmp_path / "excel.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(csqa_row(i)) + "\r\n" for i in ("q1", "q2")).encode())
+    assert [x.id for x in load_multiple_choice(str(path), "commonsenseqa")] == ["q1", "q2"]
+    monkeypatch.setattr(data, "PALM_BATCH", 2)
+    folder = palm_folder(tmp_path / "palm", [["R0.", "R1."]], n_rows=2)
+    for f in (folder / "cqa_test.json", folder / "llm" / "test_CoT_0.json"):
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    assert load_palm_rationales(str(folder), "test") == {"p0": "R0.", "p1": "R1."}
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    lines = [json.dumps(csqa_row(i)) for i in ("q1", "q2")] + ['{"id": "q3", "question": {"stem": "Caf\u00e9?"}}']
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("cp1252"))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: byte 0xe9 at byte 39 of the line is not UTF-8; "
+                                         r"re-save the file as UTF-8"):
+        load_multiple_choice(str(path), "commonsenseqa")
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_text(lines[0] + "\n", encoding="utf-16")
+    with pytest.raises(ValueError, match=r"utf16.jsonl:1: the file is UTF-16 or UTF-32.*re-save it as UTF-8"):
+        load_cose(str(utf16))
+    folder = palm_folder(tmp_path / "palm", [["R0\u00e9."]], n_rows=1)
+    (folder / "llm" / "test_CoT_0.json").write_bytes(json.dumps(["R0\u00e9."], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"test_CoT_0.json:1: byte 0xe9 .* not UTF-8"):
+        load_palm_rationales(str(folder), "test")
+
+
+# ---------------------------------------------------------------- step 01 on the real data
+
+
+def test_real_commonsenseqa_test_split_without_answers_is_refused(shared):
+    folder = shared / "commonsenseqa"
+    params = data_params(folder / "dev_rand_split.jsonl", ood=(folder / "test_rand_split_no_answers.jsonl",))
+    with pytest.raises(ValueError, match=r"data.ood\[0\].source .*test_rand_split_no_answers.jsonl\): "
+                                         r"1140 of 1140 questions have no answer key"):
+        data.prepare_splits(params, seed=0)
+
+
+def test_real_arc_easy_test_repeats_train_questions(shared):
+    """Three ARC-Easy test questions repeat a training question (text and options); four more repeat only the text."""
+    folder = shared / "arc" / "ARC-Easy"
+    from lib.params import DataParams
+
+    params = DataParams.model_validate({
+        "train": {"name": "arc-easy", "format": "arc", "source": str(folder / "ARC-Easy-Train.jsonl")},
+        "test": {"name": "arc-easy", "format": "arc", "source": str(folder / "ARC-Easy-Test.jsonl")}})
+    with pytest.raises(ValueError, match=r"data.test.source .*ARC-Easy-Test.jsonl\) shares 3 questions with the "
+                                         r"training set data.train.source .*ARC-Easy-Train.jsonl\)"):
+        data.prepare_splits(params, seed=0)
+    same, same_text = data.find_overlap(load_multiple_choice(str(folder / "ARC-Easy-Train.jsonl"), "arc"),
+                                        load_multiple_choice(str(folder / "ARC-Easy-Dev.jsonl"), "arc"))
+    assert (len(same), len(same_text)) == (0, 1)
+
+
+def test_real_commonsenseqa_train_dev_and_arc_ood_pass(shared):
+    params = data_params(shared / "commonsenseqa" / "train_rand_split.jsonl",
+                         shared / "commonsenseqa" / "dev_rand_split.jsonl", max_test=50)
+    params.ood = [{"name": "arc-easy", "format": "arc", "source": str(shared / "arc" / "ARC-Easy" / "ARC-Easy-Test.jsonl")}]
+    splits = data.prepare_splits(params, seed=0)
+    assert (len(splits.train), list(splits.tests), len(splits.tests["arc-easy"])) == (9741, ["tr", "arc-easy"], 50)
