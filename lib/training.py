@@ -6,6 +6,10 @@ Every condition of METHOD.md becomes a list of `Example`s (prompt, target, task)
   condition's task weights (MT: alpha * L_answer + (1 - alpha) * L_rationale);
 - the LM head is applied only at target positions: with Gemma's 262k-token vocabulary the full
   logits tensor would dominate CPU time and memory.
+
+An example longer than `training.max_length` keeps the end of its target (the answer sentence and EOS) and loses
+the end of its rationale; see `tokenize_examples`. A finished run is skipped, and an interrupted one resumed, only
+when its config matches: params, examples, the training code and the student's weights (`run_config`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from typing import Any
 from lib.data import MCQuestion, format_question
 from lib.params import TrainingParams
 from lib.prompts import answer_sentence
-from lib.runs import read_json, read_jsonl, sha256_json, write_json, write_jsonl
+from lib.runs import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ class Example:
     target: str
     task: str  # loss term the example counts towards
     qid: str
+    closing: str = ""  # the target's final answer sentence, kept whole when the example is cut to max_length
 
 
 @dataclasses.dataclass
@@ -84,11 +90,16 @@ def qa_prompt(q: MCQuestion, prefix: str = "") -> str:
     return f"{prefix + ' ' if prefix else ''}{format_question(q)}\nA:"
 
 
+def _answer_example(prompt: str, rationale: str, answer: str, task: str, qid: str) -> Example:
+    """An example whose target is ` rationale answer` (or ` answer` alone), with the answer sentence as its closing."""
+    return Example(prompt, f" {rationale} {answer}" if rationale else f" {answer}", task, qid, closing=answer)
+
+
 def _mt_examples(questions: list[MCQuestion], rationales: dict[str, str]) -> list[Example]:
     """MT: one `[answer]` example per question and one `[rationale]` example per question with a rationale."""
     ex = []
     for q in questions:
-        ex.append(Example(qa_prompt(q, ANSWER_PREFIX), " " + answer_sentence(q, q.answer), "answer", q.id))
+        ex.append(_answer_example(qa_prompt(q, ANSWER_PREFIX), "", answer_sentence(q, q.answer), "answer", q.id))
         if rationales.get(q.id):
             ex.append(Example(qa_prompt(q, RATIONALE_PREFIX), " " + rationales[q.id], "rationale", q.id))
     return ex
@@ -99,14 +110,14 @@ def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rat
     if cf_rationales is None:
         raise ValueError("CF needs the counterfactual rationales of step 03 (03_counterfactuals/cf_rationales.jsonl)")
     by_id = {q.id: q for q in questions}
-    ex = [Example(qa_prompt(q, FACTUAL_PREFIX), f" {rationales[q.id]} {answer_sentence(q, q.answer)}", "factual", q.id)
+    ex = [_answer_example(qa_prompt(q, FACTUAL_PREFIX), rationales[q.id], answer_sentence(q, q.answer), "factual", q.id)
           for q in questions if rationales.get(q.id)]
     for r in cf_rationales:
         q = by_id.get(r["id"])
         if q is None or not r.get("text") or not 0 <= int(r["option"]) < len(q.choices) or int(r["option"]) == q.answer:
             continue  # a question outside the training set, or a row that does not argue for a wrong option
-        ex.append(Example(qa_prompt(q, COUNTERFACTUAL_PREFIX), f" {r['text']} {answer_sentence(q, int(r['option']))}",
-                          "counterfactual", q.id))
+        ex.append(_answer_example(qa_prompt(q, COUNTERFACTUAL_PREFIX), r["text"], answer_sentence(q, int(r["option"])),
+                                  "counterfactual", q.id))
     if not any(e.task == "counterfactual" for e in ex):
         raise ValueError("CF has no counterfactual examples: 03_counterfactuals/cf_rationales.jsonl has no usable row "
                          "for the training questions; rerun step 03 (03_counterfactuals)")
@@ -137,9 +148,9 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
     """Training examples of one condition from the questions and the teacher's artifacts (`keep`: causal filter)."""
     ex: list[Example] = []
     if condition == "FT":
-        ex = [Example(qa_prompt(q), " " + answer_sentence(q, q.answer), "answer", q.id) for q in questions]
+        ex = [_answer_example(qa_prompt(q), "", answer_sentence(q, q.answer), "answer", q.id) for q in questions]
     elif condition == "FT-CoT":
-        ex = [Example(qa_prompt(q), f" {rationales[q.id]} {answer_sentence(q, q.answer)}", "cot", q.id)
+        ex = [_answer_example(qa_prompt(q), rationales[q.id], answer_sentence(q, q.answer), "cot", q.id)
               for q in questions if rationales.get(q.id)]
     elif condition == "MT":
         ex = _mt_examples(questions, rationales)
@@ -158,7 +169,7 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
             if q is None:
                 continue
             token = strategy["positive"] if v["strategy"] == "positive" else strategy["negative"]
-            ex.append(Example(qa_prompt(q, token), f" {v['text']} {answer_sentence(q, q.answer)}", "cfd", q.id))
+            ex.append(_answer_example(qa_prompt(q, token), v["text"], answer_sentence(q, q.answer), "cfd", q.id))
     else:
         raise ValueError(f"condition {condition!r} has no training format yet")
     if not ex:
@@ -184,28 +195,77 @@ def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[
 
 def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str],
                       seq2seq: bool = False) -> list[dict]:
-    """Token ids with labels = -100 on prompt tokens, cut to max_length, plus each example's task index.
+    """Token ids with labels = -100 on prompt tokens, fitted to max_length, plus each example's task index.
 
-    For an encoder-decoder (`seq2seq`) the prompt is the encoder's input (tokenised as at generation time)
-    and the labels are the target tokens alone, each cut to max_length.
+    An example longer than `max_length` is cut in this order of sacrifice, and its row has `truncated: True`:
+    1. the end of the rationale (the target's tokens just before its closing answer sentence);
+    2. then, if the prompt with the closing sentence and EOS alone is too long, the start of the prompt (after
+       BOS), so that its end (`A:`, the answer options) stays next to the target;
+    never the closing answer sentence and EOS. A target without a closing sentence (an MT rationale, a CAUSAL
+    explanation) keeps its EOS and loses the end of its text. An example whose closing sentence and EOS do not
+    fit at all is skipped: `len(result) < len(examples)`.
+
+    For an encoder-decoder (`seq2seq`) the prompt is the encoder's input (tokenised as at generation time) and the
+    labels are the target tokens alone, each fitted to max_length on its own in the same way: the encoder input
+    keeps its special tokens and the end of the prompt, the labels keep the closing sentence and EOS.
     """
-    if seq2seq:
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        return [{"input_ids": tokenizer(e.prompt)["input_ids"][:max_length],
-                 "labels": (tokenizer(e.target, add_special_tokens=False)["input_ids"] + eos)[:max_length],
-                 "task_id": tasks.index(e.task)} for e in examples]
-    rows = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token_id is not None else []
+    rows = []
     for e in examples:
-        p = bos + tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
-        t = tokenizer(e.target, add_special_tokens=False)["input_ids"] + eos
-        ids = (p + t)[:max_length]
-        labels = ([-100] * len(p) + t)[:max_length]
-        if all(x == -100 for x in labels):
-            continue  # the prompt alone fills max_length: nothing to learn from this example
-        rows.append({"input_ids": ids, "labels": labels, "task_id": tasks.index(e.task)})
+        body, closing = _split_target(tokenizer, e.target, e.closing)
+        if seq2seq:
+            head, prompt, tail = _special_ends(tokenizer, e.prompt)
+            kept_prompt = _keep_end(prompt, max_length - len(head) - len(tail))
+            kept_body = body[:max(max_length - len(closing) - len(eos), 0)]
+        else:
+            head, prompt, tail = bos, tokenizer(e.prompt, add_special_tokens=False)["input_ids"], []
+            kept_prompt = _keep_end(prompt, max_length - len(bos) - len(closing) - len(eos))
+            kept_body = body[:max(max_length - len(bos) - len(kept_prompt or []) - len(closing) - len(eos), 0)]
+        if kept_prompt is None or len(closing) + len(eos) > max_length or (body and not kept_body and not closing):
+            continue  # not even the answer sentence and EOS fit after one prompt token, or only EOS would be left
+        target = kept_body + closing + eos
+        enc = head + kept_prompt + tail
+        rows.append({"input_ids": enc if seq2seq else enc + target,
+                     "labels": target if seq2seq else [-100] * len(enc) + target,
+                     "task_id": tasks.index(e.task),
+                     "truncated": len(kept_prompt) < len(prompt) or len(kept_body) < len(body)})
     return rows
+
+
+def _split_target(tokenizer: Any, target: str, closing: str) -> tuple[list[int], list[int]]:
+    """A target's token ids as (body, closing): the tokens that cover its closing sentence and the space before it.
+
+    With a fast tokenizer the split follows the character offsets of the tokenisation of the whole target (the ids
+    are those of the whole target); a token that straddles the boundary counts as the closing sentence's.
+    """
+    if not closing or not target.endswith(closing):
+        return tokenizer(target, add_special_tokens=False)["input_ids"], []
+    start = len(target[:len(target) - len(closing)].rstrip())
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+        n_body = sum(1 for _, end in enc["offset_mapping"] if end <= start)
+        return enc["input_ids"][:n_body], enc["input_ids"][n_body:]
+    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    n_closing = len(tokenizer(target[start:], add_special_tokens=False)["input_ids"])
+    return ids[:len(ids) - n_closing], ids[len(ids) - n_closing:]
+
+
+def _special_ends(tokenizer: Any, text: str) -> tuple[list[int], list[int], list[int]]:
+    """The ids of `text` tokenised with special tokens, as (special tokens before, the text's own, special after)."""
+    full = tokenizer(text)["input_ids"]
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return full[:i], plain, full[i + len(plain):]
+    return [], full, []  # a tokenizer that merges across its special tokens: cut like plain text
+
+
+def _keep_end(ids: list[int], room: int) -> list[int] | None:
+    """The last `room` ids (all of them when they fit); None when not even one fits."""
+    if room < 1 and ids:
+        return None
+    return ids[len(ids) - room:] if len(ids) > room else ids
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, Any]:
@@ -277,9 +337,17 @@ def _trainer_class() -> type:
     class DistillTrainer(Trainer):
         """Trainer whose loss is `weighted_target_loss`; per-term losses go to `term_log`."""
 
-        def __init__(self, *args: Any, task_names: list[str], task_weight_list: list[float], **kwargs: Any):
+        # compute_loss returns each micro-batch's mean, not a sum over the tokens of the accumulated batch: the
+        # Trainer must divide it by the accumulation steps. It would not, since the student's forward accepts
+        # **kwargs (transformers 5 then assumes a loss normalised by num_items_in_batch), and grad_accum > 1
+        # would give a gradient grad_accum times too large.
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args: Any, task_names: list[str], task_weight_list: list[float], config_sha256: str = "",
+                     **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.task_names, self.task_weight_list, self.term_log = task_names, task_weight_list, []
+            self.config_sha256 = config_sha256  # written into each checkpoint: only the same config resumes it
             self.target_tokens = 0  # target tokens trained on in this session (after a resume: since it)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D401
@@ -294,6 +362,7 @@ def _trainer_class() -> type:
             if self.args.should_save:  # before the rest, so a checkpoint with a trainer state has its loss log
                 folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
                 folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / CHECKPOINT_CONFIG, {"config_sha256": self.config_sha256})
                 write_jsonl(folder / TERM_LOG, self.term_log)
             super()._save_checkpoint(model, trial)
 
@@ -301,12 +370,81 @@ def _trainer_class() -> type:
 
 
 TERM_LOG = "term_log.jsonl"  # the per-term losses so far, saved inside each checkpoint
+CHECKPOINT_CONFIG = "run_config.json"  # the config_sha256 of the run that wrote a checkpoint
+CODE_FILES = ("training.py", "head_loss.py", "models.py")  # the lib modules that decide what training computes
 
 
-def _last_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete `checkpoint-N` folder of an interrupted run, or None."""
-    found = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists() and (p / TERM_LOG).exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+def training_code_sha256() -> dict[str, str]:
+    """sha256 of the source of each module in CODE_FILES, by path (`lib/training.py`: hex digest)."""
+    here = Path(__file__).resolve().parent
+    return {f"lib/{name}": sha256_file(here / name) for name in CODE_FILES}
+
+
+def run_config(run: StudentRun, examples: list[Example], params: TrainingParams,
+               strategy_tokens: list[str] | None = None) -> dict:
+    """What a trained run depends on: the run, its params and examples, the training code and the student's weights."""
+    from lib.models import model_provenance
+
+    config = {"run": dataclasses.asdict(run), "training": params.model_dump(mode="json"), "n_examples": len(examples),
+              "examples_sha256": sha256_json([dataclasses.asdict(e) for e in examples]),
+              "code_sha256": training_code_sha256(), "student_provenance": model_provenance(run.student)}
+    if run.condition == "CFD":
+        config["strategy_tokens"] = list(strategy_tokens or [])
+    return config
+
+
+def _has_weights(adapter_dir: Path) -> bool:
+    """Whether a run's saved weights are there: its adapter (or full-model) folder with a weight file."""
+    return any(adapter_dir.glob("*.safetensors")) or any(adapter_dir.glob("*.bin"))
+
+
+def _finished_result(run_name: str, out_dir: Path, config_sha: str) -> dict | None:
+    """The done.json of a run finished with this config whose weights are still there, or None (then train it)."""
+    done = out_dir / "done.json"
+    if not done.exists():
+        return None
+    result = read_json(done)
+    if result.get("config_sha256") != config_sha:
+        log.info("%s: %s was written under another config (params, examples, training code or student weights); "
+                 "retraining", run_name, done)
+        return None
+    if not _has_weights(out_dir / "adapter"):
+        log.warning("%s: %s is there but the weights in %s are missing; retraining", run_name, done,
+                    out_dir / "adapter")
+        return None
+    return result
+
+
+def _checkpoint_step(folder: Path) -> int:
+    """N of a `checkpoint-N` folder (-1 when the name has no number)."""
+    tail = folder.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _resumable_checkpoint(run_name: str, ckpt_dir: Path, config_sha: str, force: bool = False) -> Path | None:
+    """The newest complete checkpoint written under this config, or None; the others are deleted first.
+
+    A checkpoint of another config (changed params, examples, code or weights; or one from before checkpoints
+    recorded their config) would restore the wrong adapter, optimiser and schedule, so it is removed; with `force`
+    every checkpoint is. A checkpoint of this config that was cut short (no trainer state yet) is left for the
+    Trainer to overwrite.
+    """
+    found = sorted(ckpt_dir.glob("checkpoint-*"), key=_checkpoint_step)
+    stale = [p for p in found if force or _checkpoint_config(p) != config_sha]
+    complete = [p for p in found if p not in stale and (p / "trainer_state.json").exists() and (p / TERM_LOG).exists()]
+    for p in stale:
+        shutil.rmtree(p)
+    if stale:
+        log.warning("%s: deleted %d checkpoint(s) in %s (%s) %s%s", run_name, len(stale), ckpt_dir,
+                    ", ".join(p.name for p in stale), "as forced" if force else "written under another run config",
+                    "" if complete else "; training from scratch")
+    return complete[-1] if complete else None
+
+
+def _checkpoint_config(folder: Path) -> str | None:
+    """The config_sha256 a checkpoint was written under, or None when it does not say."""
+    path = folder / CHECKPOINT_CONFIG
+    return read_json(path).get("config_sha256") if path.exists() else None
 
 
 def add_special_tokens(tokenizer: Any, model: Any, strings: list[str]) -> list[int]:
@@ -369,27 +507,29 @@ def lora_model(model: Any, params: TrainingParams, token_ids: list[int] | None =
 
 
 def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, out_dir: Path, device: str,
-              strategy_tokens: list[str] | None = None) -> dict:
+              strategy_tokens: list[str] | None = None, force: bool = False) -> dict:
     """Train one student on one condition's examples and save its adapter, losses and timings.
 
+    A run finished under the same `run_config` with its weights still saved is skipped (its done.json is returned);
+    an interrupted one resumes from its last checkpoint of that config. `force` retrains from scratch regardless.
     A CFD run adds `strategy_tokens` (params counterfactual.strategy_tokens) to the student's tokenizer as special
     tokens and trains their embedding rows (with LoRA: peft's trainable tokens, saved in the adapter).
     """
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from lib.models import load_student_lm, load_tokenizer
 
     if run.condition == "CFD" and not strategy_tokens:
         raise ValueError(f"{run.name}: a CFD run needs the strategy tokens (params counterfactual.strategy_tokens); "
                          "pass them as train_run(..., strategy_tokens=[positive, negative])")
-    config = {"run": dataclasses.asdict(run), "training": params.model_dump(mode="json"), "n_examples": len(examples),
-              "examples_sha256": sha256_json([dataclasses.asdict(e) for e in examples])}
-    if run.condition == "CFD":
-        config["strategy_tokens"] = list(strategy_tokens or [])
+    config = run_config(run, examples, params, strategy_tokens)
+    config_sha = sha256_json(config)
     done = out_dir / "done.json"
-    if done.exists() and read_json(done).get("config_sha256") == sha256_json(config):
+    finished = None if force else _finished_result(run.name, out_dir, config_sha)
+    if finished is not None:
         log.info("%s: finished earlier with the same config, skipped", run.name)
-        return read_json(done)
+        return finished
+    done.unlink(missing_ok=True)  # until this run finishes, no done.json describes the adapter folder
     set_seed(run.seed)
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(run.student, padding_side="right")
@@ -404,21 +544,19 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     weights = task_weights(run.condition, params.alpha)
     tasks = list(weights)
     data = tokenize_examples(examples, tokenizer, params.max_length, tasks, seq2seq)
+    n_truncated, n_skipped = sum(d["truncated"] for d in data), len(examples) - len(data)
+    if n_truncated or n_skipped:
+        log.warning("%s: %d of %d examples are longer than training.max_length=%d tokens and were cut (rationale "
+                    "shortened, answer sentence and EOS kept); %d did not fit at all and were skipped. "
+                    "Raise training.max_length to keep them whole.", run.name, n_truncated, len(examples),
+                    params.max_length, n_skipped)
     ckpt_dir = out_dir / "trainer"
-    resume = _last_checkpoint(ckpt_dir)
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr, num_train_epochs=params.epochs,
-        max_steps=params.max_steps, logging_steps=1, report_to="none", seed=run.seed,
-        save_strategy="steps" if params.save_steps else "no", save_steps=params.save_steps or 500, save_total_limit=1,
-        use_cpu=device == "cpu", bf16=device == "cuda", remove_unused_columns=False,
-        train_sampling_strategy="group_by_length", dataloader_num_workers=0, disable_tqdm=False,
-    )
-    trainer = _trainer_class()(model=model, args=args, train_dataset=data,
-                               data_collator=lambda b: collate(b, tokenizer.pad_token_id),
-                               task_names=tasks, task_weight_list=[weights[t] for t in tasks])
+    resume = _resumable_checkpoint(run.name, ckpt_dir, config_sha, force)
+    trainer = _trainer_class()(model=model, args=_training_arguments(params, ckpt_dir, device, run.seed),
+                               train_dataset=data, data_collator=lambda b: collate(b, tokenizer.pad_token_id),
+                               task_names=tasks, task_weight_list=[weights[t] for t in tasks], config_sha256=config_sha)
     if resume is not None:
-        done_steps = int(resume.name.split("-")[-1])
+        done_steps = _checkpoint_step(resume)
         trainer.term_log = [r for r in read_jsonl(resume / TERM_LOG) if r["step"] <= done_steps]
         log.info("%s: resuming from %s (step %d)", run.name, resume, done_steps)
     t_train = time.perf_counter()
@@ -431,11 +569,12 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
                         else (model.num_parameters(), model.num_parameters()))
     result = {
         "run": run.name, "task": condition_task(run.condition), "condition": run.condition, "student": run.student, "seed": run.seed,
-        "n_examples": len(data), "steps": trainer.state.global_step, "wall_s": round(time.perf_counter() - t0, 1),
+        "n_examples": len(data), "n_truncated": n_truncated, "n_skipped": n_skipped,
+        "steps": trainer.state.global_step, "wall_s": round(time.perf_counter() - t0, 1),
         "target_tokens_per_epoch": target_tokens,
         "train_s": round(train_s, 1), "target_tokens_per_s": round(trainer.target_tokens / max(train_s, 1e-9), 1),
         "resumed_from": resume.name if resume is not None else None, "final_loss": trainer.term_log[-1]["loss"] if trainer.term_log else None,
-        "config_sha256": sha256_json(config), "finetune": params.finetune,
+        "config_sha256": config_sha, "finetune": params.finetune,
         "architecture": "encoder-decoder" if seq2seq else "decoder-only", "n_params": int(total), "n_trainable": int(trainable),
         "added_tokens": tokenizer.convert_ids_to_tokens(new_ids),
     }
@@ -443,6 +582,20 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     write_json(out_dir / "config.json", config)
     write_json(done, result)
     return result
+
+
+def _training_arguments(params: TrainingParams, ckpt_dir: Path, device: str, seed: int) -> Any:
+    """The Trainer's arguments for one run: batches, schedule, checkpoints, device."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr, num_train_epochs=params.epochs,
+        max_steps=params.max_steps, logging_steps=1, report_to="none", seed=seed,
+        save_strategy="steps" if params.save_steps else "no", save_steps=params.save_steps or 500, save_total_limit=1,
+        use_cpu=device == "cpu", bf16=device == "cuda", remove_unused_columns=False,
+        train_sampling_strategy="group_by_length", dataloader_num_workers=0, disable_tqdm=False,
+    )
 
 
 def grid(params: TrainingParams) -> list[StudentRun]:
@@ -488,23 +641,38 @@ def train_grid(ctx: Any, examples: dict[str, list[Example]]) -> Any:
     from lib.models import pick_device
 
     device = pick_device(ctx.params.run.device)
+    force = bool(getattr(ctx, "force", False))  # `--force`: retrain every run, ignoring done.json and checkpoints
     runs = grid(ctx.params.training)
     results = []
     for i, run in enumerate(runs, 1):
         log.info("training run %d/%d: %s (%d examples)", i, len(runs), run.name, len(examples[run.condition]))
         results.append(train_run(run, examples[run.condition], ctx.params.training, ctx.out / run.name, device,
-                                 strategy_tokens=list(ctx.params.counterfactual.strategy_tokens.model_dump().values())))
+                                 strategy_tokens=list(ctx.params.counterfactual.strategy_tokens.model_dump().values()),
+                                 force=force))
     write_jsonl(ctx.out / "runs.jsonl", results)
     return pd.DataFrame(results)
 
 
 def read_losses(train_dir: Path) -> Any:
-    """Every run's per-step losses (columns run, step, term, loss)."""
+    """The per-step losses (columns run, step, term, loss) of the runs of the current grid, listed in runs.jsonl.
+
+    Folders of runs no longer in the params (an earlier condition or student) stay on disk, as they are expensive
+    to retrain, but are never read.
+    """
     import pandas as pd
 
-    from lib.runs import read_jsonl
-
-    frames = [pd.DataFrame(read_jsonl(p)) for p in sorted(Path(train_dir).glob("*/losses.jsonl"))]
+    runs_file = Path(train_dir) / "runs.jsonl"
+    if not runs_file.exists():
+        raise FileNotFoundError(f"{runs_file} is missing: step 04_training writes it once every run of the grid has "
+                                "finished; run that step first")
+    frames = []
+    for row in read_jsonl(runs_file):
+        path = Path(train_dir) / row["run"] / "losses.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing although {runs_file} lists run {row['run']}; "
+                                    "rerun step 04_training (with --force if its outputs were deleted)")
+        frames.append(pd.DataFrame(read_jsonl(path)))
+    frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "term", "loss"])
 
 
@@ -535,6 +703,6 @@ def run_costs(results: Any) -> Any:
     """What each run cost: optimiser steps, wall time, target tokens per second and trainable parameters."""
     df = results.copy()
     df["trainable_%"] = (100 * df["n_trainable"] / df["n_params"]).round(3)
-    cols = ["run", "task", "condition", "student", "seed", "n_examples", "steps", "wall_s", "train_s", "target_tokens_per_s",
-            "n_trainable", "trainable_%"]
+    cols = ["run", "task", "condition", "student", "seed", "n_examples", "n_truncated", "steps", "wall_s", "train_s",
+            "target_tokens_per_s", "n_trainable", "trainable_%"]
     return df[[c for c in cols if c in df]]

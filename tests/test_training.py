@@ -1,5 +1,11 @@
 """Training: condition formats, the weighted target-only loss and a few real steps on a tiny model."""
 
+import copy
+import dataclasses
+import logging
+import shutil
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -7,10 +13,11 @@ from lib.data import MCQuestion
 from lib.models import (
     TINY_GEMMA, TINY_T5, generate_texts, load_causal_lm, load_seq2seq_lm, load_student_lm, load_tokenizer,
 )
-from lib.params import TrainingParams
+from lib.params import CounterfactualParams, RunParams, TrainingParams
+from lib.runs import read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from lib.training import (
-    StudentRun, add_special_tokens, causal_prompt, collate, condition_examples, eval_prompts, task_weights,
-    tokenize_examples, train_run, weighted_target_loss,
+    Example, StudentRun, add_special_tokens, causal_prompt, collate, condition_examples, eval_prompts, lora_model,
+    read_losses, task_weights, tokenize_examples, train_grid, train_run, training_code_sha256, weighted_target_loss,
 )
 
 STRATEGY = {"positive": "[Direct election]", "negative": "[Elimination method]"}
@@ -125,6 +132,127 @@ def test_collate_pads_to_longest_and_masks_prompt(tiny):
     assert n_prompt > 0 and all(x != -100 for x in first["labels"][n_prompt:])
 
 
+LONG_RATIONALES = {q: " ".join([text] * 12) for q, text in RATIONALES.items()}
+
+
+def _closing_length(tok, text):
+    """Tokens of an answer sentence after a space, and EOS."""
+    return len(tok(" " + text, add_special_tokens=False)["input_ids"]) + 1
+
+
+def test_examples_that_fit_are_not_cut(tiny):
+    tok, _ = tiny
+    examples = condition_examples("FT-CoT", questions(), RATIONALES)
+    rows = tokenize_examples(examples, tok, 512, ["cot"])
+    for e, r in zip(examples, rows):
+        prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+        assert r["input_ids"] == prompt + tok(e.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert r["labels"][:len(prompt)] == [-100] * len(prompt) and not r["truncated"]
+
+
+def test_truncation_shortens_the_rationale_and_keeps_the_answer_sentence_and_eos(tiny):
+    tok, _ = tiny
+    examples = condition_examples("FT-CoT", questions(), LONG_RATIONALES)
+    rows = tokenize_examples(examples, tok, 96, ["cot"])
+    assert len(rows) == 3
+    for e, r in zip(examples, rows):
+        prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+        assert r["input_ids"][-1] == tok.eos_token_id
+        assert tok.decode(r["input_ids"][:-1]).endswith(" So the answer is " + e.target.rsplit("is ", 1)[1])
+        assert len(r["input_ids"]) == len(r["labels"]) == 96 and r["truncated"]
+        assert r["input_ids"][:len(prompt)] == prompt  # the whole prompt
+        assert tok.decode(r["labels"][len(prompt):len(prompt) + 6]) == tok.decode(
+            tok(e.target, add_special_tokens=False)["input_ids"][:6])  # the rationale's start is kept
+
+
+def test_truncation_cuts_the_prompt_start_when_the_prompt_alone_is_too_long(tiny):
+    tok, _ = tiny
+    e = condition_examples("FT-CoT", questions(), RATIONALES)[0]
+    prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+    n_closing = _closing_length(tok, "So the answer is (a) box.")
+    (row,) = tokenize_examples([e], tok, n_closing + 10, ["cot"])
+    target = [x for x in row["labels"] if x != -100]
+    assert tok.decode(target[:-1]).strip() == "So the answer is (a) box." and target[-1] == tok.eos_token_id
+    assert row["input_ids"][:10] == prompt[-10:] and len(row["input_ids"]) == 10 + len(target)  # the prompt's end
+    assert row["truncated"]
+    assert tokenize_examples([e], tok, n_closing, ["cot"]) == []  # not even one prompt token fits: skipped
+
+
+def test_truncation_of_a_target_without_answer_sentence_keeps_its_eos(tiny):
+    tok, _ = tiny
+    examples = [e for e in condition_examples("MT", questions(), LONG_RATIONALES) if e.task == "rationale"]
+    rows = tokenize_examples(examples, tok, 80, ["answer", "rationale"])
+    assert len(rows) == 3 and all(len(r["input_ids"]) == 80 and r["labels"][-1] == tok.eos_token_id for r in rows)
+    assert all(r["truncated"] for r in rows)
+    room = len(tok(examples[0].prompt)["input_ids"]) + 1
+    assert tokenize_examples(examples, tok, room, ["answer", "rationale"]) == []  # only EOS would be left: skipped
+
+
+def test_seq2seq_truncation_keeps_the_answer_sentence_and_eos():
+    tok = load_tokenizer(TINY_T5, padding_side="right")
+    examples = condition_examples("FT-CoT", questions(), LONG_RATIONALES)
+    rows = tokenize_examples(examples, tok, 40, ["cot"], seq2seq=True)
+    for e, r in zip(examples, rows):
+        assert len(r["labels"]) == 40 and r["labels"][-1] == tok.eos_token_id
+        assert tok.decode(r["labels"][:-1]).endswith(" So the answer is " + e.target.rsplit("is ", 1)[1])
+        assert r["truncated"]
+        prompt = tok(e.prompt)["input_ids"]
+        assert r["input_ids"] == prompt[-40:]  # the end of the prompt (with any EOS the tokenizer adds)
+
+
+def test_train_run_counts_and_logs_truncated_examples(tmp_path, caplog):
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["FT-CoT"], max_steps=1, batch_size=4, max_length=80,
+                            save_steps=0)
+    examples = condition_examples("FT-CoT", questions(), LONG_RATIONALES)
+    with caplog.at_level(logging.WARNING, logger="lib.training"):
+        result = train_run(StudentRun("FT-CoT", TINY_GEMMA, 0), examples, params, tmp_path / "cot", "cpu")
+    assert result["n_truncated"] == 3 and result["n_skipped"] == 0
+    assert "3 of 3 examples are longer than training.max_length=80" in caplog.text
+    assert read_json(tmp_path / "cot" / "done.json")["n_truncated"] == 3
+
+
+def test_gradient_accumulation_matches_one_large_batch(tiny, tmp_path):
+    # 2 micro-batches of 2 must give the gradient of one batch of 4: equal-length examples of one task, so the mean
+    # over 4 examples' tokens is the mean of the two micro-batch means.
+    from transformers import TrainerCallback, TrainingArguments
+
+    from lib.training import _trainer_class
+
+    tok, base = tiny
+    examples = [Example(f"Q: item {i}\nA:", " yes.", "answer", f"q{i}") for i in range(4)]
+    data = tokenize_examples(examples, tok, 64, ["answer"])
+    assert len({len(d["input_ids"]) for d in data}) == 1
+    params = TrainingParams(lora={"dropout": 0.0})
+
+    def grads(batch_size: int, accum: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = lora_model(copy.deepcopy(base), params)
+        with torch.no_grad():  # LoRA B starts at zero, which leaves A without a gradient: start B elsewhere
+            for name, w in model.named_parameters():
+                if "lora_B" in name:
+                    w.normal_(0, 0.02)
+        seen = {}
+
+        class Grab(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                seen.update({n: w.grad.detach().clone() for n, w in model.named_parameters() if w.grad is not None})
+
+        args = TrainingArguments(output_dir=str(tmp_path / f"b{batch_size}"), per_device_train_batch_size=batch_size,
+                                 gradient_accumulation_steps=accum, max_steps=1, optim="sgd", learning_rate=1e-3,
+                                 max_grad_norm=0.0, report_to="none", use_cpu=True, remove_unused_columns=False,
+                                 save_strategy="no", disable_tqdm=True)
+        trainer = _trainer_class()(model=model, args=args, train_dataset=data, callbacks=[Grab()],
+                                   data_collator=lambda b: collate(b, tok.pad_token_id), task_names=["answer"],
+                                   task_weight_list=[1.0], config_sha256="test")
+        trainer.train()
+        return seen
+
+    one, accumulated = grads(4, 1), grads(2, 2)
+    assert one and set(one) == set(accumulated)
+    for name in one:
+        assert torch.allclose(accumulated[name], one[name], rtol=1e-4, atol=1e-8), name
+
+
 def test_target_only_loss_equals_full_logits_loss(tiny):
     tok, model = tiny
     rows = tokenize_examples(condition_examples("FT-CoT", questions(), RATIONALES), tok, 512, ["cot"])
@@ -186,25 +314,140 @@ def test_every_condition_trains_and_logs_its_loss_terms(condition, student, tmp_
     assert again == result  # a finished run with the same config is skipped, not retrained
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
-    from lib.runs import read_jsonl, write_jsonl
+def _interrupt_at_call(monkeypatch, n):
+    """Make the n-th loss computation raise, as if the run were stopped there."""
+    import lib.training
 
+    real, calls = lib.training.weighted_target_loss, []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("stopped by the test")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lib.training, "weighted_target_loss", loss)
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
     examples = all_examples("MT")
-    first = TrainingParams(students=[TINY_GEMMA], conditions=["MT"], max_steps=2, batch_size=2, max_length=128,
-                           save_steps=2)
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["MT"], max_steps=4, batch_size=2, max_length=128,
+                            save_steps=2)
     out = tmp_path / "MT"
-    train_run(StudentRun("MT", TINY_GEMMA, 0), examples, first, out, "cpu")
-    assert (out / "trainer" / "checkpoint-2" / "term_log.jsonl").exists()
-    (out / "done.json").unlink()  # as if the run had been stopped right after its checkpoint at step 2
+    with monkeypatch.context() as m:
+        _interrupt_at_call(m, 3)  # batch size 2, no accumulation: the 3rd loss is step 3's, after checkpoint-2
+        with pytest.raises(KeyboardInterrupt):
+            train_run(StudentRun("MT", TINY_GEMMA, 0), examples, params, out, "cpu")
+    assert not (out / "done.json").exists() and (out / "trainer" / "checkpoint-2" / "term_log.jsonl").exists()
     log_file = out / "trainer" / "checkpoint-2" / "term_log.jsonl"
     write_jsonl(log_file, [{**r, "loss": 123.0} for r in read_jsonl(log_file)])  # marks what the checkpoint held
-    more = first.model_copy(update={"max_steps": 4})
-    result = train_run(StudentRun("MT", TINY_GEMMA, 0), examples, more, out, "cpu")
-    assert result["steps"] == 4
+    result = train_run(StudentRun("MT", TINY_GEMMA, 0), examples, params, out, "cpu")
+    assert result["steps"] == 4 and result["resumed_from"] == "checkpoint-2"
     steps = sorted({r["step"] for r in read_jsonl(out / "losses.jsonl") if r["term"] == "total"})
     assert steps == [1, 2, 3, 4]
     resumed = {r["step"] for r in read_jsonl(out / "losses.jsonl") if r["loss"] == 123.0}
     assert resumed == {1, 2}  # steps 1-2 come from the checkpoint, not retrained; 3-4 were trained after resuming
+
+
+def _adapter_weights(folder):
+    """The LoRA weights a run saved, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("change,steps", [({"lr": 2e-3}, 2), ({"epochs": 2.0}, 4), ("examples", 2)])
+def test_checkpoint_of_another_config_is_deleted_not_resumed(change, steps, tmp_path, caplog):
+    # A finished run leaves its last checkpoint; a changed run must not restore it (and save its weights as its own).
+    examples = all_examples("FT")
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["FT"], epochs=1.0, batch_size=2, max_length=128,
+                            lr=1e-3, save_steps=2)  # 3 examples: 2 steps per epoch
+    out = tmp_path / "FT"
+    train_run(StudentRun("FT", TINY_GEMMA, 0), examples, params, out, "cpu")
+    old_weights = _adapter_weights(out)
+    log_file = out / "trainer" / "checkpoint-2" / "term_log.jsonl"
+    write_jsonl(log_file, [{**r, "loss": 123.0} for r in read_jsonl(log_file)])
+    if change == "examples":
+        examples = [dataclasses.replace(examples[0], target=" Boxes hold things."), *examples[1:]]
+    else:
+        params = params.model_copy(update=change)
+    with caplog.at_level(logging.WARNING, logger="lib.training"):
+        result = train_run(StudentRun("FT", TINY_GEMMA, 0), examples, params, out, "cpu")
+    assert result["resumed_from"] is None and result["steps"] == steps
+    assert "deleted 1 checkpoint(s)" in caplog.text and "another run config" in caplog.text
+    assert not any(r["loss"] == 123.0 for r in read_jsonl(out / "losses.jsonl"))
+    new_weights = _adapter_weights(out)
+    assert any(not torch.equal(old_weights[k], new_weights[k]) for k in old_weights)
+    checkpoint = out / "trainer" / f"checkpoint-{steps}" / "run_config.json"
+    assert read_json(checkpoint)["config_sha256"] == result["config_sha256"]
+
+
+def test_training_code_sha256_covers_the_training_modules():
+    import lib.training
+
+    digests = training_code_sha256()
+    assert set(digests) == {"lib/training.py", "lib/head_loss.py", "lib/models.py"}
+    assert digests["lib/training.py"] == sha256_file(lib.training.__file__)
+
+
+def test_finished_run_retrains_when_code_weights_or_saved_adapter_change(tmp_path, monkeypatch):
+    import lib.models
+    import lib.training
+
+    run, examples = StudentRun("FT", TINY_GEMMA, 0), all_examples("FT")
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["FT"], max_steps=1, batch_size=4, max_length=128,
+                            save_steps=1)
+    out = tmp_path / "FT"
+
+    def skipped() -> bool:
+        """Run again; True when train_run returned the marked done.json instead of training."""
+        done = out / "done.json"
+        write_json(done, {**read_json(done), "marker": True})
+        return "marker" in train_run(run, examples, params, out, "cpu")
+
+    train_run(run, examples, params, out, "cpu")
+    assert skipped()  # nothing changed
+    with monkeypatch.context() as m:
+        m.setattr(lib.training, "training_code_sha256", lambda: {"lib/training.py": "a fix"})
+        assert not skipped()
+    assert not skipped()  # back to today's code: a different config again
+    with monkeypatch.context() as m:
+        m.setattr(lib.models, "model_provenance", lambda spec: {"spec": spec, "sha256": "other weights"})
+        assert not skipped()
+    assert not skipped()
+    shutil.rmtree(out / "adapter")
+    assert not skipped() and (out / "adapter" / "adapter_model.safetensors").exists()
+    done = out / "done.json"
+    write_json(done, {**read_json(done), "marker": True})
+    forced = train_run(run, examples, params, out, "cpu", force=True)
+    assert "marker" not in forced and forced["resumed_from"] is None  # checkpoint-1 of this config not used either
+    assert skipped()
+
+
+def test_train_grid_passes_force_down(tmp_path, monkeypatch):
+    import lib.training
+
+    calls = []
+    monkeypatch.setattr(lib.training, "train_run", lambda run, *a, force=False, **k: calls.append(force) or
+                        {"run": run.name})
+    params = SimpleNamespace(run=RunParams(device="cpu"), counterfactual=CounterfactualParams(),
+                             training=TrainingParams(students=[TINY_GEMMA], conditions=["FT"], seeds=[0, 1]))
+    train_grid(SimpleNamespace(params=params, out=tmp_path, force=True), {"FT": all_examples("FT")})
+    train_grid(SimpleNamespace(params=params, out=tmp_path), {"FT": all_examples("FT")})  # a context without force
+    assert calls == [True, True, False, False]
+
+
+def test_read_losses_reads_only_the_runs_of_the_current_grid(tmp_path):
+    for name in ("FT__m__seed0", "MT__m__seed0"):  # MT was trained by an earlier grid; its folder stays on disk
+        write_jsonl(tmp_path / name / "losses.jsonl", [{"run": name, "step": 1, "term": "total", "loss": 1.0}])
+    write_jsonl(tmp_path / "runs.jsonl", [{"run": "FT__m__seed0"}])
+    losses = read_losses(tmp_path)
+    assert set(losses["run"]) == {"FT__m__seed0"} and list(losses.columns) == ["run", "step", "term", "loss"]
+    write_jsonl(tmp_path / "runs.jsonl", [{"run": "FT__m__seed0"}, {"run": "CF__m__seed0"}])
+    with pytest.raises(FileNotFoundError, match="CF__m__seed0"):
+        read_losses(tmp_path)
+    with pytest.raises(FileNotFoundError, match="runs.jsonl is missing"):
+        read_losses(tmp_path / "nowhere")
 
 
 def test_trained_seq2seq_student_generates_with_its_adapter(tmp_path):
