@@ -23,8 +23,13 @@
 # The loss counts target tokens only, and the LM head is applied only at target positions (for an encoder-decoder
 # student such as T5, at the decoder's positions). Batches group examples of similar length and are padded only to
 # their own longest example. CF students are asked with `[factual]` at test time; CAUSAL students answer the
-# claim-evidence pairs of the test split, not questions (`task: causal` in `runs.jsonl`). A run checkpoints every
-# `training.save_steps` steps, so an interrupted run resumes where it stopped.
+# claim-evidence pairs of the test split, not questions (`task: causal` in `runs.jsonl`).
+#
+# An example longer than `training.max_length` loses the end of its rationale, never its answer sentence and EOS
+# (the count is `n_truncated` in `runs.jsonl`). A run checkpoints every `training.save_steps` steps and an interrupted
+# run resumes from its last checkpoint, but only under the same config; a finished run is reused only when its params,
+# examples, training code (`lib/training.py`, `head_loss.py`, `models.py`) and student weights are unchanged and its
+# adapter is on disk. `--force` (the `force` parameter) retrains.
 
 # %% tags=["parameters"]
 # parameters (papermill injects the resolved study params after this cell)
@@ -35,7 +40,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import report, runs, training
+from lib import models, report, runs, training
 
 ctx = runs.open_step("04_training", params, params_file, run_dir, force)
 ctx.out
@@ -49,8 +54,36 @@ examples = training.load_condition_examples(ctx)
 # one example per condition and task
 training.examples_frame(examples)
 
+# %% [markdown]
+# ### Under the hood: one batch's loss by hand
+#
+# Take one example of each task of a condition (MT when it is trained: an `[answer]` and a `[rationale]` example),
+# tokenise them as the trainer does and run the untrained student once. Labels are -100 on prompt and padding
+# positions; each task's loss is the mean cross-entropy over its own target tokens; the condition's loss is the
+# weighted sum, α·L_answer + (1−α)·L_rationale for MT. The library computes the same number without ever building the
+# full logits (`lib/head_loss.py`).
+
+# %% tags=["under-the-hood"]
+# one batch: which labels are -100, each task's mean cross-entropy, and the weighted sum, against the library
+import torch, torch.nn.functional as F
+
+condition = "MT" if "MT" in examples else next(iter(examples))
+weights = training.task_weights(condition, ctx.params.training.alpha)
+tok = models.load_tokenizer(ctx.params.training.students[0], padding_side="right")
+lm = models.load_student_lm(ctx.params.training.students[0], "cpu")
+one_per_task = [next(e for e in examples[condition] if e.task == t) for t in weights]
+batch = training.collate(training.tokenize_examples(one_per_task, tok, ctx.params.training.max_length, list(weights)), tok.pad_token_id)
+labels, task = batch["labels"][:, 1:], batch["task_ids"][:, None].expand(-1, batch["labels"].shape[1] - 1)
+with torch.no_grad():
+    token_ce = F.cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    terms = {t: token_ce[(task == i) & (labels != -100)].mean() for i, t in enumerate(weights)}
+    library, _ = training.weighted_target_loss(lm, batch, list(weights.values()))
+by_hand = sum(weights[t] * terms[t] for t in weights)
+assert torch.isclose(by_hand, library, rtol=1e-4), (by_hand, library)
+{"labels = -100": int((labels == -100).sum()), **{f"L_{t}": round(float(v), 4) for t, v in terms.items()}, "by hand": round(float(by_hand), 4), "library": round(float(library), 4)}
+
 # %%
-# train every condition × student × seed (finished runs with the same config are skipped)
+# train every condition × student × seed (finished runs with the same config, code and weights are reused)
 results = training.train_grid(ctx, examples)
 results
 
