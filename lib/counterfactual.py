@@ -1,10 +1,37 @@
 """Counterfactual questions and multi-view chain of thought (counterfactual distillation, EMNLP 2024).
 
-A counterfactual is made by masking the words that decide a question's answer, asking the teacher
-to refill them so that a former distractor becomes the right answer, and keeping the new question
-only when several sampled teacher reasoning paths agree on that new answer (self-consistency).
-Multi-view CoT pairs each question with a positive view (why the answer is right, strategy token
-`[Direct election]`) and negative views (why a wrong option is wrong, `[Elimination method]`).
+Counterfactual questions (`build_counterfactuals`), for each of the first `counterfactual.max_questions`
+training questions:
+
+1. **Mask.** The teacher names the words that decide the answer (`topic_words.txt`). Every occurrence of every
+   named phrase found in the question (whole words, case-insensitive; of two that overlap, the earlier, then the
+   longer) becomes a `[MASK]`, so a question may carry several; when none is found, every occurrence of
+   CommonsenseQA's `question_concept` is masked instead (`span_source`).
+2. **New target** (`counterfactual.new_target`): a former distractor (`first_distractor`, `random_distractor`) or,
+   with `new_option`, a new answer the teacher proposes for the masked question (`new_option.txt`). The new option
+   takes the place of a distractor drawn with the seed, so the option count and the other options' letters stay as
+   they were, and the new answer's letter is not always the last (which would teach a positional shortcut).
+3. **Refill.** The teacher refills the masks so that the new target becomes right: one mask with `refill.txt`
+   (one phrase), several with `refill_masks.txt` (one phrase per mask, in order, separated by ";"). Refilling
+   mask by mask, rather than rewriting the whole question, keeps every word outside the masks provably unchanged.
+   A refill is rejected when it is empty, has a phrase count other than the mask count, leaves the question
+   unchanged, rewrites words outside the masks, or names the old or the new answer (`refill_problem`).
+4. **Vote.** `votes` sampled teacher reasoning paths answer the new question; it is accepted when at least
+   `accept_threshold` of them reach the new target (self-consistency). `acceptance_summary` also counts what
+   every other bar (1/k ... k/k) would accept, from the recorded votes.
+
+Multi-view CoT (`build_views`) for every training question (all originals, not only the first `max_questions`, and
+every accepted counterfactual): the positive view (strategy token `[Direct election]`, why the answer is right) and
+negative views (`[Elimination method]`, one refutation per wrong option, at most `counterfactual.negative_views`).
+An original question's positive view is its step-02 rationale, kept only when the teacher's full completion reaches
+the gold option (`positive_rationale`); an accepted counterfactual's is asked for (`positive_view.txt`). An original
+without a positive view still gets its negative views: a refutation is told which option is wrong, so it does not
+depend on step 02, and its training target closes on the gold answer. Negative views are asked with
+`refutation.txt`, whose answer opens with "(x) ... is not the answer because": asked with the bare
+`negative_view.txt`, the 270M quickstart teacher answered "The answer is (x) ..." (naming the option it was told to
+refute) and ran on into an invented next question, and cutting the answer sentence left nothing, so every negative
+view was silently lost. Every view asked for is either kept (`multiview.jsonl`) or dropped with its reason
+(`multiview_dropped.jsonl`, `views_summary`).
 """
 
 from __future__ import annotations
@@ -14,17 +41,21 @@ import logging
 import random
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from lib.data import MCQuestion
 from lib.metrics import extract_answer
+from lib.models import Completion
 from lib.params import CounterfactualParams
 from lib.prompts import cot_prompt, load_template, view_prompt
+from lib.runs import read_jsonl
 from lib.teacher import Teacher, split_rationale
 
 log = logging.getLogger(__name__)
 
 MASK = "[MASK]"
+NEGATIVE_TEMPLATE = "refutation"  # negative views' prompt; its answer opens "(x) option is not the answer because"
 
 
 @dataclasses.dataclass
@@ -34,21 +65,24 @@ class Counterfactual:
     source_id: str  # the original question's id
     id: str  # id of the counterfactual question ("<source_id>-cf")
     original: str
-    span: tuple[int, int] | None  # character offsets of the masked words in the original
-    span_text: str
+    spans: list[tuple[int, int]]  # character offsets of every masked phrase in the original, in order, non-overlapping
+    span_texts: list[str]  # the original's words under each mask, in order
     span_source: str  # "teacher" (the teacher's topic words) or "question_concept" (CommonsenseQA's concept)
     topic_words: str  # what the teacher named as the deciding words ("" when not asked)
     concept: str  # CommonsenseQA's question_concept, kept as a baseline signal
-    masked: str
-    new_target: int  # index of the option that should become the answer
-    refill: str  # the teacher's words for [MASK]
+    masked: str  # the original with each span replaced by [MASK] ("" when nothing was located)
+    choices: list[str]  # the counterfactual's options: the original's, or with one distractor replaced by new_option
+    new_target: int  # index (in `choices`) of the option that should become the answer
+    new_option: str  # the teacher's new answer option (new_target policy `new_option`), else ""
+    refill: str  # the teacher's answer to the refill prompt (first line, cleaned)
+    fills: list[str]  # the phrase put in each [MASK], in order (refill split at ";" when there are several masks)
     question: str  # the counterfactual question text ("" when no refill was possible)
     votes: list[int | None]  # answers of the k sampled teacher reasoning paths
     vote_share: float  # share of votes for new_target
     accepted: bool
     reason: str  # "accepted" or why it was rejected
     teacher_model: str
-    templates: dict[str, str]  # template name -> sha256
+    templates: dict[str, str]  # template name -> sha256, of the templates this attempt used
 
 
 @dataclasses.dataclass
@@ -59,26 +93,69 @@ class View:
     origin: str  # "original" or "counterfactual"
     strategy: str  # "positive" or "negative"
     option: int  # the option argued for (positive) or refuted (negative)
-    text: str  # the view's rationale
+    text: str  # the view's rationale, without a concluding answer sentence
     teacher_model: str
     template_sha256: str
 
 
-def locate_span(text: str, phrase: str) -> tuple[int, int] | None:
-    """Character offsets of the first whole-word, case-insensitive occurrence of `phrase`."""
+@dataclasses.dataclass
+class DroppedView:
+    """A view asked for but not trained on (a row of 03_counterfactuals/multiview_dropped.jsonl)."""
+
+    id: str  # question id (original or counterfactual)
+    origin: str  # "original" or "counterfactual"
+    strategy: str  # "positive" or "negative"
+    option: int  # the option the view was to argue for (positive) or refute (negative)
+    reason: str  # why it was dropped
+    text: str  # what the teacher wrote (for an original's positive view: step 02's raw completion)
+
+
+# ---------------------------------------------------------------- masking
+
+
+def locate_spans(text: str, phrase: str) -> list[tuple[int, int]]:
+    """Character offsets of every whole-word, case-insensitive occurrence of `phrase` in `text`."""
     if not phrase.strip():
-        return None
-    m = re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", text, flags=re.IGNORECASE)
-    return (m.start(), m.end()) if m else None
+        return []
+    return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", text, flags=re.IGNORECASE)]
 
 
-def mask_span(text: str, span: tuple[int, int]) -> str:
-    """Replace the characters of `span` with [MASK]."""
-    return text[: span[0]] + MASK + text[span[1]:]
+def non_overlapping(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans in text order without overlaps: where two overlap, the earlier one wins, the longer on a tie."""
+    kept: list[tuple[int, int]] = []
+    for start, end in sorted(set(spans), key=lambda s: (s[0], -s[1])):
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end))
+    return kept
+
+
+def mask_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """Replace the characters of each (non-overlapping) span with [MASK]."""
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + MASK + text[end:]
+    return text
+
+
+def topic_phrases(words: str) -> list[str]:
+    """The phrases in the teacher's topic-word answer: split at commas, semicolons and " and "."""
+    return [w.strip() for w in re.split(r"[,;]| and ", words) if w.strip()]
+
+
+def choose_spans(q: MCQuestion, words: str) -> tuple[list[tuple[int, int]], str]:
+    """What to mask: every occurrence of every teacher phrase found in the question, else of the concept."""
+    whole = len(q.question)
+    found = [s for p in topic_phrases(words) for s in locate_spans(q.question, p) if s[1] - s[0] < whole]
+    if found:
+        return non_overlapping(found), "teacher"
+    return non_overlapping([s for s in locate_spans(q.question, q.concept or "") if s[1] - s[0] < whole]), \
+        "question_concept"
+
+
+# ---------------------------------------------------------------- new target and refill
 
 
 def pick_new_target(q: MCQuestion, policy: str, rng: random.Random) -> int:
-    """The former distractor that the counterfactual should make correct."""
+    """The distractor that becomes the new answer (new_option: the distractor the new option replaces)."""
     distractors = [i for i in range(len(q.choices)) if i != q.answer]
     return distractors[0] if policy == "first_distractor" else rng.choice(distractors)
 
@@ -89,26 +166,70 @@ def clean_refill(text: str) -> str:
     return first.strip().rstrip(".").strip().strip("\"'`").strip()
 
 
-def refill_problem(q: MCQuestion, span_text: str, refill: str, masked: str = "", new_answer: str = "") -> str | None:
-    """Why a refill cannot make a counterfactual, or None when it can.
+def split_fills(refill: str, n_masks: int) -> list[str]:
+    """One phrase per mask: the whole refill for one mask, else its ";"-separated parts, each cleaned."""
+    if n_masks <= 1:
+        return [refill]
+    return [clean_refill(part) for part in refill.split(";")]
+
+
+def refill_prompt(masked: str, target: str) -> str:
+    """The prompt that asks the teacher to refill the masks of `masked` so that `target` becomes right."""
+    name = "refill" if masked.count(MASK) <= 1 else "refill_masks"
+    return load_template(name).render(target=target, masked=masked)
+
+
+def new_option_prompt(masked: str, choices: list[str]) -> str:
+    """The prompt that asks the teacher for a new answer option to the masked question."""
+    return load_template("new_option").render(masked=masked, options="; ".join(choices))
+
+
+def new_option_problem(option: str, choices: list[str]) -> str | None:
+    """Why a proposed new option cannot be used (empty, a mask, or repeating an option's words); None when it can."""
+    if not option:
+        return "empty new option"
+    if MASK in option:
+        return "new option contains [MASK]"
+    words = option.lower().split()
+    for choice in choices:
+        other = choice.lower().split()
+        if any(words == other[i:i + len(words)] for i in range(len(other) - len(words) + 1)) or \
+                any(other == words[i:i + len(other)] for i in range(len(words) - len(other) + 1)):
+            return "new option repeats an option"
+    return None
+
+
+def refill_problem(q: MCQuestion, span_texts: list[str], fills: list[str], masked: str = "",
+                   new_answer: str = "") -> str | None:
+    """Why a refill (one phrase per mask) cannot make a counterfactual, or None when it can.
 
     A refill that spells out the new answer is rejected too: the question would give its answer away by word
     overlap, the very shortcut counterfactual data is meant to break.
     """
-    if not refill:
+    if not any(fills):
         return "empty refill"
-    if MASK in refill:
+    if len(fills) != len(span_texts):
+        return f"refill has {len(fills)} phrases for {len(span_texts)} masks"
+    if not all(fills):
+        return "refill leaves a mask empty"
+    if any(MASK in f for f in fills):
         return "refill still contains [MASK]"
     context = [part.strip().lower() for part in masked.split(MASK)]
-    if any(len(part.split()) >= 3 and part in refill.lower() for part in context):
+    if any(len(part.split()) >= 3 and part in f.lower() for part in context for f in fills):
         return "refill rewrites words outside the mask"
-    if refill.lower() == span_text.lower():
+    if [f.lower() for f in fills] == [s.lower() for s in span_texts]:
         return "refill leaves the question unchanged"
-    if q.choices[q.answer].lower() in refill.lower():
+    if any(q.choices[q.answer].lower() in f.lower() for f in fills):
         return "refill names the old answer"
-    if new_answer and new_answer.lower() in refill.lower():
+    if new_answer and any(new_answer.lower() in f.lower() for f in fills):
         return "refill names the new answer"
     return None
+
+
+def fill_masks(masked: str, fills: list[str]) -> str:
+    """The masked text with each [MASK], left to right, replaced by its phrase."""
+    parts = masked.split(MASK)
+    return parts[0] + "".join(f + rest for f, rest in zip(fills, parts[1:]))
 
 
 def vote(votes: list[int | None], target: int, threshold: float) -> tuple[float, bool]:
@@ -125,46 +246,64 @@ def topic_words(questions: list[MCQuestion], teacher: Teacher) -> list[str]:
     return [clean_refill(c.text) for (c,) in outs]
 
 
-def choose_span(q: MCQuestion, words: str) -> tuple[tuple[int, int] | None, str]:
-    """The span to mask: the teacher's words when they occur in the question, else the concept."""
-    for phrase in [w for w in re.split(r"[,;]| and ", words) if w.strip()]:
-        span = locate_span(q.question, phrase)
-        if span and span[1] - span[0] < len(q.question):
-            return span, "teacher"
-    span = locate_span(q.question, q.concept or "")
-    return span, "question_concept"
+def _draft(q: MCQuestion, words: str, params: CounterfactualParams, rng: random.Random,
+           teacher_name: str) -> Counterfactual:
+    """An attempt with its masks and new target located, before the teacher refills it."""
+    spans, source = choose_spans(q, words)
+    target = pick_new_target(q, params.new_target, rng)
+    masked = mask_spans(q.question, spans) if spans else ""
+    asked = ("topic_words", "cot") if params.topic_source == "teacher" else ("cot",)
+    return Counterfactual(
+        source_id=q.id, id=f"{q.id}-cf", original=q.question, spans=spans,
+        span_texts=[q.question[s:e] for s, e in spans], span_source=source, topic_words=words, concept=q.concept or "",
+        masked=masked, choices=list(q.choices), new_target=target, new_option="", refill="", fills=[], question="",
+        votes=[], vote_share=0.0, accepted=False, reason="pending" if spans else "no topic words found in the question",
+        teacher_model=teacher_name, templates={name: load_template(name).sha256 for name in asked})
+
+
+def _add_new_options(drafts: list[Counterfactual], teacher: Teacher) -> None:
+    """Policy new_option: the teacher's new answer takes the place of each pending draft's drawn distractor."""
+    pending = [d for d in drafts if d.reason == "pending"]
+    outs = teacher.complete([new_option_prompt(d.masked, d.choices) for d in pending], max_new_tokens=12,
+                            temperature=0.0, desc="new options")
+    for d, (c,) in zip(pending, outs):
+        d.new_option = clean_refill(c.text)
+        d.templates["new_option"] = load_template("new_option").sha256
+        problem = new_option_problem(d.new_option, d.choices)
+        if problem:
+            d.reason = problem
+        else:
+            d.choices[d.new_target] = d.new_option
+
+
+def _refill(drafts: list[Counterfactual], originals: dict[str, MCQuestion], teacher: Teacher) -> None:
+    """Ask the teacher to refill each pending draft's masks and check its phrases (`refill_problem`)."""
+    pending = [d for d in drafts if d.reason == "pending"]
+    most = max((len(d.spans) for d in pending), default=1)
+    outs = teacher.complete([refill_prompt(d.masked, d.choices[d.new_target]) for d in pending],
+                            max_new_tokens=16 * most, temperature=0.0, desc="refill masks")
+    for d, (c,) in zip(pending, outs):
+        name = "refill" if len(d.spans) == 1 else "refill_masks"
+        d.templates[name] = load_template(name).sha256
+        d.refill = clean_refill(c.text)
+        d.fills = split_fills(d.refill, len(d.spans))
+        problem = refill_problem(originals[d.source_id], d.span_texts, d.fills, d.masked, d.choices[d.new_target])
+        d.reason = problem or "pending"
+        d.question = "" if problem else fill_masks(d.masked, d.fills)
 
 
 def build_counterfactuals(questions: list[MCQuestion], teacher: Teacher, params: CounterfactualParams,
                           n_shots: int, seed: int) -> list[Counterfactual]:
-    """Find topic words, mask, refill and vote for each question; every attempt is returned with its outcome."""
+    """Find topic words, mask them all, pick the new target, refill and vote; every attempt comes back with its outcome."""
     rng = random.Random(seed)
-    refill_t, cot_t = load_template("refill"), load_template("cot")
     picked = questions[: params.max_questions]
     words = topic_words(picked, teacher) if params.topic_source == "teacher" else [""] * len(picked)
-    drafts = []
-    for q, w in zip(picked, words):
-        span, source = choose_span(q, w)
-        target = pick_new_target(q, params.new_target, rng)
-        masked = mask_span(q.question, span) if span else ""
-        drafts.append((q, span, source, w, target, masked))
-    prompts = [refill_t.render(target=q.choices[t], masked=m) for q, s, _, _, t, m in drafts if s]
-    fills = iter(teacher.complete(prompts, max_new_tokens=16, temperature=0.0, desc="refill masks"))
-    rows = []
-    for q, span, source, w, target, masked in drafts:
-        span_text = q.question[span[0]:span[1]] if span else ""
-        refill = clean_refill(next(fills)[0].text) if span else ""
-        problem = ("no topic words found in the question" if not span
-                   else refill_problem(q, span_text, refill, masked, q.choices[target]))
-        rows.append(Counterfactual(
-            source_id=q.id, id=f"{q.id}-cf", original=q.question, span=span, span_text=span_text,
-            span_source=source, topic_words=w, concept=q.concept or "", masked=masked, new_target=target, refill=refill,
-            question=masked.replace(MASK, refill) if not problem else "", votes=[], vote_share=0.0,
-            accepted=False, reason=problem or "pending", teacher_model=teacher.name,
-            templates={t.name: t.sha256 for t in (refill_t, cot_t, load_template("topic_words"))},
-        ))
-    pending = [r for r in rows if r.reason == "pending"]
+    rows = [_draft(q, w, params, rng, teacher.name) for q, w in zip(picked, words)]
+    if params.new_target == "new_option":
+        _add_new_options(rows, teacher)
     by_id = {q.id: q for q in questions}
+    _refill(rows, by_id, teacher)
+    pending = [r for r in rows if r.reason == "pending"]
     cf_qs = [as_question(r, by_id[r.source_id]) for r in pending]
     paths = teacher.complete([cot_prompt(q, n_shots) for q in cf_qs], max_new_tokens=params.max_new_tokens,
                              temperature=params.vote_temperature, n=params.votes, desc="self-consistency votes")
@@ -172,39 +311,135 @@ def build_counterfactuals(questions: list[MCQuestion], teacher: Teacher, params:
         r.votes = [extract_answer(c.text, q.choices) for c in completions]
         r.vote_share, r.accepted = vote(r.votes, r.new_target, params.accept_threshold)
         r.reason = "accepted" if r.accepted else f"votes below threshold ({r.vote_share:.2f} < {params.accept_threshold})"
-    log.info("counterfactuals: %d of %d accepted", sum(r.accepted for r in rows), len(rows))
+    masks = Counter(len(r.spans) for r in rows)
+    log.info("counterfactuals: %d of %d accepted; masks per question %s; outcomes %s", sum(r.accepted for r in rows),
+             len(rows), dict(sorted(masks.items())), dict(Counter(_reason_kind(r.reason) for r in rows)))
     return rows
 
 
 def as_question(cf: Counterfactual, original: MCQuestion) -> MCQuestion:
-    """The counterfactual as a multiple-choice question: same options, the new target as gold."""
-    return dataclasses.replace(original, id=cf.id, question=cf.question, answer=cf.new_target,
-                               source=f"{original.source}+counterfactual")
+    """The counterfactual as a multiple-choice question: its options (`cf.choices`), the new target as gold."""
+    return dataclasses.replace(original, id=cf.id, question=cf.question, choices=list(cf.choices),
+                               answer=cf.new_target, source=f"{original.source}+counterfactual")
 
 
-def build_views(originals: list[MCQuestion], counterfactuals: list[MCQuestion], rationales: dict[str, str],
-                teacher: Teacher, params: CounterfactualParams, seed: int) -> list[View]:
-    """Positive and negative views: originals reuse the step-02 CoT rationale as their positive view."""
+# ---------------------------------------------------------------- multi-view CoT
+
+
+def read_step02_rows(path: str | Path, split: str = "train") -> dict[str, dict]:
+    """Question id -> its row of 02_teacher/rationales.jsonl (every row of `split`, failed ones too)."""
+    return {r["id"]: r for r in read_jsonl(path) if r.get("split") == split}
+
+
+def positive_rationale(q: MCQuestion, row: dict | None) -> tuple[str, str | None]:
+    """An original's positive view from its step-02 row, and why it is dropped (None when kept).
+
+    Kept only when the teacher's full completion (`raw`) reaches the gold option, read with `extract_answer`;
+    a row whose text names no option (CoS-E's human explanations) falls back to step 02's recorded `answer`.
+    """
+    if row is None:
+        return "", "no step-02 rationale"
+    text = (row.get("rationale") or "").strip()
+    if not text:
+        return "", "empty step-02 rationale"
+    reached = extract_answer(row.get("raw") or "", q.choices)
+    reached = row.get("answer") if reached is None else reached
+    if reached is None:
+        return text, "step-02 rationale reaches no option"
+    if reached != q.answer:
+        return text, "step-02 rationale concludes another option"
+    return text, None
+
+
+def wrong_options(q: MCQuestion, cap: int | None, rng: random.Random) -> list[int]:
+    """The wrong options to refute: all of them (cap None), else `cap` drawn with `rng`, in option order."""
+    wrong = [i for i in range(len(q.choices)) if i != q.answer]
+    if cap is None or cap >= len(wrong):
+        return wrong
+    return sorted(rng.sample(wrong, cap))
+
+
+def prompt_lead(prompt: str) -> str:
+    """The words the prompt already puts in the answer's mouth (after its last "A:"), or ""."""
+    return prompt.rsplit("\nA:", 1)[-1].strip() if "\nA:" in prompt else ""
+
+
+def view_text(strategy: str, option: int, choices: list[str], prompt: str, c: Completion) -> tuple[str, str | None]:
+    """A view's text from the teacher's completion (the prompt's lead + the reasoning), and why it is dropped.
+
+    The completion is cut at an invented next question ("\nQ:") or a blank line; its concluding answer sentence
+    is removed (`split_rationale`). A negative view that concludes the option it should refute, and a positive
+    view that concludes another option, are dropped, as are empty ones.
+    """
+    if c.finish_reason == "error":
+        return "", "no teacher response"
+    body = re.split(r"\nQ:|\n\s*\n", c.text.strip(), maxsplit=1)[0].strip()
+    reasoning = split_rationale(body)
+    tail = body[len(reasoning):] if body.startswith(reasoning) else body
+    concluded = extract_answer(tail, choices) if tail.strip() else None
+    text = " ".join(p for p in (prompt_lead(prompt), reasoning) if p)
+    if strategy == "negative" and concluded == option:
+        return text, "argues for the refuted option"
+    if strategy == "positive" and concluded is not None and concluded != option:
+        return text, "concludes another option"
+    if not reasoning:
+        return text, "empty after removing the answer sentence" if body else "empty"
+    return text, None
+
+
+def build_views(originals: list[MCQuestion], counterfactuals: list[MCQuestion], step02: dict[str, dict],
+                teacher: Teacher, params: CounterfactualParams, seed: int) -> tuple[list[View], list[DroppedView]]:
+    """Positive and negative views of every question CFD trains on, and the views dropped with their reasons.
+
+    Originals: the step-02 rationale is the positive view when it reaches the gold option (`positive_rationale`;
+    `step02` from `read_step02_rows`). Accepted counterfactuals: a positive view is asked for. Every original and
+    every counterfactual: one refutation per wrong option (at most `negative_views`, drawn with `seed`).
+    """
     rng = random.Random(seed)
-    pos_t, neg_t = load_template("positive_view"), load_template("negative_view")
-    views = [View(id=q.id, origin="original", strategy="positive", option=q.answer, text=rationales[q.id],
-                  teacher_model="step 02 teacher", template_sha256="") for q in originals if rationales.get(q.id)]
-    asks: list[tuple[MCQuestion, str, int]] = [(q, "counterfactual", q.answer) for q in counterfactuals]
-    for q in originals[: params.max_questions] + counterfactuals:
-        wrong = [i for i in range(len(q.choices)) if i != q.answer]
-        rng.shuffle(wrong)
-        asks.extend((q, "negative", i) for i in wrong[: params.negative_views])
-    prompts = [view_prompt(q, opt, positive=kind != "negative") for q, kind, opt in asks]
-    outs = teacher.complete(prompts, max_new_tokens=params.max_new_tokens, temperature=0.0, desc="multi-view CoT")
-    for (q, kind, opt), (c,) in zip(asks, outs):
-        text = split_rationale(c.text)
-        if not text:
+    pos_t, neg_t = load_template("positive_view"), load_template(NEGATIVE_TEMPLATE)
+    views: list[View] = []
+    dropped: list[DroppedView] = []
+    for q in originals:
+        row = step02.get(q.id)
+        text, problem = positive_rationale(q, row)
+        if problem:
+            dropped.append(DroppedView(q.id, "original", "positive", q.answer, problem, (row or {}).get("raw", "")))
             continue
-        negative = kind == "negative"
-        views.append(View(id=q.id, origin="counterfactual" if q.id.endswith("-cf") else "original",
-                          strategy="negative" if negative else "positive", option=opt, text=text,
-                          teacher_model=teacher.name, template_sha256=(neg_t if negative else pos_t).sha256))
-    return views
+        views.append(View(id=q.id, origin="original", strategy="positive", option=q.answer, text=text,
+                          teacher_model=f"{row.get('model', '')} (step 02)", template_sha256=row.get("template_sha256", "")))
+    asks = [(q, "counterfactual", "positive", q.answer) for q in counterfactuals]
+    for origin, qs in (("original", originals), ("counterfactual", counterfactuals)):
+        asks.extend((q, origin, "negative", i) for q in qs for i in wrong_options(q, params.negative_views, rng))
+    prompts = [view_prompt(q, opt, positive=s == "positive", template=None if s == "positive" else NEGATIVE_TEMPLATE)
+               for q, _, s, opt in asks]
+    outs = teacher.complete(prompts, max_new_tokens=params.max_new_tokens, temperature=0.0, desc="multi-view CoT")
+    for (q, origin, strategy, opt), prompt, (c,) in zip(asks, prompts, outs):
+        text, problem = view_text(strategy, opt, q.choices, prompt, c)
+        if problem:
+            dropped.append(DroppedView(q.id, origin, strategy, opt, problem, c.text))
+            continue
+        views.append(View(id=q.id, origin=origin, strategy=strategy, option=opt, text=text, teacher_model=teacher.name,
+                          template_sha256=(pos_t if strategy == "positive" else neg_t).sha256))
+    summary = views_summary(views, dropped)
+    log.info("multi-view CoT: %d positive and %d negative views kept, %d dropped", summary["positive"],
+             summary["negative"], len(dropped))
+    for line in summary["outcomes"]:
+        if line["outcome"] != "kept":
+            log.warning("dropped %d %s %s views: %s", line["n"], line["origin"], line["strategy"], line["outcome"])
+    return views, dropped
+
+
+def views_summary(views: list[View], dropped: list[DroppedView]) -> dict[str, Any]:
+    """Views kept by strategy, and every (origin, strategy, outcome) with its count: "kept" or why dropped."""
+    outcomes = Counter((v.origin, v.strategy, "kept") for v in views)
+    outcomes.update((d.origin, d.strategy, d.reason) for d in dropped)
+    return {
+        "positive": sum(v.strategy == "positive" for v in views),
+        "negative": sum(v.strategy == "negative" for v in views),
+        "dropped": len(dropped),
+        "questions": len({v.id for v in views}),
+        "outcomes": [{"origin": o, "strategy": s, "outcome": r, "n": n} for (o, s, r), n in sorted(outcomes.items())],
+    }
 
 
 @dataclasses.dataclass
@@ -242,30 +477,65 @@ def build_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: Teacher
     return [r for r in rows if r.text]
 
 
+def _reason_kind(reason: str) -> str:
+    """A rejection reason without its numbers ("votes below threshold (0.33 < 0.6)" -> "votes below threshold")."""
+    return "votes below threshold" if reason.startswith("votes below") else \
+        re.sub(r"^refill has \d+ phrases for \d+ masks$", "refill phrase count differs from mask count", reason)
+
+
+def _target_rank(r: Counterfactual, original: MCQuestion) -> str:
+    """Which former distractor became the new target ("1" = the first wrong option), or "new option"."""
+    return "new option" if r.new_option else str(r.new_target - (r.new_target > original.answer) + 1)
+
+
+def acceptance_by_bar(rows: list[Counterfactual]) -> dict[str, int]:
+    """How many voted counterfactuals each bar j/k (j = 1 ... k votes for the new target) would accept."""
+    voted = [r for r in rows if r.votes]
+    k = max((len(r.votes) for r in voted), default=0)
+    hits = [sum(v == r.new_target for v in r.votes) for r in voted]
+    return {f"{j}/{k}": sum(h >= j for h in hits) for j in range(1, k + 1)}
+
+
 def acceptance_summary(rows: list[Counterfactual], questions: list[MCQuestion]) -> dict[str, Any]:
-    """Acceptance rate, rejection reasons and which former distractor position became the target."""
-    reasons = Counter("votes below threshold" if r.reason.startswith("votes below") else r.reason for r in rows)
+    """Acceptance rate, rejection reasons, acceptance at every vote bar, masks per question and the new target's origin.
+
+    `new_target_distractor_rank` counts, over the attempts with masks, which former distractor (1 = the first wrong
+    option) became the answer, or "new option" (policy new_option). `acceptance_by_bar` counts, over the voted
+    attempts, how many j of k votes for the new target would accept ({"1/3": n, "2/3": n, "3/3": n}).
+    """
     by_id = {q.id: q for q in questions}
-    positions = Counter(f"{r.new_target - (r.new_target > by_id[r.source_id].answer) + 1}" for r in rows)
+    voted = [r for r in rows if r.votes]
     return {
         "attempted": len(rows),
         "accepted": sum(r.accepted for r in rows),
         "acceptance_rate": sum(r.accepted for r in rows) / len(rows) if rows else 0.0,
-        "reasons": dict(reasons),
-        "new_target_distractor_rank": dict(sorted(positions.items())),
-        "mean_vote_share": (sum(r.vote_share for r in rows if r.votes) / max(1, sum(bool(r.votes) for r in rows))),
+        "reasons": dict(Counter(_reason_kind(r.reason) for r in rows)),
+        "voted": len(voted),
+        "acceptance_by_bar": acceptance_by_bar(rows),
+        "masks_per_question": {str(k): n for k, n in sorted(Counter(len(r.spans) for r in rows).items())},
+        "new_target_distractor_rank": dict(sorted(Counter(_target_rank(r, by_id[r.source_id]) for r in rows
+                                                          if r.spans).items())),
+        "mean_vote_share": sum(r.vote_share for r in voted) / max(1, len(voted)),
     }
 
 
 def side_by_side(rows: list[Counterfactual]) -> list[dict[str, str]]:
-    """Original / masked / counterfactual rows for display, the changed words in **bold**."""
+    """Original / masked / counterfactual rows for display, the masked and the refilled words in **bold**."""
     out = []
     for r in rows:
-        cf = r.masked.replace(MASK, f"**{r.refill}**") if r.question else ""
-        original = (r.original[: r.span[0]] + f"**{r.span_text}**" + r.original[r.span[1]:]) if r.span else r.original
-        out.append({"original": original, "masked": r.masked, "counterfactual": cf, "outcome": r.reason})
+        original = _bold_spans(r.original, r.spans)
+        cf = fill_masks(r.masked, [f"**{f}**" for f in r.fills]) if r.question else ""
+        target = f"{r.new_option} (new option)" if r.new_option else r.choices[r.new_target]
+        out.append({"original": original, "masked": r.masked, "counterfactual": cf, "new target": target,
+                    "outcome": r.reason})
     return out
 
+
+def _bold_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with each span in **bold**."""
+    for start, end in sorted(spans, reverse=True):
+        text = text[:start] + f"**{text[start:end]}**" + text[end:]
+    return text
 
 
 def accepted_questions(rows: list[Counterfactual], originals: list[MCQuestion]) -> list[MCQuestion]:

@@ -140,11 +140,13 @@ class StrategyTokens(_Section):
 class CounterfactualParams(_Section):
     max_questions: int = Field(8, ge=1)  # training questions to build counterfactuals from
     topic_source: Literal["teacher", "concept"] = "teacher"  # who picks the words to mask: the teacher (concept as fallback) or CommonsenseQA's concept
-    new_target: Literal["first_distractor", "random_distractor"] = "first_distractor"  # which wrong option becomes the new answer
+    # the new answer: a former distractor (the first, or one drawn with run.seed), or new_option: a new answer the teacher
+    # proposes for the masked question, which takes the place of a drawn distractor (option count and letters unchanged)
+    new_target: Literal["first_distractor", "random_distractor", "new_option"] = "first_distractor"
     votes: int = Field(3, ge=1)  # k teacher reasoning paths sampled per counterfactual
     vote_temperature: float = Field(0.8, gt=0)  # sampling temperature of the k paths
     accept_threshold: float = Field(0.6, gt=0, le=1)  # share of paths that must reach the new target
-    negative_views: int = Field(1, ge=0)  # wrong options refuted per question (multi-view CoT)
+    negative_views: int | None = Field(None, ge=0)  # refutations per question, of wrong options drawn with run.seed (null = every wrong option, as seed 002; 0 = none)
     cf_rationale_questions: int | None = Field(None, ge=1)  # training questions given a counterfactual rationale (null = all)
     max_new_tokens: int = Field(48, ge=8)  # tokens per teacher call in this step
     strategy_tokens: StrategyTokens = StrategyTokens()
@@ -169,7 +171,7 @@ class TrainingParams(_Section):
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
-    max_length: int = Field(256, ge=16)  # tokens per example (prompt + target), longer ones are cut
+    max_length: int = Field(256, ge=16)  # tokens per example (prompt + target); a longer one loses the end of its rationale, never its answer sentence and EOS (runs.jsonl n_truncated)
     rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones (CAUSAL: any keeps failed explanations as written)
     save_steps: int = Field(50, ge=0)  # checkpoint every N optimiser steps so an interrupted run resumes (0 = no checkpoints)
 
@@ -200,7 +202,11 @@ class EvaluationParams(_Section):
     batch_size: int = Field(8, ge=1)
     embedder: str = "all-MiniLM-L6-v2"  # sentence-transformer for CEC (packaged default, a hub id or a folder)
     embed_batch_size: int = Field(128, ge=1)  # sentences per encoder call for CEC
-    loglik: bool = True  # also score each option's answer sentence by log-likelihood (second accuracy, causal LMs)
+    loglik: bool = True  # also pick the option by log-likelihood (second accuracy, causal LMs): loglik_pred (summed), loglik_norm_pred (per character)
+    # what is scored per option after the prompt: option_text (' bed', as lm-evaluation-harness), answer_text
+    # (' So the answer is' + ' bed.') or answer_sentence (' So the answer is (b) bed.': the letter dominates the
+    # picks, 80% (a) for the untrained Gemma 3 270M; benchmarks/loglik_bias.py). Faithfulness reads answers with it too.
+    loglik_scoring: Literal["option_text", "answer_text", "answer_sentence"] = "option_text"
     text_metrics: bool = True  # BLEU (sacrebleu), ROUGE-L (rouge-score) and BERTScore against the teacher's rationale
     bertscore_model: str = "all-MiniLM-L6-v2"  # BERT-style encoder for BERTScore: an embedder spec (packaged, tiny-random-minilm, folder, hub id)
     bertscore_layers: int | None = Field(None, ge=1)  # encoder layer whose token embeddings BERTScore uses (null = the last)
@@ -218,6 +224,7 @@ class StatisticsParams(_Section):
     outcomes: list[Literal["correct", "cec", "bleu", "rouge_l", "bertscore", "loglik_correct"]] = ["correct", "cec"]
     n_boot: int = Field(1000, ge=100)  # bootstrap resamples for confidence intervals
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every test (Tukey, ANOVA, Dunn, McNemar)
+    reference: str | None = None  # baseline condition of the regressions, one of training.conditions (null = the first listed)
 
 
 class StudyParams(_Section):

@@ -34,7 +34,7 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 STEP_PARAMS = {
     "01_data": ("data",),
     "02_teacher": ("teacher",),
-    "03_counterfactuals": ("counterfactual", "teacher", "training.rationale_filter"),
+    "03_counterfactuals": ("counterfactual", "teacher"),
     "04_training": ("training", "counterfactual.strategy_tokens"),
     "05_evaluation": ("evaluation", "teacher", "counterfactual.strategy_tokens", "training.rationale_filter",
                       "data.train.name"),

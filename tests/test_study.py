@@ -118,7 +118,7 @@ def _fingerprints(tmp_path: Path, overrides: list[str] | None = None) -> dict[st
 
 @pytest.mark.parametrize("override, changed", [
     ("counterfactual.strategy_tokens.positive='[Direct]'", {"03_counterfactuals", "04_training", "05_evaluation"}),
-    ("training.rationale_filter=correct", {"03_counterfactuals", "04_training", "05_evaluation"}),
+    ("training.rationale_filter=correct", {"04_training", "05_evaluation"}),
     ("teacher.n_shots=0", {"02_teacher", "03_counterfactuals", "05_evaluation"}),
     ("training.lr=0.001", {"04_training"}),
     ("statistics.n_boot=300", {"06_statistics"}),
