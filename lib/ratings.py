@@ -2,8 +2,11 @@
 
 Each explanation is rated on three Likert scales from 1 to 7: completeness (every step needed to
 reach the answer), contrastiveness (why the other options are wrong) and soundness (true statements,
-valid reasoning), with a short justification. Judge and human ratings share one schema, `Rating`,
-the rows of `05_evaluation/ratings.jsonl`; the rater is `judge:<model spec>` or the human rater's id.
+valid reasoning), with a short justification. Judge and human ratings share one schema, `Rating`;
+the rater is `judge:<model spec>` or the human rater's id. They live in two files: step 05 writes the
+judge's to `05_evaluation/judge_ratings.jsonl` (JUDGE_RATINGS), and human ratings are imported into
+`<run_dir>/human_ratings.jsonl` (HUMAN_RATINGS, by `add_human_ratings`), outside every step folder, so
+that rerunning step 05 cannot erase them. Step 06 reads both.
 
 The human sheet is blinded: rows are shuffled and carry only a sheet row id, the question, the
 options and the explanation; which run wrote which explanation is kept in a separate key file that
@@ -32,11 +35,13 @@ DIMENSIONS = ("completeness", "contrastiveness", "soundness")
 LIKERT = (1, 7)
 SHEET_COLUMNS = ("sheet_row", "question", "answer", "explanation", "rater", *DIMENSIONS, "justification")
 KEY_COLUMNS = ("sheet_row", "run", "item_id")
+JUDGE_RATINGS = "judge_ratings.jsonl"  # in 05_evaluation/: the judge's ratings, rewritten by every run of step 05
+HUMAN_RATINGS = "human_ratings.jsonl"  # in the run folder: imported human ratings, an input of step 06
 
 
 @dataclasses.dataclass
 class Rating:
-    """One rater's scores of one explanation (a row of 05_evaluation/ratings.jsonl); scores are None on failure."""
+    """One rater's scores of one explanation (a row of judge_ratings.jsonl or human_ratings.jsonl); None on failure."""
 
     run: str
     item_id: str
@@ -299,7 +304,7 @@ def import_sheet(sheet: str | Path, key: str | Path, rater: str | None = None) -
 
 
 def read_ratings(path: str | Path) -> list[Rating]:
-    """Rows of a ratings.jsonl file."""
+    """Rows of a ratings file (judge_ratings.jsonl, human_ratings.jsonl)."""
     from lib.runs import read_jsonl
 
     names = {f.name for f in dataclasses.fields(Rating)}
@@ -307,7 +312,7 @@ def read_ratings(path: str | Path) -> list[Rating]:
 
 
 def add_ratings(path: str | Path, new: Sequence[Rating]) -> Path:
-    """Append ratings (e.g. an imported human sheet) to a ratings.jsonl; a (run, item, rater) already there is an error."""
+    """Append ratings (e.g. an imported human sheet) to a ratings file; a (run, item, rater) already there is an error."""
     from lib.runs import write_jsonl
 
     path = Path(path)
@@ -318,3 +323,9 @@ def add_ratings(path: str | Path, new: Sequence[Rating]) -> Path:
         raise SheetError(f"{path} already holds {len(clash)} of these ratings, e.g. rater {clash[0].rater!r} on "
                          f"{clash[0].run} / {clash[0].item_id}; import each filled sheet once")
     return write_jsonl(path, [*old, *new])
+
+
+def add_human_ratings(run_dir: str | Path, filled_csv: str | Path, key_csv: str | Path,
+                      rater: str | None = None) -> Path:
+    """Import a filled human sheet (checked by `import_sheet`) into <run_dir>/human_ratings.jsonl; returns its path."""
+    return add_ratings(Path(run_dir) / HUMAN_RATINGS, import_sheet(filled_csv, key_csv, rater))

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -60,19 +61,27 @@ def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 def plot_accuracy(items: pd.DataFrame, path: str | Path | None = None, n_boot: int = 1000, seed: int = 0) -> Figure:
-    """Bar chart of accuracy (%) by condition, one bar colour per test set, with bootstrap 95% CI error bars."""
+    """Bar chart of accuracy (%) by condition, one bar colour per test set, with 95% CI error bars from a cluster
+    bootstrap over test items (lib.stats.accuracy_table: the seeds of an item are resampled together)."""
+    from lib.stats import accuracy_table
+
     _require(items, ["condition", "test_set", "correct"], "plot_accuracy")
-    data = items.assign(accuracy=items["correct"].astype(float) * 100)
-    conditions = sorted(data["condition"].astype(str).unique())
+    table = accuracy_table(items, by=["condition", "test_set"], n_boot=n_boot, seed=seed)
+    conditions = sorted(table["condition"].astype(str).unique())
+    test_sets = sorted(table["test_set"].astype(str).unique())
     fig = _new_figure(max(5.0, 1.2 * len(conditions) + 2), 4.0)
     ax = fig.add_subplot()
-    sns.barplot(data=data, x="condition", y="accuracy", hue="test_set", order=conditions,
-                hue_order=sorted(data["test_set"].astype(str).unique()), errorbar=("ci", 95), n_boot=n_boot,
-                seed=seed, capsize=0.1, ax=ax)
-    for bars in ax.containers:  # print each bar's value, so a 0% bar is still visible
-        ax.bar_label(bars, fmt="%.0f", padding=2, fontsize=8)
+    width = 0.8 / len(test_sets)
+    for j, (test_set, colour) in enumerate(zip(test_sets, sns.color_palette(n_colors=len(test_sets)))):
+        rows = table[table["test_set"].astype(str) == test_set]
+        x = [conditions.index(str(c)) + (j - (len(test_sets) - 1) / 2) * width for c in rows["condition"]]
+        acc = rows["accuracy"].to_numpy() * 100
+        err = np.nan_to_num(np.vstack([acc - rows["ci_low"].to_numpy() * 100, rows["ci_high"].to_numpy() * 100 - acc]))
+        bars = ax.bar(x, acc, width, color=colour, label=test_set, yerr=err, capsize=3)  # no interval: no error bar
+        ax.bar_label(bars, fmt="%.0f", padding=2, fontsize=8)  # print each bar's value, so a 0% bar is still visible
+    ax.set_xticks(range(len(conditions)), conditions)
     ax.set(xlabel="Training condition", ylabel="Accuracy (% of test items correct)", ylim=(0, 100),
-           title="Error bars: 95% bootstrap confidence interval")
+           title="Error bars: 95% CI, cluster bootstrap over test items")
     fig.suptitle("Student accuracy by training condition")
     ax.legend(title="Test set", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _finish(fig, path)
@@ -97,13 +106,15 @@ def plot_loss_curves(losses: pd.DataFrame, path: str | Path | None = None) -> Fi
 
 def plot_cec(items: pd.DataFrame, path: str | Path | None = None) -> Figure:
     """Box plot of per-item CEC by condition (with the items as dots); a note instead when no item has a CEC."""
+    from lib.stats import over_seeds
+
     _require(items, ["condition", "cec"], "plot_cec")
-    data = items.dropna(subset=["cec"])
+    data = over_seeds(items, ["cec"]).dropna(subset=["cec"])
     conditions = sorted(items["condition"].astype(str).unique())
     fig = _new_figure(max(5.0, 1.2 * len(conditions) + 2), 4.0)
     ax = fig.add_subplot()
     ax.set(xlabel="Training condition", ylabel="CEC (1 = same content as the teacher)",
-           title="One dot per test item")
+           title="One dot per test item (mean over seeds)")
     fig.suptitle("Explanation coherence with the teacher's rationale (CEC)")
     if data.empty:
         log.warning("plot_cec: no item has a CEC score (no teacher reference or no rationale)")
@@ -175,13 +186,13 @@ def _note_figure(title: str, message: str) -> Figure:
 
 
 def plot_ood_heatmap(items: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Heatmap of accuracy (%) by condition (rows) and test set (columns): in- vs out-of-distribution."""
-    _require(items, ["condition", "test_set", "correct"], "plot_ood_heatmap")
+    """Heatmap of accuracy (%) and test items by condition (rows) and test set (columns): in- vs out-of-distribution."""
+    _require(items, ["condition", "test_set", "correct", "item_id"], "plot_ood_heatmap")
     table = items.pivot_table(index="condition", columns="test_set", values="correct", aggfunc="mean") * 100
-    counts = items.pivot_table(index="condition", columns="test_set", values="correct", aggfunc="size")
+    counts = items.pivot_table(index="condition", columns="test_set", values="item_id", aggfunc="nunique").fillna(0)
     fig = _new_figure(max(4.5, 1.6 * table.shape[1] + 2.5), max(2.5, 0.55 * table.shape[0] + 1.5))
     ax = fig.add_subplot()
-    labels = table.map(lambda v: f"{v:.1f}").astype(str) + "\n(n=" + counts.astype(int).astype(str) + ")"
+    labels = table.map(lambda v: f"{v:.1f}").astype(str) + "\n(" + counts.astype(int).astype(str) + " items)"
     sns.heatmap(table, annot=labels, fmt="", vmin=0, vmax=100, cmap="viridis", cbar_kws={"label": "accuracy (%)"},
                 ax=ax)
     ax.set(xlabel="Test set", ylabel="Training condition")
@@ -233,10 +244,11 @@ def plot_ratings(ratings: pd.DataFrame, dimensions: Sequence[str] = ("completene
 
 
 FIGURES = {  # file name, caption
-    "accuracy": ("accuracy_by_condition.png", "Accuracy by condition with 95% bootstrap confidence intervals."),
+    "accuracy": ("accuracy_by_condition.png", "Accuracy by condition with 95% confidence intervals from a cluster "
+                                              "bootstrap over test items (the seeds of an item resampled together)."),
     "ood": ("ood_heatmap.png", "Accuracy by condition and test set (out-of-distribution sets beside the "
                                "in-distribution one)."),
-    "cec": ("cec_by_condition.png", "Per-item CEC by condition."),
+    "cec": ("cec_by_condition.png", "Per-item CEC by condition (mean over seeds)."),
     "cec_vs_metrics": ("cec_vs_metrics.png", "CEC against BLEU, ROUGE-L and BERTScore on the same explanations."),
     "ratings": ("ratings.png", "Distribution of ratings by condition."),
     "loss": ("loss_curves.png", "Training loss curves of every run."),
@@ -244,14 +256,16 @@ FIGURES = {  # file name, caption
 }
 
 
-def run_figures(tables, out: str | Path | None = None) -> dict[str, Figure | str]:
+def run_figures(tables, out: str | Path | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Figure | str]:
     """Every figure of the report (written to `out` when given); an absent input gives a note string instead."""
     items = tables.items
     out = Path(out) if out is not None else None
     path = {k: (out / name if out is not None else None) for k, (name, _) in FIGURES.items()}
-    figs: dict[str, Figure | str] = {"accuracy": plot_accuracy(items, path=path["accuracy"])}
-    figs["ood"] = plot_ood_heatmap(items, path=path["ood"])
-    if items["test_set"].nunique() < 2:
+    no_items = "No test item was answered (05_evaluation/items.jsonl is empty); this input is absent."
+    figs: dict[str, Figure | str] = {
+        "accuracy": plot_accuracy(items, path=path["accuracy"], n_boot=n_boot, seed=seed) if len(items) else no_items,
+        "ood": plot_ood_heatmap(items, path=path["ood"]) if len(items) else no_items}
+    if items["test_set"].nunique() == 1:
         log.info("only one test set: the heatmap has no out-of-distribution column")
     figs["cec"] = (plot_cec(items, path=path["cec"]) if "cec" in items and items["cec"].notna().any()
                    else "No item has a CEC score (no teacher reference or no rationale); this input is absent.")
@@ -422,13 +436,16 @@ def write_run_report(run_dir: str | Path, sections: dict, figures: dict[str, Fig
 
 
 def _statistics_params(run_dir: Path) -> dict:
-    """The statistics and run params a run was made with (params.json, else the manifest), with defaults."""
+    """The statistics params a run was made with (params.json, else the manifest) with defaults, its run.seed and
+    training.conditions (None when unknown)."""
     from lib.runs import read_json
 
     params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else \
         _read_manifest(run_dir).get("params", {})
-    stats_params = {"outcomes": ["correct", "cec"], "n_boot": 1000, "alpha": 0.05, **params.get("statistics", {})}
+    stats_params = {"outcomes": ["correct", "cec"], "n_boot": 1000, "alpha": 0.05, "reference": None,
+                    **params.get("statistics", {})}
     stats_params["seed"] = params.get("run", {}).get("seed", 0)
+    stats_params["conditions"] = params.get("training", {}).get("conditions")
     return stats_params
 
 
@@ -442,8 +459,9 @@ def build_run_report(run_dir: str | Path, path: str | Path | None = None) -> Pat
     run_dir = Path(run_dir)
     p = _statistics_params(run_dir)
     tables = stats.load_run_tables(run_dir)
-    sections = stats.analyse(tables, outcomes=p["outcomes"], alpha=p["alpha"], n_boot=p["n_boot"], seed=p["seed"])
-    return write_run_report(run_dir, sections, run_figures(tables), path)
+    sections = stats.analyse(tables, outcomes=p["outcomes"], alpha=p["alpha"], n_boot=p["n_boot"], seed=p["seed"],
+                             reference=p["reference"], conditions=p["conditions"])
+    return write_run_report(run_dir, sections, run_figures(tables, n_boot=p["n_boot"], seed=p["seed"]), path)
 
 
 # --- several runs side by side ---------------------------------------------------------------------------------
@@ -460,11 +478,58 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
-    """Several runs side by side as one HTML page: params that differ, accuracy, CEC and headline tests."""
+SEED_PARAMS = ("run.name", "run.seed", "training.seeds")  # the params in which the runs of a seed sweep differ
+
+
+def seed_sweeps(params: dict[str, dict[str, object]]) -> list[list[str]]:
+    """Groups of two or more runs (by name) whose params, commit and code differ only in SEED_PARAMS."""
+    groups: dict[str, list[str]] = {}
+    for name, flat in params.items():
+        same = {k: v for k, v in flat.items() if k not in SEED_PARAMS}
+        groups.setdefault(json.dumps(same, sort_keys=True, default=str), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def pool_seeds(items: dict[str, pd.DataFrame], run_seeds: dict[str, object]) -> pd.DataFrame:
+    """The items of runs that differ only in seeds as one table: run_dir names each row's run folder, run is
+    prefixed by it, and `seed` names both seeds (run.seed, training seed), so every seed of the sweep is its own."""
+    return pd.concat([df.assign(run_dir=name, run=name + "/" + df["run"].astype(str),
+                                seed=f"run.seed {run_seeds[name]}, training seed " + df["seed"].astype(str))
+                      for name, df in items.items()], ignore_index=True)
+
+
+def pooled_accuracy_html(names: list[str], items: dict[str, pd.DataFrame], params: dict[str, dict],
+                         n_boot: int) -> str:
+    """The accuracy of a seed sweep's runs combined (cluster bootstrap over test items), or why they are not."""
     from lib import stats
 
-    names, acc_parts, headlines, params = [], [], [], {}
+    pooled = pool_seeds({n: items[n] for n in names}, {n: params[n].get("run.seed") for n in names})
+    runs_of_seed = pooled.groupby("seed")["run_dir"].nunique()
+    repeated = sorted(runs_of_seed[runs_of_seed > 1].index)
+    if repeated:
+        return (f"<div class='note'><b>Not combined:</b> {html.escape(', '.join(names))} differ only in their seeds, "
+                f"but repeat {html.escape(repeated[0])}; combining them would count that seed twice.</div>")
+    tables = stats.RunTables(items=pooled, runs=None, ratings=None, losses=None, acceptance=None)
+    section = stats.accuracy_section(tables, n_boot=n_boot)
+    differ = [k for k in SEED_PARAMS[1:] if len({json.dumps(params[n].get(k)) for n in names}) > 1]
+    section.title = f"Accuracy of {', '.join(names)} combined"
+    section.explanation = (f"These runs differ only in their seeds ({', '.join(differ)}), so this combines them: "
+                           "their items are pooled with the seed column naming each run's seeds. "
+                           + section.explanation)
+    per_item = pooled.groupby(["test_set", "item_id"])["seed"].nunique()
+    if (per_item < pooled["seed"].nunique()).any():
+        section.notes.append(f"{int((per_item < pooled['seed'].nunique()).sum())} of {len(per_item)} test items were "
+                             "not answered under every seed (run.seed also draws the data split); each item counts "
+                             "once in the intervals whatever its number of seeds.")
+    return section_html(section)
+
+
+def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
+    """Several runs as one HTML page: params that differ, the accuracy of runs that differ only in seeds combined,
+    accuracy and CEC run beside run, and each run's headline tests."""
+    from lib import stats
+
+    names, acc_parts, headlines, params, items = [], [], [], {}, {}
     for rd in map(Path, run_dirs):
         manifest = _read_manifest(rd)
         name = str(manifest.get("run") or rd.name)
@@ -473,12 +538,15 @@ def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
         params[name] = _flatten(manifest.get("params", {}))
         params[name]["git.commit"] = (manifest.get("git", {}).get("commit") or "")[:10]
         params[name]["git.dirty"] = manifest.get("git", {}).get("dirty")
+        params[name]["code.lib_sha256"] = manifest.get("code", {}).get("lib_sha256")
         try:
             tables = stats.load_run_tables(rd)
         except FileNotFoundError as exc:
             headlines.append(f"<h3>{html.escape(name)}</h3><div class='absent'><b>Input absent:</b> "
                              f"{html.escape(str(exc))}</div>")
             continue
+        if manifest.get("params"):  # a run without a manifest cannot be shown to differ only in its seeds
+            items[name] = tables.items
         acc = stats.accuracy_section(tables, n_boot=n_boot)
         if acc.ran:
             t = acc.table.assign(run=name)
@@ -494,6 +562,10 @@ def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
             "<h2>Params that differ</h2>",
             differ.reset_index(names="param").to_html(index=False, border=0, na_rep="–") if len(differ)
             else "<p>The runs have identical params.</p>"]
+    sweeps = seed_sweeps({n: params[n] for n in items})
+    if sweeps:
+        body += ["<h2>Runs that differ only in their seeds, combined</h2>",
+                 *(pooled_accuracy_html(group, items, params, n_boot) for group in sweeps)]
     if acc_parts:
         acc = pd.concat(acc_parts, ignore_index=True)
         keys = [c for c in ("test_set", "student", "condition") if c in acc.columns]

@@ -1,10 +1,15 @@
-"""Statistics over per-item results: bootstrap CIs, Tukey-Kramer, two-way ANOVA, Kruskal-Wallis/Dunn, McNemar, OLS.
+"""Statistics over per-item results: cluster-bootstrap CIs, Tukey-Kramer, ANOVA, Kruskal-Wallis/Dunn, McNemar, OLS.
 
 Input everywhere is the per-item table of step 05 (`items`): one row per (run, test item) with
 columns run, condition, student, seed, test_set, item_id, correct (0/1), cec (may be NaN) and
-rationale_len. `analyse` runs every analysis of a run and returns `Section`s (a table, plain sentences
-and notes on what could not be tested). scipy and statsmodels are imported inside the functions that
-use them, so importing this module stays light.
+rationale_len. A run is one condition x student x training seed, so every test item appears once per
+seed: the seeds of an item are not independent observations. The unit of every test is therefore the
+test item: intervals resample items with all their seeds (a cluster bootstrap), Tukey-Kramer, ANOVA,
+Kruskal-Wallis, the correlations and the regressions use per-item means over seeds (`over_seeds`), the
+regressions cluster their standard errors by item, and McNemar pairs items within one seed and
+Holm-corrects its p values. `analyse` runs every analysis of a run and returns `Section`s (a table, plain
+sentences and notes on what could not be tested). scipy and statsmodels are imported inside the
+functions that use them, so importing this module stays light.
 """
 
 from __future__ import annotations
@@ -55,36 +60,98 @@ def _clean(items: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFra
     return data
 
 
+UNIT_KEYS = ("test_set", "student", "student_size", "condition", "item_id")  # one test item of one condition x student
+
+
+def n_seeds(data: pd.DataFrame) -> int:
+    """The number of training seeds in a table (1 without a seed column)."""
+    return int(data["seed"].nunique()) if "seed" in data.columns and len(data) else 1
+
+
+def unit_text(data: pd.DataFrame, what: str = "test item") -> str:
+    """'test item (mean over 3 seeds)', or 'test item (one seed)': the unit of a test, for the report."""
+    n = n_seeds(data)
+    return f"{what} (mean over {n} seeds)" if n > 1 else f"{what} (one seed)"
+
+
+def over_seeds(data: pd.DataFrame, values: Sequence[str], keys: Sequence[str] = UNIT_KEYS) -> pd.DataFrame:
+    """One row per unit (the `keys` present in `data`, e.g. a test item of a condition and student): each of
+    `values` averaged over the training seeds (missing values left out)."""
+    keys = [k for k in keys if k in data.columns]
+    numeric = data[keys].assign(**{v: pd.to_numeric(data[v], errors="coerce") for v in values})
+    return numeric.groupby(keys, sort=True, dropna=False)[list(values)].mean().reset_index()
+
+
+def item_clusters(data: pd.DataFrame) -> pd.Series:
+    """The test item of each row ('<test_set>/<item_id>'), the cluster that keeps an item's seeds together;
+    each row is its own cluster when the table has no item_id."""
+    if "item_id" not in data.columns:
+        return pd.Series(np.arange(len(data)).astype(str), index=data.index)
+    prefix = data["test_set"].astype(str) + "/" if "test_set" in data.columns else ""
+    return prefix + data["item_id"].astype(str)
+
+
+def cluster_bootstrap_ci(values: Sequence[float], clusters: Sequence, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean that resamples whole clusters (a test item with all its seeds).
+
+    Each resample draws as many clusters as there are, with replacement; its mean is the sum of their values
+    over the number of their values. (v, v) for constant data, (NaN, NaN) with fewer than two clusters.
+    """
+    frame = pd.DataFrame({"v": np.asarray(values, dtype=float), "c": np.asarray(clusters)})
+    frame = frame[np.isfinite(frame["v"])]
+    per = frame.groupby("c", sort=True)["v"].agg(["sum", "size"])
+    if len(per) < 2:
+        return np.nan, np.nan
+    if frame["v"].nunique() == 1:
+        return float(frame["v"].iloc[0]), float(frame["v"].iloc[0])
+    sums, sizes = per["sum"].to_numpy(), per["size"].to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, n_boot, 100):  # batches keep memory at 100 x clusters indices
+        idx = rng.integers(0, len(per), size=(min(100, n_boot - start), len(per)))
+        means.append(sums[idx].sum(axis=1) / sizes[idx].sum(axis=1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(np.concatenate(means), [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_table(items: pd.DataFrame, value: str, by: Sequence[str], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per group of `by` with a value: n (rows), n_items, n_seeds, mean and its 95% cluster-bootstrap CI.
+
+    Rows without a value are left out. The interval resamples test items with all their seeds, so three seeds
+    of one item count as one item, not three. A group with a single item gets no interval (NaN) and a warning.
+    """
+    by = list(by)
+    data = _clean(items, [*by, value], f"the table of {value}")
+    data = data.assign(**{value: pd.to_numeric(data[value], errors="coerce")}).dropna(subset=[value])
+    data = data.reset_index(drop=True)
+    clusters = item_clusters(data)
+    rows = []
+    for key, grp in data.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        low, high = cluster_bootstrap_ci(grp[value], clusters[grp.index], n_boot, seed)
+        n_items = int(clusters[grp.index].nunique())
+        if n_items < 2:
+            log.warning("%s: group %s has one item, so it has no confidence interval", value, key)
+        rows.append({**dict(zip(by, key)), "n": len(grp), "n_items": n_items, "n_seeds": n_seeds(grp),
+                     "mean": float(grp[value].mean()), "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows, columns=[*by, "n", "n_items", "n_seeds", "mean", "ci_low", "ci_high"])
+
+
 def accuracy_table(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_set"), n_boot: int = 1000,
                    seed: int = 0) -> pd.DataFrame:
-    """One row per group: n, accuracy, percentile-bootstrap 95% CI (ci_low, ci_high) and mean CEC.
-
-    A group with a single item gets no interval (NaN) and a warning: one item cannot show spread.
-    """
-    from scipy.stats import bootstrap
-
+    """One row per group: n (rows), n_items, n_seeds, accuracy, its 95% cluster-bootstrap CI over test items
+    (ci_low, ci_high) and mean CEC."""
     by = list(by)
     _require_columns(items, [*by, "correct"], "accuracy_table")
     if items.empty:
         raise TooFewObservations("accuracy_table got an empty table; evaluate at least one item first (step 05)")
-    rng = np.random.default_rng(seed)
-    rows = []
-    for key, grp in items.groupby(by, sort=True):
-        correct = grp["correct"].to_numpy(dtype=float)
-        acc = float(correct.mean())
-        if len(correct) < 2 or np.all(correct == correct[0]):
-            # All resamples of constant data are identical; scipy warns and BCa fails, the interval is the point.
-            low, high = (acc, acc) if len(correct) >= 2 else (np.nan, np.nan)
-            if len(correct) < 2:
-                log.warning("accuracy_table: group %s has one item, so it has no confidence interval", key)
-        else:
-            ci = bootstrap((correct,), np.mean, n_resamples=n_boot, confidence_level=0.95, method="percentile",
-                           vectorized=True, batch=100, rng=rng).confidence_interval
-            low, high = float(ci.low), float(ci.high)
-        cec = float(grp["cec"].mean()) if "cec" in grp else np.nan
-        rows.append({**dict(zip(by, key)), "n": len(correct), "accuracy": acc, "ci_low": low, "ci_high": high,
-                     "cec": cec})
-    return pd.DataFrame(rows)
+    table = mean_table(items, "correct", by, n_boot, seed).rename(columns={"mean": "accuracy"})
+    if "cec" in items.columns:
+        cec = items.assign(cec=pd.to_numeric(items["cec"], errors="coerce")).groupby(by, sort=True)["cec"].mean()
+        return table.merge(cec.rename("cec").reset_index(), on=by, how="left")
+    return table.assign(cec=np.nan)
 
 
 def tukey_kramer(items: pd.DataFrame, value: str = "correct", group: str = "condition",
@@ -153,19 +220,21 @@ def _stars(p: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
 
 
-def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Sequence[str] = ("rationale_len",),
-                   group: str = "condition", reference: str | None = None,
-                   fixed_effects: Sequence[str] = ()) -> pd.DataFrame:
-    """OLS of `outcome` on `group` dummies (treatment coding) plus covariates, with HC3 robust standard errors.
+def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Sequence[str] = (),
+                   group: str = "condition", reference: str | None = None, fixed_effects: Sequence[str] = (),
+                   cluster: str | None = None) -> pd.DataFrame:
+    """OLS of `outcome` on `group` dummies (treatment coding) plus covariates, with robust standard errors.
 
     The baseline is `reference` or else the first group alphabetically. `fixed_effects` (e.g. "rater") add
-    one dummy per level but the first. Columns: term, coef, se, t, p, stars; attrs: r2, n, reference,
-    formula. t and p use the t distribution with the residual df.
+    one dummy per level but the first. With `cluster` (a column, e.g. the test item) the standard errors are
+    clustered by it (CRV1 with statsmodels' small-sample correction, t with clusters - 1 df); without, HC3.
+    Columns: term, coef, se, t, p, stars; attrs: r2, n, se_type, reference, formula.
     """
     import statsmodels.formula.api as smf
 
     covariates, fixed_effects = list(covariates), list(fixed_effects)
-    data = _clean(items, [outcome, group, *covariates, *fixed_effects], "OLS regression")
+    data = _clean(items, [outcome, group, *covariates, *fixed_effects, *([cluster] if cluster else [])],
+                  "OLS regression")
     groups = data[group].astype(str)
     counts = groups.value_counts().sort_index()
     if len(counts) < 2 or (counts < 2).any():
@@ -198,14 +267,7 @@ def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Se
             f"the covariates / fixed effects {', '.join([*covariates, *fixed_effects])} are collinear with the "
             f"{group} dummies, so their effects cannot be told apart; drop one of them"
         )
-    with warnings.catch_warnings():  # leverage 1 divides by zero; the check below turns that into a message
-        warnings.simplefilter("ignore", RuntimeWarning)
-        fit = model.fit(cov_type="HC3", use_t=True)
-    if not np.all(np.isfinite(fit.bse)):
-        raise TooFewObservations(
-            "a robust (HC3) standard error is undefined because one row alone determines a coefficient "
-            "(leverage 1); evaluate more items per group"
-        )
+    fit, se_type = _robust_fit(model, data[cluster] if cluster else None)
     names = {f"x{i}": c for i, c in enumerate(covariates)}
     prefix = f"C(g, Treatment(reference={reference!r}))"
     terms = [names.get(t, t.replace(prefix, group)) for t in fit.params.index]
@@ -219,10 +281,34 @@ def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Se
         "p": fit.pvalues.to_numpy(),
     })
     out["stars"] = [_stars(p) for p in out["p"]]
-    out.attrs.update(r2=float(fit.rsquared), n=int(fit.nobs), reference=reference,
+    out.attrs.update(r2=float(fit.rsquared), n=int(fit.nobs), se_type=se_type,
+                     reference=reference,
                      formula=f"{outcome} ~ C({group}, reference={reference!r})" + "".join(f" + {c}" for c in covariates)
                      + "".join(f" + C({f})" for f in fixed_effects))
     return out
+
+
+def _robust_fit(model, clusters: pd.Series | None) -> tuple:
+    """Fit with standard errors clustered by `clusters` (CRV1), or HC3 robust without; (fit, which errors)."""
+    if clusters is None:
+        kwargs, se_type = {"cov_type": "HC3"}, "HC3 robust"
+        alone = "one row alone determines a coefficient (leverage 1)"
+    else:
+        codes, uniques = pd.factorize(clusters.astype(str))
+        if len(uniques) < 2:
+            raise TooFewObservations(f"standard errors clustered by {clusters.name} need at least two clusters; "
+                                     f"the data has {len(uniques)}. Evaluate more items.")
+        kwargs, se_type = {"cov_type": "cluster", "cov_kwds": {"groups": codes}}, \
+            f"clustered by {clusters.name} ({len(uniques)} clusters)"
+        alone = "too few clusters vary to estimate it"
+    with warnings.catch_warnings():  # a degenerate covariance divides by zero; the check below says why instead
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = model.fit(use_t=True, **kwargs)
+        bse = fit.bse
+    if not np.all(np.isfinite(bse)) or not np.all(bse > 0):
+        raise TooFewObservations(f"a robust standard error ({se_type}) is undefined or zero because {alone}; "
+                                 "evaluate more items per group")
+    return fit, se_type
 
 
 def _check_variation(frame: pd.DataFrame, outcome: str, covariates: Sequence[str]) -> None:
@@ -237,85 +323,14 @@ def _check_variation(frame: pd.DataFrame, outcome: str, covariates: Sequence[str
         raise TooFewObservations(f"covariate(s) {', '.join(flat)} do not vary across rows; drop them from covariates")
 
 
-def read_items(path: str) -> pd.DataFrame:
-    """The per-item results of step 05 (05_evaluation/items.jsonl) as a table."""
-    from lib.runs import read_jsonl
-
-    return pd.DataFrame(read_jsonl(path))
-
-
-def compare_conditions(items: pd.DataFrame, outcomes: Sequence[str]) -> dict[str, dict]:
-    """Tukey-Kramer and OLS for each outcome; a test the data cannot support becomes a note, not an error."""
-    results: dict[str, dict] = {}
-    for outcome in outcomes:
-        entry: dict = {"tukey": None, "ols": None, "notes": []}
-        for name, test in (("tukey", lambda: tukey_kramer(items, value=outcome)),
-                           ("ols", lambda: ols_regression(items, outcome=outcome))):
-            try:
-                entry[name] = test()
-            except TooFewObservations as exc:
-                entry["notes"].append(f"{name} on {outcome}: {exc}")
-        results[outcome] = entry
-    return results
-
-
-def write_results(results: dict[str, dict], out) -> list[str]:
-    """Write tukey_<outcome>.csv, ols_<outcome>.csv and findings.md; returns the paths written."""
-    from lib.runs import atomic_write_text
-
-    paths = []
-    for outcome, entry in results.items():
-        for name in ("tukey", "ols"):
-            if entry[name] is not None:
-                paths.append(atomic_write_text(out / f"{name}_{outcome}.csv", entry[name].to_csv(index=False)))
-    paths.append(atomic_write_text(out / "findings.md", findings_markdown(results)))
-    return [str(p) for p in paths]
-
-
-def findings_markdown(results: dict[str, dict]) -> str:
-    """The results as plain sentences: Tukey-Kramer pairs, regression fit, and what could not be tested."""
-    lines = []
-    for outcome, entry in results.items():
-        lines.append(f"### {outcome}\n")
-        if entry["tukey"] is not None:
-            lines += [f"- {s}" for s in describe_tukey(entry["tukey"])]
-        if entry["ols"] is not None:
-            attrs = entry["ols"].attrs
-            lines.append(f"- OLS `{attrs.get('formula', '')}`: R² = {attrs.get('r2', float('nan')):.3f}, "
-                         f"n = {attrs.get('n', '?')} (HC3 robust standard errors).")
-        lines += [f"- Not tested: {note}" for note in entry["notes"]]
-        lines.append("")
-    return "\n".join(lines)
-
-
 # --- bootstrap, per-subset Tukey, two-way ANOVA, assumption checks, Kruskal-Wallis + Dunn, McNemar -------------
-
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean; (v, v) for constant data, (NaN, NaN) for fewer than two values."""
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return np.nan, np.nan
-    if np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    ci = bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
-                   vectorized=True, batch=100, rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
-
 
 def cec_intervals(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_set"), n_boot: int = 1000,
                   seed: int = 0) -> pd.DataFrame:
-    """Per group: number of items with a CEC, and a bootstrap 95% CI of mean CEC (NaN when fewer than two)."""
-    by = list(by)
-    _require_columns(items, [*by, "cec"], "cec_intervals")
-    rows = []
-    for key, grp in items.groupby(by, sort=True):
-        cec = grp["cec"].to_numpy(dtype=float)
-        low, high = bootstrap_ci(cec, n_boot, seed)
-        rows.append({**dict(zip(by, key)), "n_cec": int(np.isfinite(cec).sum()), "cec_ci_low": low, "cec_ci_high": high})
-    return pd.DataFrame(rows, columns=[*by, "n_cec", "cec_ci_low", "cec_ci_high"])
+    """Per group: items with a CEC (n_cec) and the cluster-bootstrap 95% interval of mean CEC over test items."""
+    table = mean_table(items, "cec", by, n_boot, seed)
+    return table[[*by, "n", "ci_low", "ci_high"]].rename(
+        columns={"n": "n_cec", "ci_low": "cec_ci_low", "ci_high": "cec_ci_high"})
 
 
 def tukey_by(items: pd.DataFrame, value: str = "correct", by: Sequence[str] = ("test_set", "student"),
@@ -476,11 +491,13 @@ def kruskal_dunn(items: pd.DataFrame, value: str = "correct", group: str = "cond
 
 
 def mcnemar_pairs(items: pd.DataFrame, value: str = "correct", group: str = "condition",
-                  within: Sequence[str] = ("test_set", "student", "seed"), exact_below: int = 25) -> pd.DataFrame:
+                  within: Sequence[str] = ("test_set", "student", "seed"),
+                  family: Sequence[str] = ("test_set", "student"), exact_below: int = 25) -> pd.DataFrame:
     """McNemar's test between every pair of `group` levels on the same items (paired by item_id within `within`).
 
     Exact binomial test when the discordant pairs number fewer than `exact_below`, else chi-square with
-    continuity correction. only1 = items group1 got right and group2 wrong.
+    continuity correction. only1 = items group1 got right and group2 wrong. p_holm is p Holm-adjusted over
+    the tests of one `family` (every pair and seed of a test set and student).
     """
     from statsmodels.stats.contingency_tables import mcnemar
 
@@ -507,12 +524,28 @@ def mcnemar_pairs(items: pd.DataFrame, value: str = "correct", group: str = "con
                              "p": np.nan if res is None else float(res.pvalue) if discordant else 1.0,
                              "method": "exact binomial" if exact else "chi-square (continuity corrected)"})
     out = pd.DataFrame(rows)
-    out.attrs.update(value=value, group=group, within=within)
+    family = [f for f in family if f in within]
+    if len(out):
+        out["p_holm"] = holm_within(out, family)
+    out.attrs.update(value=value, group=group, within=within, family=family)
     return out
 
 
+def holm_within(table: pd.DataFrame, family: Sequence[str]) -> pd.Series:
+    """table["p"] Holm-adjusted within each family of rows (equal values of `family`); a missing p stays missing."""
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = pd.Series(np.nan, index=table.index)
+    for _, grp in (table.groupby(list(family), sort=False) if family else [((), table)]):
+        p = grp["p"].dropna()
+        if len(p):
+            adjusted[p.index] = multipletests(p.to_numpy(dtype=float), method="holm")[1]
+    return adjusted
+
+
 def describe_mcnemar(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """One sentence per McNemar pair: who got more of the shared items right, and whether that is significant."""
+    """One sentence per McNemar pair: who got more of the shared items right, and whether that is significant
+    after the Holm correction (the raw p is given beside the adjusted one)."""
     within = table.attrs.get("within", [])
     sentences = []
     for _, row in table.iterrows():
@@ -524,15 +557,14 @@ def describe_mcnemar(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         winner, loser = (row["group1"], row["group2"]) if diff >= 0 else (row["group2"], row["group1"])
         what = (f"on {_plural(int(row['n_pairs']), 'shared item')}, {winner} is right where {loser} is wrong "
                 f"{max(row['only1'], row['only2'])} times and the reverse {min(row['only1'], row['only2'])} times")
+        ps = f"McNemar {_format_p(row['p'])}, Holm-adjusted {_format_p(row['p_holm'])}"
         if row["only1"] + row["only2"] == 0:
             sentences.append(f"{prefix}{row['group1']} vs {row['group2']}: the two agree on all "
                              f"{_plural(int(row['n_pairs']), 'shared item')} (no discordant pairs, nothing to test).")
-        elif row["p"] < alpha:
-            sentences.append(f"{prefix}{winner} beats {loser} by {abs(diff):.1f} points ({what}; McNemar "
-                             f"{_format_p(row['p'])}).")
+        elif row["p_holm"] < alpha:
+            sentences.append(f"{prefix}{winner} beats {loser} by {abs(diff):.1f} points ({what}; {ps}).")
         else:
-            sentences.append(f"{prefix}{winner} vs {loser}: no significant difference ({what}; McNemar "
-                             f"{_format_p(row['p'])}).")
+            sentences.append(f"{prefix}{winner} vs {loser}: no significant difference ({what}; {ps}).")
     return sentences
 
 
@@ -540,6 +572,15 @@ def describe_mcnemar(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
 
 RATING_DIMENSIONS = ("completeness", "contrastiveness", "soundness")  # Likert scores; "justification" is free text
 TEXT_METRICS = ("bleu", "rouge_l", "bertscore")
+FAITHFULNESS = {  # column of items.jsonl: what a 1 means, for the report's sentences
+    "faithfulness_perturbed": "answer changed with a perturbed rationale",
+    "faithfulness_counterfactual": "answer changed with a counterfactual rationale",
+    "faithfulness_cf_follows": "answer followed the counterfactual rationale to its option",
+}
+RATING_UNIT = "one rater's rating of a test item's explanation"
+ITEM_COLUMNS = ("run", "condition", "student", "seed", "test_set", "item_id", "correct", "rationale_len", "cec")
+NUMERIC_COLUMNS = ("correct", "rationale_len", "cec", "cec_fc", "cec_bf", *TEXT_METRICS, "loglik_correct",
+                   *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
 
 
 @dataclasses.dataclass
@@ -548,7 +589,7 @@ class RunTables:
 
     items: pd.DataFrame  # 05_evaluation/items.jsonl, with student_size joined from 04_training/runs.jsonl
     runs: pd.DataFrame | None  # 04_training/runs.jsonl
-    ratings: pd.DataFrame | None  # 05_evaluation/ratings.jsonl joined to items (condition, rationale_len)
+    ratings: pd.DataFrame | None  # the judge's and human ratings joined to items (condition, rationale_len)
     losses: pd.DataFrame | None  # 04_training/<run>/losses.jsonl, all runs
     acceptance: dict | None  # 03_counterfactuals/acceptance.json
     causal: pd.DataFrame | None = None  # 05_evaluation/causal_items.jsonl (CAUSAL students' explanations)
@@ -560,7 +601,7 @@ class Section:
 
     key: str  # file stem of its CSV, e.g. "tukey_correct"
     title: str
-    explanation: str  # what the test asks, for a reader new to it
+    explanation: str  # what the test asks and its unit, for a reader new to it
     table: pd.DataFrame | None = None
     sentences: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)  # too few observations, absent inputs, failed checks
@@ -593,41 +634,57 @@ def _size_label(n: float) -> str:
     return f"{n / 1e6:.0f}M params" if n >= 1e6 else f"{n:,.0f} params"
 
 
+def read_table(path: Path) -> pd.DataFrame | None:
+    """A jsonl file as a table; None when it is absent or has no rows (an optional part of the study is off)."""
+    from lib.runs import read_jsonl
+
+    rows = read_jsonl(path) if path.exists() else []
+    return pd.DataFrame(rows) if rows else None
+
+
 def load_run_tables(run_dir: str | Path) -> RunTables:
-    """Read what steps 03-05 of a run wrote; optional inputs (ratings, losses, acceptance) may be absent."""
-    from lib.runs import read_json, read_jsonl
+    """Read what steps 03-05 wrote and the run's human ratings; every input but items.jsonl may be absent or empty.
+
+    Ratings are the judge's (05_evaluation/judge_ratings.jsonl) and the human raters' (human_ratings.jsonl in the
+    run folder, outside every step folder so that no rerun erases them), concatenated.
+    """
+    from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
+    from lib.runs import read_json
 
     run_dir = Path(run_dir)
     items_path = run_dir / "05_evaluation" / "items.jsonl"
     if not items_path.exists():
         raise FileNotFoundError(f"{items_path} is missing: step 05_evaluation makes it; run it first")
-    items = pd.DataFrame(read_jsonl(items_path))
-    runs_path = run_dir / "04_training" / "runs.jsonl"
-    runs = pd.DataFrame(read_jsonl(runs_path)) if runs_path.exists() else None
+    items = read_table(items_path)
+    items = pd.DataFrame(columns=list(ITEM_COLUMNS)) if items is None else items
+    items = items.assign(**{c: pd.to_numeric(items[c], errors="coerce") for c in NUMERIC_COLUMNS if c in items})
+    runs = read_table(run_dir / "04_training" / "runs.jsonl")
     items = with_student_size(items, runs)
-    ratings_path = run_dir / "05_evaluation" / "ratings.jsonl"
-    ratings = join_ratings(pd.DataFrame(read_jsonl(ratings_path)), items) if ratings_path.exists() else None
-    loss_files = sorted((run_dir / "04_training").glob("*/losses.jsonl"))
-    losses = pd.DataFrame([r for f in loss_files for r in read_jsonl(f)]) if loss_files else None
+    rated = [t for t in (read_table(run_dir / "05_evaluation" / JUDGE_RATINGS), read_table(run_dir / HUMAN_RATINGS))
+             if t is not None]
+    ratings = join_ratings(pd.concat(rated, ignore_index=True), items) if rated else None
+    losses = [t for t in map(read_table, sorted((run_dir / "04_training").glob("*/losses.jsonl"))) if t is not None]
     acc_path = run_dir / "03_counterfactuals" / "acceptance.json"
-    causal_path = run_dir / "05_evaluation" / "causal_items.jsonl"
-    causal = pd.DataFrame(read_jsonl(causal_path)) if causal_path.exists() else None
-    return RunTables(items=items, runs=runs, ratings=ratings if ratings is None or len(ratings) else None,
-                     losses=losses if losses is not None and len(losses) else None,
+    return RunTables(items=items, runs=runs, ratings=ratings if ratings is not None and len(ratings) else None,
+                     losses=pd.concat(losses, ignore_index=True) if losses else None,
                      acceptance=read_json(acc_path) if acc_path.exists() else None,
-                     causal=causal if causal is not None and len(causal) else None)
+                     causal=read_table(run_dir / "05_evaluation" / "causal_items.jsonl"))
 
 
 def join_ratings(ratings: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Ratings (run, item_id, rater, dimensions) with the rated item's condition, student, test set and rationale_len."""
-    _require_columns(ratings, ["run", "item_id", "rater"], "the ratings table (05_evaluation/ratings.jsonl)")
+    _require_columns(ratings, ["run", "item_id", "rater"], "the ratings (judge_ratings.jsonl, human_ratings.jsonl)")
     keep = [c for c in ("run", "item_id", "test_set", "condition", "student", "student_size", "rationale_len")
             if c in items.columns]
     meta = items[keep].drop_duplicates(["run", "item_id"])
     ratings = ratings.assign(**{d: pd.to_numeric(ratings[d], errors="coerce") for d in RATING_DIMENSIONS
                                 if d in ratings.columns})  # a failed judge call leaves null scores
-    return ratings.drop(columns=[c for c in keep if c not in ("run", "item_id")], errors="ignore").merge(
+    joined = ratings.drop(columns=[c for c in keep if c not in ("run", "item_id")], errors="ignore").merge(
         meta, on=["run", "item_id"], how="inner")
+    if len(joined) < len(ratings):
+        log.info("ratings: %d of %d rate no evaluated item of this run and are left out", len(ratings) - len(joined),
+                 len(ratings))
+    return joined
 
 
 def rated_dimensions(ratings: pd.DataFrame | None, dimensions: Sequence[str] = RATING_DIMENSIONS) -> list[str]:
@@ -638,13 +695,14 @@ def rated_dimensions(ratings: pd.DataFrame | None, dimensions: Sequence[str] = R
 
 
 def ratings_absent_note(ratings: pd.DataFrame | None, dimensions: Sequence[str] = RATING_DIMENSIONS) -> str:
-    """Why there is nothing to analyse in the ratings: no file, or no usable score (with the failures counted)."""
+    """Why there is nothing to analyse in the ratings: none at all, or no usable score (with the failures counted)."""
     if ratings is None:
-        return "no ratings in this run (05_evaluation/ratings.jsonl is absent); this input is absent."
+        return ("no ratings in this run: neither the judge's (05_evaluation/judge_ratings.jsonl; evaluation.judge) "
+                "nor human ones (human_ratings.jsonl in the run folder; lib.ratings.add_human_ratings); "
+                "this input is absent.")
     failed = int(ratings["failure"].fillna("").astype(str).ne("").sum()) if "failure" in ratings else 0
     why = f" ({failed} of {len(ratings)} ratings failed, e.g. an unparseable judge reply)" if failed else ""
-    return (f"05_evaluation/ratings.jsonl has no usable score for {', '.join(dimensions)}{why}; "
-            "this input is absent.")
+    return f"the ratings have no usable score for {', '.join(dimensions)}{why}; this input is absent."
 
 
 def _absent(key: str, title: str, explanation: str, note: str) -> Section:
@@ -657,66 +715,117 @@ def _has_values(items: pd.DataFrame, column: str) -> bool:
     return column in items.columns and items[column].notna().any()
 
 
+def _label(row: dict, keys: Sequence[str]) -> str:
+    """'[csqa, gpt2] ' from a row and the keys that name its subset ('' without keys)."""
+    return "[" + ", ".join(str(row[k]) for k in keys) + "] " if keys else ""
+
+
+def _of_items(row: dict) -> str:
+    """'40 items' or '40 items x 3 seeds' for a row of mean_table."""
+    seeds = f" x {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
+    return _plural(int(row["n_items"]), "item") + seeds
+
+
+def _ci_text(low: float, high: float) -> str:
+    """'95% CI 40.0-60.0' in percent, or 'no interval'."""
+    return f"95% CI {low * 100:.1f}-{high * 100:.1f}" if np.isfinite(low) else "no interval"
+
+
 def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:
-    """Accuracy and mean CEC per test set, student and condition with bootstrap 95% intervals."""
+    """Accuracy (and log-likelihood accuracy) and mean CEC per test set, student and condition with 95% intervals."""
     items = tables.items
     by = [c for c in ("test_set", "student", "condition") if c in items.columns]
     section = Section("accuracy", "Accuracy and CEC by condition",
                       "Share of test items answered correctly, and mean CEC (explanation coherence with the teacher), "
-                      "with percentile-bootstrap 95% confidence intervals over items.")
-    try:
-        table = accuracy_table(items, by=by, n_boot=n_boot, seed=seed)
-    except TooFewObservations as exc:
-        section.notes.append(str(exc))
+                      "with 95% confidence intervals from a cluster bootstrap: test items are resampled with all their "
+                      "seeds, so the seeds of one item count as one item, not several. "
+                      f"Unit: {unit_text(items)}.")
+    if items.empty:
+        section.notes.append("no test item was answered (05_evaluation/items.jsonl is empty: a study of CAUSAL "
+                             "students only answers no questions); this input is absent.")
         return section
-    if "cec" in items.columns:
+    table = accuracy_table(items, by=by, n_boot=n_boot, seed=seed)
+    if _has_values(items, "cec"):
         table = table.merge(cec_intervals(items, by=by, n_boot=n_boot, seed=seed), on=by, how="left")
+    if _has_values(items, "loglik_correct"):
+        loglik = mean_table(items, "loglik_correct", by, n_boot, seed)[[*by, "mean", "ci_low", "ci_high"]]
+        table = table.merge(loglik.rename(columns={"mean": "loglik_accuracy", "ci_low": "loglik_ci_low",
+                                                   "ci_high": "loglik_ci_high"}), on=by, how="left")
+    else:
+        section.notes.append("no log-likelihood accuracy (evaluation.loglik is off, or every student is "
+                             "encoder-decoder); this input is absent.")
     section.table = table
-    if "seed" in items.columns and items["seed"].nunique() == 1:
+    if n_seeds(items) == 1:
         section.notes.append("one training seed per condition: differences between conditions also contain the "
                              "run-to-run randomness of training, which one seed cannot measure.")
     if "test_set" in items.columns and items["test_set"].nunique() == 1:
-        section.notes.append(f"one test set ({items['test_set'].iloc[0]}): there is no out-of-distribution result; "
-                             "add sets under data.ood to test transfer.")
-    flat = table[(table["n"] >= 2) & (table["ci_low"] == table["ci_high"])]
+        section.notes.append(f"one test set ({items['test_set'].iloc[0]}): there is no out-of-distribution result "
+                             "(data.ood lists no set); this input is absent.")
+    flat = table[(table["n_items"] >= 2) & (table["ci_low"] == table["ci_high"])]
     if len(flat):
         section.notes.append(f"{_plural(len(flat), 'group')} got every item right or every item wrong, so the "
                              "bootstrap interval collapses to a point; that is too few items to show spread, "
                              "not certainty.")
-    single = table[table["n"] < 2]
+    single = table[table["n_items"] < 2]
     if len(single):
         section.notes.append(f"{_plural(len(single), 'group')} with a single item have no confidence interval.")
-    for row in table.itertuples(index=False):
-        ci = ("no interval" if not np.isfinite(row.ci_low)
-              else f"95% CI {row.ci_low * 100:.1f}-{row.ci_high * 100:.1f}")
-        section.sentences.append(f"[{', '.join(str(getattr(row, b)) for b in by[:-1])}] {getattr(row, by[-1])}: "
-                                 f"{row.accuracy * 100:.1f}% of {_plural(int(row.n), 'item')} correct ({ci}).")
+    for row in table.to_dict("records"):
+        loglik = (f"; log-likelihood accuracy {row['loglik_accuracy'] * 100:.1f}% "
+                  f"({_ci_text(row['loglik_ci_low'], row['loglik_ci_high'])})"
+                  if pd.notna(row.get("loglik_accuracy", np.nan)) else "")
+        section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}: {row['accuracy'] * 100:.1f}% of "
+                                 f"{_of_items(row)} correct ({_ci_text(row['ci_low'], row['ci_high'])}){loglik}.")
+    return section
+
+
+def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:
+    """How often the answer changes when the student's rationale is replaced, per test set, student and condition."""
+    items = tables.items
+    by = [c for c in ("test_set", "student", "condition") if c in items.columns]
+    section = Section("faithfulness", "Faithfulness: does the answer depend on the rationale?",
+                      "Share of items whose answer changed when the student's own rationale was replaced by a perturbed "
+                      "one or by a counterfactual one (arguing for another option), and how often the answer then "
+                      "followed the counterfactual; an answer that ignores its rationale rarely changes. 95% "
+                      f"confidence intervals from a cluster bootstrap over test items. Unit: {unit_text(items)}.")
+    present = [c for c in FAITHFULNESS if _has_values(items, c)]
+    if not present:
+        section.notes.append("no item has a faithfulness probe (evaluation.faithfulness is off, or every student is "
+                             "encoder-decoder); this input is absent.")
+        return section
+    section.table = pd.concat([mean_table(items, c, by, n_boot, seed).assign(probe=c) for c in present],
+                              ignore_index=True).rename(columns={"mean": "rate"})
+    for row in section.table.to_dict("records"):
+        section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}, {FAITHFULNESS[row['probe']]}: "
+                                 f"{row['rate'] * 100:.1f}% of {_of_items(row)} "
+                                 f"({_ci_text(row['ci_low'], row['ci_high'])}).")
     return section
 
 
 def tukey_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Tukey-Kramer HSD between conditions within each test set and student."""
+    """Tukey-Kramer HSD between conditions within each test set and student, on per-item means over seeds."""
     title, expl = (f"Tukey-Kramer HSD on {outcome}",
                    "Every pair of conditions compared within each test set and student, with the family-wise error "
-                   "held at alpha (Tukey-Kramer handles unequal group sizes).")
+                   "held at alpha (Tukey-Kramer handles unequal group sizes). "
+                   f"Unit: {unit_text(tables.items)}.")
     if not _has_values(tables.items, outcome):
         return _absent(f"tukey_{outcome}", title, expl, f"no item has a value for {outcome}; this input is absent.")
-    table, notes = tukey_by(tables.items, value=outcome, alpha=alpha)
+    table, notes = tukey_by(over_seeds(tables.items, [outcome]), value=outcome, alpha=alpha)
     return Section(f"tukey_{outcome}", title, expl, table if len(table) else None,
                    describe_tukey_by(table) if len(table) else [], notes)
 
 
 def anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Two-way ANOVA condition x student size per test set, with Levene and Shapiro-Wilk checks."""
+    """Two-way ANOVA condition x student size per test set on per-item means over seeds (Levene, Shapiro-Wilk)."""
     title, expl = (f"Two-way ANOVA on {outcome}: condition x student size",
                    "Does the condition matter, does the student's size matter, and does the effect of the condition "
-                   "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals.")
+                   "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals. "
+                   f"Unit: {unit_text(tables.items)}.")
     key = f"anova_{outcome}"
     if not _has_values(tables.items, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
     section = Section(key, title, expl)
     parts = []
-    for test_set, grp in tables.items.groupby("test_set", sort=True):
+    for test_set, grp in over_seeds(tables.items, [outcome]).groupby("test_set", sort=True):
         try:
             table = two_way_anova(grp, value=outcome, alpha=alpha)
         except TooFewObservations as exc:
@@ -739,16 +848,17 @@ def _p_or_na(p: float) -> str:
 
 
 def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Kruskal-Wallis and Dunn-Bonferroni per test set and student: the fallback when ANOVA assumptions fail."""
+    """Kruskal-Wallis and Dunn-Bonferroni per test set and student on per-item means over seeds."""
     title, expl = (f"Kruskal-Wallis and Dunn-Bonferroni on {outcome} (non-parametric)",
                    "Compares conditions by ranks, without assuming normal residuals or equal variances; Dunn's "
-                   "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail.")
+                   "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail. "
+                   f"Unit: {unit_text(tables.items)}.")
     key = f"kruskal_{outcome}"
     if not _has_values(tables.items, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
     section = Section(key, title, expl)
     parts = []
-    for (test_set, student), grp in tables.items.groupby(["test_set", "student"], sort=True):
+    for (test_set, student), grp in over_seeds(tables.items, [outcome]).groupby(["test_set", "student"], sort=True):
         try:
             table = kruskal_dunn(grp, value=outcome, alpha=alpha)
         except TooFewObservations as exc:
@@ -771,10 +881,12 @@ def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Sec
 
 
 def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
-    """Paired McNemar tests of correctness between conditions on the same test items."""
+    """Paired McNemar tests of correctness between conditions on the same test items, Holm-corrected."""
     section = Section("mcnemar", "McNemar's test on the same items (paired)",
                       "For two conditions (same student and seed) answering the same test items, only the items one "
-                      "gets right and the other wrong carry information; McNemar tests whether those split evenly.")
+                      "gets right and the other wrong carry information; McNemar tests whether those split evenly. "
+                      "The p values are Holm-adjusted over every pair and seed of a test set and student (p_holm), "
+                      "and significance is judged on the adjusted p. Unit: test item, paired within one seed.")
     try:
         table = mcnemar_pairs(tables.items)
     except ValueError as exc:
@@ -792,22 +904,60 @@ def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
     return section
 
 
-def ols_section(tables: RunTables, outcome: str) -> Section:
-    """OLS of a per-item outcome on condition dummies and rationale length (student and test-set effects when several)."""
+def check_reference(reference: str | None, conditions: Sequence[str] | None) -> None:
+    """Refuse a statistics.reference that is not one of training.conditions, or that answers no test items (CAUSAL)."""
+    if reference is None:
+        return
+    if conditions is not None and reference not in conditions:
+        raise ValueError(f"statistics.reference: {reference!r} is not one of training.conditions "
+                         f"({', '.join(conditions)}); set it to one of them, or to null for the first one listed")
+    if reference == "CAUSAL":
+        raise ValueError("statistics.reference: CAUSAL students answer no test questions, so CAUSAL cannot be the "
+                         "regressions' baseline; choose another condition of training.conditions")
+
+
+def choose_reference(present: Sequence[str], conditions: Sequence[str] | None,
+                     reference: str | None) -> tuple[str, str]:
+    """The regression's reference condition among those `present` (with data), and why it is the one.
+
+    statistics.reference when it has data here; else the first condition listed in training.conditions
+    (`conditions`) that has; else the first alphabetically (when no conditions are given).
+    """
+    present = sorted(set(map(str, present)))
+    if reference in present:
+        return str(reference), "statistics.reference"
+    listed = [c for c in (conditions or []) if c in present]
+    first, how = ((listed[0], "the first condition listed in training.conditions") if listed
+                  else (present[0], "the first condition alphabetically, as no training.conditions were given"))
+    if reference is not None:
+        how = f"statistics.reference {reference} has no data here, so {how} that has"
+    return first, how
+
+
+def ols_section(tables: RunTables, outcome: str, reference: str | None = None,
+                conditions: Sequence[str] | None = None) -> Section:
+    """OLS of a per-item outcome (mean over seeds) on condition dummies (student and test-set effects when several),
+    with standard errors clustered by test item."""
     title, expl = (f"Regression of {outcome} on condition",
-                   "OLS with treatment-coded condition dummies (coefficients are differences from the baseline "
-                   "condition) and rationale length, HC3 robust standard errors; * p < 0.05, ** p < 0.01, *** p < 0.001.")
+                   "OLS with treatment-coded condition dummies (coefficients are differences from the reference "
+                   "condition) and one fixed effect per student and test set when there are several. Rationale "
+                   "length is left out: the condition itself changes it, so holding it fixed would hide part of the "
+                   "condition's effect (a post-treatment variable). Standard errors are clustered by test item; "
+                   f"* p < 0.05, ** p < 0.01, *** p < 0.001. Unit: {unit_text(tables.items)}.")
     key = f"ols_{outcome}"
     if not _has_values(tables.items, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    fixed = [c for c in ("student", "test_set") if c in tables.items and tables.items[c].nunique() > 1]
-    section = Section(key, title, expl)
+    data = over_seeds(tables.items, [outcome]).dropna(subset=[outcome])
+    data = data.assign(test_item=item_clusters(data))
+    fixed = [c for c in ("student", "test_set") if c in data and data[c].nunique() > 1]
+    ref, why = choose_reference(data["condition"], conditions, reference)
+    section = Section(key, title, expl, sentences=[f"Reference condition: {ref} ({why})."])
     try:
-        section.table = ols_regression(tables.items, outcome=outcome, fixed_effects=fixed)
+        section.table = ols_regression(data, outcome=outcome, reference=ref, fixed_effects=fixed, cluster="test_item")
     except TooFewObservations as exc:
         section.notes.append(str(exc))
         return section
-    section.sentences = describe_ols(section.table)
+    section.sentences += describe_ols(section.table)
     return section
 
 
@@ -820,26 +970,47 @@ def describe_ols(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
         verdict = "significant" if row.p < alpha else "not significant"
         sentences.append(f"{name} vs {ref}: {row.coef:+.3f} (SE {row.se:.3f}, {_format_p(row.p)}, {verdict}).")
     sentences.append(f"R² = {table.attrs.get('r2', float('nan')):.3f} on n = {table.attrs.get('n', '?')}; "
-                     f"model `{table.attrs.get('formula', '')}`.")
+                     f"model `{table.attrs.get('formula', '')}`; standard errors {table.attrs.get('se_type', '')}.")
     return sentences
 
 
-def ratings_sections(tables: RunTables, dimensions: Sequence[str] = RATING_DIMENSIONS) -> list[Section]:
-    """OLS of each rating dimension on condition dummies + rationale length (+ rater fixed effects when several)."""
+def _raters_sentence(ratings: pd.DataFrame) -> str:
+    """'Ratings: 48 by the judge (judge:gpt-4o), 30 by 1 human rater.'"""
+    judge = ratings["rater"].astype(str).str.startswith("judge:")
+    parts = [f"{int(judge.sum())} by the judge ({', '.join(sorted(ratings.loc[judge, 'rater'].unique()))})"] \
+        if judge.any() else []
+    if (~judge).any():
+        parts.append(f"{int((~judge).sum())} by {_plural(ratings.loc[~judge, 'rater'].nunique(), 'human rater')}")
+    return f"Ratings: {', '.join(parts)}."
+
+
+def ratings_sections(tables: RunTables, dimensions: Sequence[str] = RATING_DIMENSIONS, reference: str | None = None,
+                     conditions: Sequence[str] | None = None) -> list[Section]:
+    """OLS of each rating dimension (mean over seeds) on condition dummies + rationale length (+ rater fixed effects
+    when several), with standard errors clustered by test item."""
     expl = ("Ratings (an LLM judge or human raters, Likert scale) regressed on condition dummies and rationale length, "
-            "with one fixed effect per rater when there are several (rater severity), HC3 robust standard errors.")
+            "as in seed 001 (the length is a rater control here: longer explanations may be rated higher for length "
+            "alone), with one fixed effect per rater when there are several (rater severity); standard errors "
+            "clustered by test item. "
+            f"Unit: {unit_text(tables.items, RATING_UNIT)}.")
     present = rated_dimensions(tables.ratings, dimensions)
     if not present:
         return [_absent("ols_ratings", "Regression of ratings on condition", expl,
                         ratings_absent_note(tables.ratings, dimensions))]
+    ratings = tables.ratings
+    covariates = [c for c in ("rationale_len",) if c in ratings.columns]
     out = []
     for dim in present:
-        title = f"Regression of {dim} ratings on condition"
-        fixed = ["rater"] if tables.ratings["rater"].nunique() > 1 else []
-        section = Section(f"ols_rating_{dim}", title, expl)
+        data = over_seeds(ratings, [dim, *covariates], keys=(*UNIT_KEYS, "rater")).dropna(subset=[dim])
+        data = data.assign(test_item=item_clusters(data))
+        ref, why = choose_reference(data["condition"], conditions, reference)
+        section = Section(f"ols_rating_{dim}", f"Regression of {dim} ratings on condition", expl,
+                          sentences=[_raters_sentence(ratings), f"Reference condition: {ref} ({why})."])
+        fixed = ["rater"] if data["rater"].nunique() > 1 else []
         try:
-            section.table = ols_regression(tables.ratings, outcome=dim, fixed_effects=fixed)
-            section.sentences = describe_ols(section.table)
+            section.table = ols_regression(data, outcome=dim, covariates=covariates, reference=ref,
+                                           fixed_effects=fixed, cluster="test_item")
+            section.sentences += describe_ols(section.table)
         except TooFewObservations as exc:
             section.notes.append(str(exc))
         out.append(section)
@@ -864,18 +1035,20 @@ def metric_correlations(items: pd.DataFrame, metrics: Sequence[str] = TEXT_METRI
 
 
 def metrics_section(tables: RunTables) -> Section:
-    """How CEC agrees with BLEU / ROUGE-L / BERTScore on the same explanations."""
+    """How CEC agrees with BLEU / ROUGE-L / BERTScore on the same explanations (per-item means over seeds)."""
     section = Section("cec_vs_metrics", "CEC against BLEU, ROUGE-L and BERTScore",
                       "Spearman rank correlation, over items, between CEC and each surface or embedding metric of the "
-                      "same explanation against the teacher's.")
+                      "same explanation against the teacher's. "
+                      f"Unit: {unit_text(tables.items, 'test item of one condition and student')}.")
     present = [m for m in TEXT_METRICS if _has_values(tables.items, m)]
     if not present:
-        section.notes.append("no item has BLEU, ROUGE-L or BERTScore; this input is absent.")
+        section.notes.append("no item has BLEU, ROUGE-L or BERTScore (evaluation.text_metrics is off); "
+                             "this input is absent.")
         return section
     if not _has_values(tables.items, "cec"):
-        section.notes.append("no item has a CEC score, so there is nothing to correlate with.")
+        section.notes.append("no item has a CEC score, so there is nothing to correlate with; this input is absent.")
         return section
-    table = metric_correlations(tables.items, present)
+    table = metric_correlations(over_seeds(tables.items, ["cec", *present]), present)
     section.table = table
     for row in table.itertuples(index=False):
         if np.isfinite(row.spearman_rho):
@@ -899,9 +1072,12 @@ def causal_section(tables: RunTables) -> Section:
     """How close the CAUSAL students' explanations of held-out claims come to the teacher's (CEC and text metrics)."""
     section = Section("causal_explanations", "CAUSAL students: explanations of held-out claims",
                       "A CAUSAL student reads a claim, one evidence sentence and the label, and explains the cause, "
-                      "mechanism and effect; CEC and the text metrics compare it with the teacher's explanation.")
+                      "mechanism and effect; CEC and the text metrics compare it with the teacher's explanation. "
+                      "Unit: one explanation of a held-out claim, per run (a description, no test).")
     if tables.causal is None:
-        section.notes.append("no CAUSAL run in this study (add CAUSAL to training.conditions); this input is absent.")
+        section.notes.append("no CAUSAL run in this study explained a held-out claim (05_evaluation/causal_items.jsonl "
+                             "is absent or empty: training.conditions has no CAUSAL, or data.claims gives no held-out "
+                             "claims); this input is absent.")
         return section
     table = causal_table(tables.causal)
     section.table = table
@@ -918,13 +1094,20 @@ def causal_section(tables: RunTables) -> Section:
 
 
 def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alpha: float = 0.05,
-            n_boot: int = 1000, seed: int = 0) -> dict[str, Section]:
-    """Every analysis of the report in order, keyed by section key; a test the data cannot support becomes a note."""
-    sections = [accuracy_section(tables, n_boot, seed), mcnemar_section(tables, alpha)]
+            n_boot: int = 1000, seed: int = 0, reference: str | None = None,
+            conditions: Sequence[str] | None = None) -> dict[str, Section]:
+    """Every analysis of the report in order, keyed by section key; a test the data cannot support becomes a note.
+
+    `reference` is statistics.reference and `conditions` training.conditions: the regressions' baseline is the
+    reference, or (None) the first condition listed that has data. A reference not among the conditions is refused.
+    """
+    check_reference(reference, conditions)
+    sections = [accuracy_section(tables, n_boot, seed), faithfulness_section(tables, n_boot, seed),
+                mcnemar_section(tables, alpha)]
     for outcome in outcomes:
         sections += [tukey_section(tables, outcome, alpha), anova_section(tables, outcome, alpha),
-                     kruskal_section(tables, outcome, alpha), ols_section(tables, outcome)]
-    sections += ratings_sections(tables)
+                     kruskal_section(tables, outcome, alpha), ols_section(tables, outcome, reference, conditions)]
+    sections += ratings_sections(tables, reference=reference, conditions=conditions)
     sections.append(metrics_section(tables))
     sections.append(causal_section(tables))
     return {s.key: s for s in sections}

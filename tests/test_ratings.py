@@ -172,3 +172,23 @@ def test_add_ratings_appends_and_refuses_a_second_import(sheet, tmp_path):
     assert read_ratings(path) == [judged, human]
     with pytest.raises(SheetError, match="already holds 1"):
         add_ratings(path, [human])
+
+
+def test_add_human_ratings_imports_a_sheet_into_the_run_folder_outside_every_step(sheet, tmp_path):
+    from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS, add_human_ratings, read_ratings
+
+    assert (HUMAN_RATINGS, JUDGE_RATINGS) == ("human_ratings.jsonl", "judge_ratings.jsonl")
+    rows = read_rows(sheet["csv"])
+    for r in rows:
+        r.update(completeness=5, contrastiveness=4, soundness=6, justification="ok")
+    filled = tmp_path / "filled.csv"
+    write_rows(filled, rows)
+    run_dir = tmp_path / "run"
+    path = add_human_ratings(run_dir, filled, sheet["key"], rater="r7")
+    assert path == run_dir / HUMAN_RATINGS
+    assert [(r.rater, r.completeness) for r in read_ratings(path)] == [("r7", 5)] * 3
+    assert not (run_dir / "05_evaluation").exists()  # a rerun of step 05 cannot erase it
+    with pytest.raises(SheetError, match="already holds 3"):
+        add_human_ratings(run_dir, filled, sheet["key"], rater="r7")
+    add_human_ratings(run_dir, filled, sheet["key"], rater="r8")
+    assert len(read_ratings(path)) == 6

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
 from lib.runs import write_json, write_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -17,8 +18,9 @@ CONDITIONS = ("CF", "MT", "FT-CoT")
 
 
 def make_run(root: Path, name: str = "synthetic", n_items: int = 40, seeds=(0,), test_sets=("csqa", "arc-easy"),
-             with_optional: bool = True, rng_seed: int = 0) -> Path:
-    """A run folder with what steps 03-05 write: items, runs, losses, acceptance, manifest (and ratings, metrics)."""
+             with_optional: bool = True, rng_seed: int = 0, run_seed: int = 0) -> Path:
+    """A run folder with what steps 03-05 write: items, runs, losses, acceptance, manifest; with_optional adds the
+    judge's and human ratings, text metrics, log-likelihood accuracy, faithfulness and CAUSAL explanations."""
     rng = np.random.default_rng(rng_seed)
     run_dir = root / name
     p_right = {"CF": 0.4, "MT": 0.75, "FT-CoT": 0.55}
@@ -39,7 +41,11 @@ def make_run(root: Path, name: str = "synthetic", n_items: int = 40, seeds=(0,),
                                "unparseable": 0, "rationale": "r", "rationale_len": int(rng.integers(5, 60)),
                                "output": "o", "cec": cec, "cec_fc": cec, "cec_bf": cec, "seconds": 0.1}
                         if with_optional:
-                            row.update(bleu=cec * 0.3 + rng.random() * 0.1, rouge_l=cec * 0.5, bertscore=cec * 0.9)
+                            row.update(bleu=cec * 0.3 + rng.random() * 0.1, rouge_l=cec * 0.5, bertscore=cec * 0.9,
+                                       loglik_correct=int(rng.random() < p_right[cond]),
+                                       faithfulness_perturbed=int(rng.random() < 0.3),
+                                       faithfulness_counterfactual=int(rng.random() < 0.4),
+                                       faithfulness_cf_follows=int(rng.random() < 0.2))
                             ratings += [{"run": run, "item_id": row["item_id"], "rater": rater,
                                          "completeness": int(rng.integers(1, 6)),
                                          "contrastiveness": int(rng.integers(1, 6)),
@@ -48,7 +54,8 @@ def make_run(root: Path, name: str = "synthetic", n_items: int = 40, seeds=(0,),
                         items.append(row)
     write_jsonl(run_dir / "05_evaluation" / "items.jsonl", items)
     if with_optional:
-        write_jsonl(run_dir / "05_evaluation" / "ratings.jsonl", ratings)
+        write_jsonl(run_dir / "05_evaluation" / JUDGE_RATINGS, [r for r in ratings if r["rater"].startswith("judge:")])
+        write_jsonl(run_dir / HUMAN_RATINGS, [r for r in ratings if not r["rater"].startswith("judge:")])
         write_jsonl(run_dir / "05_evaluation" / "causal_items.jsonl",
                     [{"run": "CAUSAL__gpt2__seed0", "condition": "CAUSAL", "student": "gpt2", "seed": 0,
                       "item_id": f"claim-{i}", "cec": 0.5, "cec_fc": 0.4, "cec_bf": 0.6} for i in range(3)])
@@ -64,8 +71,9 @@ def make_run(root: Path, name: str = "synthetic", n_items: int = 40, seeds=(0,),
         "environment": {"python": "3.11.7", "platform": "linux", "packages": {"statsmodels": "0.15.0"}},
         "code": {"lib_sha256": "feed"}, "seeds": {"run": 0, "training": list(seeds)},
         "inputs": {"data": {"data/x.jsonl": "0123abcd"}, "models": {"gpt2": {"sha256": "5678ef"}}, "embedder": "e"},
-        "params": {"run": {"seed": 0, "name": name}, "statistics": {"outcomes": ["correct", "cec"], "n_boot": 200},
-                   "training": {"seeds": list(seeds)}},
+        "params": {"run": {"seed": run_seed, "name": name},
+                   "statistics": {"outcomes": ["correct", "cec", "loglik_correct"], "n_boot": 200},
+                   "training": {"seeds": list(seeds), "conditions": list(CONDITIONS)}},
         "steps": steps})
     return run_dir
 
@@ -110,7 +118,7 @@ def test_report_without_optional_inputs_says_they_are_absent(tmp_path):
     run_dir = make_run(tmp_path, with_optional=False, test_sets=("csqa",))
     (run_dir / "03_counterfactuals" / "acceptance.json").unlink()
     page = report.build_run_report(run_dir).read_text()
-    assert "ratings.jsonl is absent" in page
+    assert "no ratings in this run" in page
     assert "no item has BLEU, ROUGE-L or BERTScore" in page
     assert "acceptance.json is absent" in page
     assert "no CAUSAL run in this study" in page
@@ -176,10 +184,11 @@ def test_ratings_without_usable_scores_are_reported_as_absent(tmp_path):
     from lib import report, stats
 
     run_dir = make_run(tmp_path, n_items=10)
-    ratings = pd.read_json(run_dir / "05_evaluation" / "ratings.jsonl", lines=True)
+    ratings = pd.read_json(run_dir / "05_evaluation" / JUDGE_RATINGS, lines=True)
     rows = ratings.assign(completeness=None, contrastiveness=None, soundness=None,
                           failure="unparseable: no completeness score").to_dict("records")
-    write_jsonl(run_dir / "05_evaluation" / "ratings.jsonl", rows)
+    write_jsonl(run_dir / "05_evaluation" / JUDGE_RATINGS, rows)
+    (run_dir / HUMAN_RATINGS).unlink()
     (run_dir / "06_statistics").mkdir()
     (run_dir / "06_statistics" / "ratings.png").write_bytes(b"stale")
     tables = stats.load_run_tables(run_dir)
@@ -188,3 +197,121 @@ def test_ratings_without_usable_scores_are_reported_as_absent(tmp_path):
     assert not (run_dir / "06_statistics" / "ratings.png").exists()
     section = stats.analyse(tables, n_boot=200)["ols_ratings"]
     assert not section.ran and f"{len(rows)} of {len(rows)} ratings failed" in section.notes[0]
+
+
+# --- step 06 with each optional part of the study switched off -----------------------------------------------------
+
+def switch_off(run_dir: Path, part: str) -> list[str]:
+    """Make a full run folder look like one made with `part` off; returns what the report must say instead."""
+    from lib.runs import read_jsonl
+
+    items_path = run_dir / "05_evaluation" / "items.jsonl"
+    items = read_jsonl(items_path)
+    if part == "judge":  # evaluation.judge: false writes an empty judge file; no human ratings imported
+        write_jsonl(run_dir / "05_evaluation" / JUDGE_RATINGS, [])
+        (run_dir / HUMAN_RATINGS).unlink()
+        return ["no ratings in this run: neither the judge"]
+    if part == "loglik":  # evaluation.loglik: false leaves loglik_pred / loglik_correct null
+        write_jsonl(items_path, [dict(r, loglik_pred=None, loglik_correct=None) for r in items])
+        return ["no log-likelihood accuracy (evaluation.loglik is off", "no item has a value for loglik_correct"]
+    if part == "text_metrics":  # evaluation.text_metrics: false leaves BLEU, ROUGE-L, BERTScore NaN
+        write_jsonl(items_path, [dict(r, bleu=float("nan"), rouge_l=float("nan"), bertscore=float("nan"))
+                                 for r in items])
+        return ["no item has BLEU, ROUGE-L or BERTScore (evaluation.text_metrics is off)",
+                "BLEU / ROUGE-L / BERTScore (or CEC) are absent"]
+    if part == "faithfulness":  # evaluation.faithfulness: false leaves the probes null
+        write_jsonl(items_path, [dict(r, faithfulness_perturbed=None, faithfulness_counterfactual=None,
+                                      faithfulness_cf_follows=None) for r in items])
+        return ["no item has a faithfulness probe (evaluation.faithfulness is off"]
+    if part == "ood":  # data.ood: []
+        write_jsonl(items_path, [r for r in items if r["test_set"] == "csqa"])
+        return ["one test set (csqa): there is no out-of-distribution result (data.ood lists no set)"]
+    if part == "causal":  # no claims / no CAUSAL condition: step 05 writes an empty causal_items.jsonl
+        write_jsonl(run_dir / "05_evaluation" / "causal_items.jsonl", [])
+        return ["no CAUSAL run in this study explained a held-out claim"]
+    assert part == "mc_items"  # training.conditions: [CAUSAL] only: no student answers test questions
+    write_jsonl(items_path, [])
+    return ["No test item was answered (05_evaluation/items.jsonl is empty)", "no test item was answered"]
+
+
+@pytest.mark.parametrize("part", ["judge", "loglik", "text_metrics", "faithfulness", "ood", "causal", "mc_items"])
+def test_step_06_finishes_with_an_optional_part_off_and_says_so(tmp_path, part):
+    from lib import report, stats
+
+    run_dir = make_run(tmp_path, n_items=10)
+    expected = switch_off(run_dir, part)
+    out = run_dir / "06_statistics"  # what notebook 06 does, start to end
+    tables = stats.load_run_tables(run_dir)
+    sections = stats.analyse(tables, outcomes=["correct", "loglik_correct"], n_boot=100)
+    stats.write_analysis(sections, out)
+    page = report.write_run_report(run_dir, sections, report.run_figures(tables, out)).read_text()
+    for phrase in expected:
+        assert phrase in page, phrase
+    assert sections["tukey_correct"].ran == (part != "mc_items")
+    assert sections["causal_explanations"].ran == (part != "causal")
+
+
+def test_ratings_are_read_from_the_judge_file_and_the_human_file_of_the_run_folder(tmp_path):
+    from lib import stats
+
+    run_dir = make_run(tmp_path, n_items=6)
+
+    def raters() -> set[str]:
+        return set(stats.load_run_tables(run_dir).ratings["rater"])
+
+    assert raters() == {"judge:gpt-4o", "h01"}
+    (run_dir / "05_evaluation" / JUDGE_RATINGS).unlink()
+    assert raters() == {"h01"}
+    write_jsonl(run_dir / "05_evaluation" / JUDGE_RATINGS, [])  # the judge switched off writes an empty file
+    assert raters() == {"h01"}
+    (run_dir / HUMAN_RATINGS).unlink()
+    assert stats.load_run_tables(run_dir).ratings is None
+
+
+# --- seed sweeps -----------------------------------------------------------------------------------------------------
+
+def test_compare_runs_combines_runs_that_differ_only_in_seeds(tmp_path):
+    from lib import stats
+    from lib.report import compare_runs
+    from lib.runs import read_json
+
+    sweep = [make_run(tmp_path, f"seed{s}", n_items=15, with_optional=False, rng_seed=s, run_seed=s) for s in (0, 1)]
+    other = make_run(tmp_path, "lr", n_items=15, with_optional=False, rng_seed=2, run_seed=2)
+    manifest = read_json(other / "manifest.json")
+    manifest["params"]["training"]["lr"] = 1e-3
+    write_json(other / "manifest.json", manifest)
+    page = compare_runs([*sweep, other], n_boot=200)
+    assert "Runs that differ only in their seeds, combined" in page
+    assert "Accuracy of seed0, seed1 combined" in page and "lr combined" not in page
+    assert "These runs differ only in their seeds (run.seed), so this combines them" in page
+    assert "Accuracy (%) by condition, run beside run" in page  # the side by side stays
+    pooled = pd.concat([stats.load_run_tables(rd).items.assign(seed=f"run.seed {s}") for s, rd in enumerate(sweep)])
+    table = stats.accuracy_table(pooled, by=["test_set", "student", "condition"], n_boot=200)
+    row = table.set_index(["test_set", "student", "condition"]).loc[("csqa", "gpt2", "MT")]
+    assert (row["n_items"], row["n_seeds"]) == (15, 2)
+    assert (f"[csqa, gpt2] MT: {row['accuracy'] * 100:.1f}% of 15 items x 2 seeds correct (95% CI "
+            f"{row['ci_low'] * 100:.1f}-{row['ci_high'] * 100:.1f})") in page
+
+
+def test_compare_runs_does_not_count_a_repeated_seed_twice(tmp_path):
+    from lib.report import compare_runs
+
+    a = make_run(tmp_path, "a", n_items=8, with_optional=False)
+    b = make_run(tmp_path, "b", n_items=8, with_optional=False, rng_seed=1)
+    page = compare_runs([a, b], n_boot=200)
+    assert "Not combined:" in page and "repeat run.seed 0, training seed 0" in page
+
+
+def test_accuracy_figure_draws_the_cluster_bootstrap_intervals(tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    from lib import stats
+    from lib.report import plot_accuracy
+
+    items = stats.load_run_tables(make_run(tmp_path, n_items=10, seeds=(0, 1, 2), with_optional=False)).items
+    fig = plot_accuracy(items, n_boot=200)
+    table = stats.accuracy_table(items, by=["condition", "test_set"], n_boot=200)
+    drawn = sorted(tuple(np.round(seg[:, 1], 6)) for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)
+                   for seg in c.lines[2][0].get_segments())
+    expected = zip(table["ci_low"] * 100, table["ci_high"] * 100)
+    assert drawn == sorted(tuple(np.round([lo, hi], 6)) for lo, hi in expected)

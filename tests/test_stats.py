@@ -133,7 +133,7 @@ def design(items: pd.DataFrame, reference: str) -> np.ndarray:
 @pytest.mark.parametrize("reference", [None, "MT"])
 def test_ols_matches_lstsq_and_hand_hc3(reference):
     items = synthetic_items()
-    out = ols_regression(items, reference=reference)
+    out = ols_regression(items, covariates=("rationale_len",), reference=reference)
     base = reference or "CF"
     X, y = design(items, base), items["correct"].to_numpy(float)
     beta = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -151,7 +151,7 @@ def test_ols_matches_lstsq_and_hand_hc3(reference):
 
 
 def test_ols_stars_follow_p_thresholds():
-    out = ols_regression(synthetic_items())
+    out = ols_regression(synthetic_items(), covariates=("rationale_len",))
     expected = ["***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "" for p in out["p"]]
     assert out["stars"].tolist() == expected
     # MT vs CF is a 30-point gap on 400 items: clearly significant; the length covariate is pure noise
@@ -180,7 +180,7 @@ def test_ols_too_few_observations():
     with pytest.raises(TooFewObservations, match="no variance"):
         ols_regression(items.assign(correct=1))
     with pytest.raises(TooFewObservations, match="rationale_len do not vary"):
-        ols_regression(items.assign(rationale_len=12))
+        ols_regression(items.assign(rationale_len=12), covariates=("rationale_len",))
     tiny = pd.DataFrame({"condition": ["A", "A", "B", "B"], "correct": [1, 0, 1, 0], "rationale_len": [3, 5, 4, 9],
                          "x2": [1, 2, 3, 5]})
     with pytest.raises(TooFewObservations, match="more rows than coefficients"):
@@ -406,7 +406,8 @@ def test_mcnemar_chi_square_by_hand():
     stat = (abs(30 - 12) - 1) ** 2 / 42
     assert row["statistic"] == pytest.approx(stat) and row["p"] == pytest.approx(chi2.sf(stat, 1))
     assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A beats B by 25.7 points (on 70 shared items, A is right where B "
-                                                "is wrong 30 times and the reverse 12 times; McNemar p = 0.009)")
+                                                "is wrong 30 times and the reverse 12 times; McNemar p = 0.009, "
+                                                "Holm-adjusted p = 0.009)")
 
 
 def test_mcnemar_pairs_only_shared_items():
@@ -427,7 +428,7 @@ def test_ols_rater_fixed_effects_match_lstsq():
     severity = ratings["rater"].map({"r1": 0.0, "r2": -1.0, "r3": 0.5, "judge:x": 1.0})
     ratings["soundness"] = 3 + (ratings["condition"] == "MT") * 0.6 + severity + 0.01 * ratings["rationale_len"] \
         + rng.normal(0, 0.5, n)
-    out = ols_regression(ratings, outcome="soundness", fixed_effects=["rater"])
+    out = ols_regression(ratings, outcome="soundness", covariates=("rationale_len",), fixed_effects=["rater"])
     raters = sorted(ratings["rater"].unique())
     X = np.column_stack([design(ratings, "CF")] + [(ratings["rater"] == r).to_numpy(float) for r in raters[1:]])
     beta = np.linalg.lstsq(X, ratings["soundness"].to_numpy(float), rcond=None)[0]
@@ -462,6 +463,8 @@ def test_analyse_full_inputs_runs_everything():
     items["item_id"] = [f"q{i // 6}" for i in range(300)]
     for m in ("bleu", "rouge_l", "bertscore"):
         items[m] = items["cec"] * 0.5 + np.random.default_rng(2).random(300) * 0.1
+    for m in ("loglik_correct", "faithfulness_perturbed", "faithfulness_counterfactual", "faithfulness_cf_follows"):
+        items[m] = np.random.default_rng(4).integers(0, 2, 300)
     ratings = pd.DataFrame([{"run": r.run, "item_id": r.item_id, "rater": rater, "completeness": (i + j) % 5 + 1,
                              "contrastiveness": (i * j) % 5 + 1, "soundness": (i + 2 * j) % 5 + 1}
                             for i, r in enumerate(items.itertuples()) for j, rater in enumerate(("judge:x", "h1"))])
@@ -471,7 +474,7 @@ def test_analyse_full_inputs_runs_everything():
     tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": "gpt2", "seed": 0, "item_id": ["c1", "c2"],
                                   "cec": [0.5, 0.7], "cec_fc": [0.4, 0.6], "cec_bf": [0.6, 0.8]})
     sections = analyse(tables, n_boot=200)
-    expected = {"accuracy", "mcnemar", "tukey_correct", "anova_correct", "kruskal_correct", "ols_correct",
+    expected = {"accuracy", "faithfulness", "mcnemar", "tukey_correct", "anova_correct", "kruskal_correct", "ols_correct",
                 "tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_rating_completeness",
                 "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics", "causal_explanations"}
     assert set(sections) == expected
@@ -490,7 +493,7 @@ def test_analyse_absent_inputs_say_so():
     for key in ("tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_ratings", "cec_vs_metrics"):
         assert not sections[key].ran
         assert any("absent" in n for n in sections[key].notes), (key, sections[key].notes)
-    assert "ratings.jsonl is absent" in sections["ols_ratings"].notes[0]
+    assert "no ratings in this run" in sections["ols_ratings"].notes[0]
     assert sections["tukey_correct"].ran
 
 
@@ -532,3 +535,206 @@ def test_causal_section_summarises_explanations_and_says_when_absent():
     assert section.sentences == ["[s1, seed 0] 2 explanations scored: mean CEC 0.300 (forward coverage 0.200, "
                                  "backward faithfulness 0.400)."]
     assert "none of its 2 explanations" in section.notes[0]
+
+
+# --- seeds and items: the unit of every test is the test item -------------------------------------------------
+
+def shared_items(seeds=(0,), n: int = 30, rng_seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Items and ratings of three conditions x two students on the same n items of two test sets, once per seed in
+    `seeds`; every seed repeats the first one's outcomes exactly, as if training were deterministic."""
+    rng = np.random.default_rng(rng_seed)
+    p_right = {"CF": 0.4, "MT": 0.75, "FT-CoT": 0.55}
+    rows = []
+    for cond, p in p_right.items():
+        for student in ("gpt2", "gpt2-medium"):
+            for ts in ("csqa", "arc"):
+                for i in range(n):
+                    cec = float(rng.uniform(0.5, 0.95))
+                    rows.append({"condition": cond, "student": student, "test_set": ts, "item_id": f"{ts}-{i}",
+                                 "correct": int(rng.random() < p), "cec": cec if rng.random() > 0.1 else np.nan,
+                                 "rationale_len": int(rng.integers(5, 60)), "bleu": cec * 30 + rng.random() * 10,
+                                 "rouge_l": cec * 0.5 + rng.random() * 0.2,
+                                 "bertscore": cec * 0.9 + rng.random() * 0.05,
+                                 "loglik_correct": int(rng.random() < p),
+                                 "faithfulness_perturbed": int(rng.random() < 0.3),
+                                 "faithfulness_counterfactual": int(rng.random() < 0.4),
+                                 "faithfulness_cf_follows": int(rng.random() < 0.2)})
+    one = pd.DataFrame(rows)
+    rated = one[(one["test_set"] == "csqa") & (one["item_id"].str.split("-").str[1].astype(int) < 10)]
+    scores = pd.concat([rated[["condition", "student", "item_id"]].assign(
+        rater=rater, **{d: rng.integers(1, 8, len(rated)) + (rated["condition"] == "MT") for d in
+                        ("completeness", "contrastiveness", "soundness")}) for rater in ("judge:x", "h1")])
+    run = lambda df, s: df["condition"] + "__" + df["student"] + f"__seed{s}"  # noqa: E731
+    items = pd.concat([one.assign(seed=s, run=run(one, s)) for s in seeds], ignore_index=True)
+    ratings = pd.concat([scores.assign(run=run(scores, s)) for s in seeds], ignore_index=True)
+    return items, ratings.drop(columns=["condition", "student"])
+
+
+def tables_of(items: pd.DataFrame, ratings: pd.DataFrame):
+    """RunTables with a distinct size per student (so the two-way ANOVA has two levels)."""
+    from lib.stats import RunTables, join_ratings, with_student_size
+
+    runs = pd.DataFrame({"run": items["run"].unique()})
+    runs["n_params"] = np.where(runs["run"].str.contains("medium"), 355e6, 124e6)
+    items = with_student_size(items, runs)
+    return RunTables(items=items, runs=runs, ratings=join_ratings(ratings, items), losses=None, acceptance=None)
+
+
+def _not_below(new: pd.Series, old: pd.Series) -> bool:
+    """Every value of `new` at least the matching one of `old` (both missing counts as equal)."""
+    return bool(((new >= old - 1e-12) | (new.isna() & old.isna())).all())
+
+
+def test_three_identical_seeds_do_not_narrow_any_ci_or_lower_any_p():
+    from lib.stats import analyse
+
+    one = analyse(tables_of(*shared_items((0,))), n_boot=300)
+    three = analyse(tables_of(*shared_items((0, 1, 2))), n_boot=300)
+    assert set(one) == set(three)
+    compared = 0
+    for key, a in one.items():
+        b = three[key]
+        assert a.ran == b.ran, key
+        if not a.ran:
+            continue
+        keys = [c for c in ("probe", "test_set", "student", "condition", "group1", "group2", "source", "term", "metric")
+                if c in a.table.columns]
+        merged = a.table.merge(b.table, on=keys, suffixes=("_1", "_3"))
+        assert len(merged) >= len(a.table), key
+        for col in [c for c in a.table.columns if c == "p" or c.startswith("p_") or c.endswith("_p")]:
+            assert _not_below(merged[f"{col}_3"], merged[f"{col}_1"]), (key, col)
+            compared += 1
+        for low in [c for c in a.table.columns if c.endswith("ci_low")]:
+            high = low.replace("ci_low", "ci_high")
+            assert _not_below(merged[f"{high}_3"] - merged[f"{low}_3"], merged[f"{high}_1"] - merged[f"{low}_1"]), \
+                (key, low)
+            compared += 1
+        if "se" in a.table.columns:
+            assert _not_below(merged["se_3"], merged["se_1"]), key
+    assert compared > 20
+    for key in ("accuracy", "tukey_correct", "anova_cec", "kruskal_correct", "ols_correct", "cec_vs_metrics"):
+        assert "mean over 3 seeds" in three[key].explanation and "one seed" in one[key].explanation, key
+    assert "Unit: test item, paired within one seed" in three["mcnemar"].explanation
+    assert all("Unit:" in s.explanation for s in three.values())
+
+
+def test_accuracy_interval_resamples_items_with_all_their_seeds():
+    from lib.stats import accuracy_table, cluster_bootstrap_ci
+
+    items, _ = shared_items((0,), n=25)
+    items = items[(items["test_set"] == "csqa") & (items["student"] == "gpt2")]
+    varied = pd.concat([items.assign(seed=s, correct=items["correct"] if s == 0 else 1 - items["correct"])
+                        for s in (0, 1)], ignore_index=True)  # the second seed gets every item the other way round
+    table = accuracy_table(varied, by=["condition"], n_boot=400).set_index("condition")
+    assert table["n_items"].eq(25).all() and table["n_seeds"].eq(2).all() and table["n"].eq(50).all()
+    # every item averages 1/2 over its two seeds: resampling items cannot move the mean, the interval is a point
+    assert table["accuracy"].eq(0.5).all()
+    assert (table["ci_low"] == 0.5).all() and (table["ci_high"] == 0.5).all()
+    # by hand: the percentile interval of resampled cluster sums over cluster sizes
+    values, clusters = np.array([1, 0, 1, 1, 0, 0, 1, 1.0]), np.array(list("aabbccdd"))
+    rng = np.random.default_rng(7)
+    idx = rng.integers(0, 4, size=(200, 4))
+    sums, sizes = np.array([1, 2, 0, 2.0]), np.full(4, 2.0)
+    expected = np.percentile(sums[idx].sum(1) / sizes[idx].sum(1), [2.5, 97.5])
+    assert cluster_bootstrap_ci(values, clusters, n_boot=200, seed=7) == pytest.approx(tuple(expected))
+
+
+def test_ols_clustered_standard_errors_match_hand_crv1():
+    from scipy.stats import t as t_dist
+
+    items, _ = shared_items((0,), n=20)
+    data = items[items["student"] == "gpt2"].assign(test_item=lambda d: d["test_set"] + "/" + d["item_id"])
+    out = ols_regression(data, fixed_effects=["test_set"], cluster="test_item")
+    X = np.column_stack([np.ones(len(data)), (data["condition"] == "FT-CoT").to_numpy(float),
+                         (data["condition"] == "MT").to_numpy(float), (data["test_set"] == "csqa").to_numpy(float)])
+    y = data["correct"].to_numpy(float)
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    bread = np.linalg.inv(X.T @ X)
+    u = y - X @ beta
+    groups = data["test_item"].to_numpy()
+    scores = [X[groups == g].T @ u[groups == g] for g in np.unique(groups)]
+    meat = sum(np.outer(s, s) for s in scores)
+    n, k, g = len(y), X.shape[1], len(np.unique(groups))
+    cov = bread @ meat @ bread * g / (g - 1) * (n - 1) / (n - k)
+    se = np.sqrt(np.diag(cov))
+    np.testing.assert_allclose(out["coef"], beta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(out["se"], se, rtol=1e-8)
+    np.testing.assert_allclose(out["p"], 2 * t_dist.sf(np.abs(beta / se), g - 1), rtol=1e-6)
+    assert out.attrs["se_type"] == f"clustered by test_item ({g} clusters)"
+    with pytest.raises(TooFewObservations, match="at least two clusters"):
+        ols_regression(data.assign(test_item="one"), cluster="test_item")
+
+
+# --- McNemar: Holm within each test set and student ---------------------------------------------------------------
+
+def three_way_pairs(students=("s1",)) -> pd.DataFrame:
+    """Conditions A, B, C on 40 shared items: A beats B 12 to 3, C answers exactly like A."""
+    a = [1] * 12 + [0] * 3 + [1] * 15 + [0] * 10
+    b = [0] * 12 + [1] * 3 + [1] * 15 + [0] * 10
+    return pd.DataFrame([{"condition": c, "item_id": f"q{i}", "test_set": "csqa", "student": s, "seed": 0,
+                          "correct": v} for s in students for c, vals in (("A", a), ("B", b), ("C", a))
+                         for i, v in enumerate(vals)])
+
+
+def test_mcnemar_holm_adjusts_within_each_test_set_and_student():
+    from statsmodels.stats.multitest import multipletests
+
+    from lib.stats import describe_mcnemar, mcnemar_pairs
+
+    out = mcnemar_pairs(three_way_pairs(("s1", "s2")))
+    raw = 2 * (1 + 15 + 105 + 455) / 2 ** 15  # exact: 3 of 15 discordant pairs
+    for _, fam in out.groupby("student"):  # two families of three tests each, adjusted separately
+        fam = fam.set_index(["group1", "group2"])
+        assert fam.loc[("A", "B"), "p"] == pytest.approx(raw) and fam.loc[("A", "C"), "p"] == 1.0
+        assert fam["p_holm"].tolist() == pytest.approx(multipletests(fam["p"], method="holm")[1].tolist())
+        assert fam.loc[("A", "B"), "p_holm"] == pytest.approx(3 * raw)
+    sentences = describe_mcnemar(out)
+    ab = next(s for s in sentences if s.startswith("[csqa, s1, 0] A vs B"))
+    assert "no significant difference" in ab and "McNemar p = 0.035, Holm-adjusted p = 0.105" in ab
+
+
+# --- the regressions' reference condition and covariates ---------------------------------------------------------
+
+def test_reference_param_sets_the_regression_baseline_and_the_report_says_so():
+    from lib.params import StatisticsParams
+    from lib.stats import analyse
+
+    assert StatisticsParams().reference is None and StatisticsParams(reference="MT").reference == "MT"
+    items, ratings = shared_items((0,), n=20)
+    tables = tables_of(items, ratings)
+    listed = ["MT", "FT-CoT", "CF"]
+    ols = analyse(tables, n_boot=100, conditions=listed)["ols_correct"]
+    assert ols.table.attrs["reference"] == "MT"
+    assert ols.sentences[0] == "Reference condition: MT (the first condition listed in training.conditions)."
+    ols = analyse(tables, n_boot=100, reference="FT-CoT", conditions=listed)["ols_correct"]
+    assert ols.table.attrs["reference"] == "FT-CoT" and "condition[T.MT]" in ols.table["term"].tolist()
+    assert ols.sentences[0] == "Reference condition: FT-CoT (statistics.reference)."
+    assert any(s.startswith("MT vs FT-CoT:") for s in ols.sentences)
+    with pytest.raises(ValueError, match=r"statistics\.reference: 'XX' is not one of training\.conditions "
+                                         r"\(MT, FT-CoT, CF\)"):
+        analyse(tables, reference="XX", conditions=listed)
+    with pytest.raises(ValueError, match=r"statistics\.reference: CAUSAL students answer no test questions"):
+        analyse(tables, reference="CAUSAL", conditions=[*listed, "CAUSAL"])
+
+
+def test_a_reference_without_values_falls_back_to_the_next_listed_condition():
+    from lib.stats import analyse
+
+    items, ratings = shared_items((0,), n=20)
+    items.loc[items["condition"] == "CF", "cec"] = np.nan  # e.g. FT: no rationale, so no CEC
+    sections = analyse(tables_of(items, ratings), n_boot=100, reference="CF", conditions=["CF", "MT", "FT-CoT"])
+    assert sections["ols_correct"].table.attrs["reference"] == "CF"
+    assert sections["ols_cec"].table.attrs["reference"] == "MT"
+    assert sections["ols_cec"].sentences[0] == ("Reference condition: MT (statistics.reference CF has no data here, "
+                                                "so the first condition listed in training.conditions that has).")
+
+
+def test_rationale_length_is_a_covariate_of_the_ratings_model_only():
+    from lib.stats import analyse
+
+    sections = analyse(tables_of(*shared_items((0,), n=20)), n_boot=100)
+    assert "rationale_len" not in sections["ols_correct"].table["term"].tolist()
+    assert "post-treatment" in sections["ols_correct"].explanation
+    rating = sections["ols_rating_soundness"]
+    assert "rationale_len" in rating.table["term"].tolist() and "rater[T.judge:x]" in rating.table["term"].tolist()
+    assert rating.sentences[0] == "Ratings: 60 by the judge (judge:x), 60 by 1 human rater."
