@@ -236,6 +236,15 @@ class StudyParams(_Section):
     evaluation: EvaluationParams = EvaluationParams()
     statistics: StatisticsParams = StatisticsParams()
 
+    @model_validator(mode="after")
+    def _reference_is_a_condition(self) -> "StudyParams":
+        """The regressions' reference must be one of the conditions trained."""
+        ref = self.statistics.reference
+        if ref is not None and ref not in self.training.conditions:
+            raise ValueError(f"statistics.reference {ref!r} is not one of training.conditions "
+                             f"({', '.join(self.training.conditions)}); name one of them, or null for the first")
+        return self
+
 
 def check_local_source(value: str, must_exist: bool = False) -> str:
     """Reject a source that names a local file or folder that is not there."""

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib.data import MCQuestion, format_question, option_letters
+from lib.data import MCQuestion, format_question, option_letters, read_text
 
 log = logging.getLogger(__name__)
 
@@ -260,15 +260,14 @@ def import_sheet(sheet: str | Path, key: str | Path, rater: str | None = None) -
     or a missing column is an error. Nothing is imported when any row is bad.
     """
     sheet, key = Path(sheet), Path(key)
-    with open(key, encoding="utf-8", newline="") as fh:
-        key_rows = {r["sheet_row"].strip(): r for r in csv.DictReader(fh)}
-    with open(sheet, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("sheet_row", *DIMENSIONS) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SheetError(f"{sheet}: missing column(s) {', '.join(missing)}; export a fresh sheet with "
-                             "lib.ratings.export_sheet and fill that one")
-        filled = list(reader)
+    key_rows = {r["sheet_row"].strip(): r for r in csv.DictReader(io.StringIO(read_text(key), newline=""))}
+    # a sheet saved by Excel starts with a byte-order mark: read_text drops it (and names an undecodable line)
+    reader = csv.DictReader(io.StringIO(read_text(sheet), newline=""))
+    missing = [c for c in ("sheet_row", *DIMENSIONS) if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SheetError(f"{sheet}: missing column(s) {', '.join(missing)}; export a fresh sheet with "
+                         "lib.ratings.export_sheet and fill that one")
+    filled = list(reader)
     problems, ratings, seen = [], [], set()
     for lineno, row in enumerate(filled, 2):
         where = f"{sheet}:{lineno} (sheet_row {row.get('sheet_row', '').strip() or '?'})"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.params import PROJECT_ROOT, ParamsError, StudyParams, load_params, resolve_path
+from lib.ratings import HUMAN_RATINGS
 from lib.runs import STEPS, atomic_write_text, read_json, sha256_file, sha256_json, write_json
 
 log = logging.getLogger("lib.study")
@@ -47,7 +48,7 @@ STEP_MODELS = {
     "04_training": ("students",),
     "05_evaluation": ("teacher", "students"),
 }
-HUMAN_RATINGS = "human_ratings.jsonl"  # imported human ratings: an input of step 06, outside every step folder
+
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "sentence-transformers", "papermill",
             "statsmodels", "seaborn", "pandas", "numpy", "pydantic", "openai")
 

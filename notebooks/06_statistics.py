@@ -2,21 +2,29 @@
 # # 06 · Statistics: are the differences between conditions real?
 #
 # **Goals**
-# 1. Accuracy and CEC per condition with bootstrap 95% confidence intervals, and paired McNemar tests on the same items.
+# 1. Accuracy and CEC per condition with 95% confidence intervals from a cluster bootstrap over test items, and paired
+#    McNemar tests on the same items, Holm-adjusted over all pairs of a test set and student.
 # 2. Tukey-Kramer HSD between conditions per test set and student (unequal group sizes allowed), as in seed 001.
 # 3. Two-way ANOVA condition × student size, with Levene and Shapiro-Wilk checks, and Kruskal-Wallis with
 #    Dunn–Bonferroni as the non-parametric fallback when those checks fail.
-# 4. OLS regression of each outcome, and of judge or human ratings, on condition dummies plus rationale length
-#    (rater fixed effects when there are several raters), with robust standard errors and stars as in the paper.
+# 4. OLS regression of each outcome on condition dummies (standard errors clustered by item), and of judge or human
+#    ratings on condition dummies plus rationale length and rater fixed effects, with stars as in the paper.
 # 5. One self-contained report of the run: every table, figure and sentence, with the manifest's provenance.
 #
-# **Reads** `05_evaluation/items.jsonl` (and `ratings.jsonl` when present), `04_training/runs.jsonl` and `losses.jsonl`,
+# **The unit is the test item.** Several training seeds answer the same question; their answers are not independent
+# observations, so every test works on each item's mean over seeds (and intervals resample whole items). Three seeds
+# make each item's value more precise; they do not triple the number of questions. Each section says its unit.
+#
+# **Reads** `05_evaluation/items.jsonl`, the judge's `05_evaluation/judge_ratings.jsonl` and the human raters'
+# `<run>/human_ratings.jsonl` (either may be absent), `04_training/runs.jsonl` and the runs' `losses.jsonl`,
 # `03_counterfactuals/acceptance.json`. **Writes** `06_statistics/<analysis>.csv` (`accuracy.csv`, `tukey_<outcome>.csv`,
-# `anova_<outcome>.csv`, `kruskal_<outcome>.csv`, `mcnemar.csv`, `ols_<outcome>.csv`, ...), `findings.md`, the figures
-# (`accuracy_by_condition.png`, `ood_heatmap.png`, ...) and `report.html`.
+# `anova_<outcome>.csv`, `kruskal_<outcome>.csv`, `mcnemar.csv` with `p_holm`, `ols_<outcome>.csv`,
+# `faithfulness.csv`, ...), `findings.md`, the figures (`accuracy_by_condition.png`, `ood_heatmap.png`, ...) and
+# `report.html`.
 #
 # With few test items or one seed, the tests have little power; when there are too few observations for a test, or an
-# input (ratings, BLEU / ROUGE / BERTScore, out-of-distribution sets) is absent, the step says so instead of failing.
+# input (ratings, BLEU / ROUGE / BERTScore, log-likelihood scores, faithfulness, out-of-distribution sets) is absent,
+# the step says so, naming the switch, instead of failing.
 
 # %% tags=["parameters"]
 # parameters (papermill injects the resolved study params after this cell)
@@ -40,13 +48,16 @@ tables.items.groupby(["test_set", "student_size", "condition"]).size()
 # %%
 # run every analysis (a test the data cannot support becomes a note) and write the tables and findings
 s = ctx.params.statistics
-analysis = stats.analyse(tables, outcomes=s.outcomes, alpha=s.alpha, n_boot=s.n_boot, seed=ctx.params.run.seed)
+analysis = stats.analyse(tables, outcomes=s.outcomes, alpha=s.alpha, n_boot=s.n_boot, seed=ctx.params.run.seed,
+                         reference=s.reference, conditions=ctx.params.training.conditions)
 stats.write_analysis(analysis, ctx.out)
 
 # %% [markdown]
-# **Accuracy and McNemar.** An interval from resampling items says how much the accuracy would move on another draw
-# of test questions of the same kind. McNemar pairs two conditions on the *same* items: only items that one gets
-# right and the other wrong count, which is more sensitive than comparing two accuracies.
+# **Accuracy and McNemar.** An interval from resampling items (each with all its seeds) says how much the accuracy
+# would move on another draw of test questions of the same kind. McNemar pairs two conditions on the *same* items:
+# only items that one gets right and the other wrong count, which is more sensitive than comparing two accuracies.
+# With many pairs some p-values fall below alpha by chance, so each is also Holm-adjusted (`p_holm`) within its test
+# set and student, and only the adjusted one is called significant.
 
 # %%
 # accuracy and CEC with bootstrap confidence intervals
@@ -55,6 +66,10 @@ report.show_sections(analysis, "accuracy")
 # %%
 # paired McNemar tests between conditions on the same items
 report.show_sections(analysis, "mcnemar")
+
+# %%
+# does the answer depend on the rationale? answer-change rates under perturbed and counterfactual rationales
+report.show_sections(analysis, "faithfulness")
 
 # %% [markdown]
 # **Tukey-Kramer, ANOVA and the fallback.** Tukey-Kramer compares every pair of conditions while keeping the chance
@@ -66,6 +81,32 @@ report.show_sections(analysis, "mcnemar")
 # Tukey-Kramer HSD per test set and student
 report.show_sections(analysis, "tukey")
 
+# %% [markdown]
+# ### Under the hood: one Tukey-Kramer pair by hand
+#
+# For two conditions $i, j$ among $k$ on the same test set: the difference of their mean outcomes over items, divided
+# by its standard error from the pooled within-condition variance (MSE, on $N-k$ degrees of freedom), is the
+# studentized range statistic $q = |\bar y_i - \bar y_j| / \sqrt{\tfrac{MSE}{2}(1/n_i + 1/n_j)}$; its p-value comes
+# from the studentized range distribution with $k$ groups, which is what keeps the family of all pairs at alpha.
+
+# %% tags=["under-the-hood"]
+# q and its p-value for one pair by hand, on the per-item means over seeds, against statsmodels through lib.stats
+import numpy as np
+from scipy.stats import studentized_range
+
+unit = stats.over_seeds(tables.items, ["correct", "cec"])
+first = unit[(unit.test_set == unit.test_set.iloc[0]) & (unit.student == unit.student.iloc[0])]
+value = next((v for v in ("correct", "cec") if first.groupby("condition")[v].std().fillna(0).gt(0).all()), "cec")
+groups = {c: g[value].dropna().to_numpy(float) for c, g in first.groupby("condition")}
+(a, ya), (b, yb) = list(groups.items())[:2]
+k, n = len(groups), sum(len(y) for y in groups.values())
+mse = sum(((y - y.mean()) ** 2).sum() for y in groups.values()) / (n - k)
+q = abs(yb.mean() - ya.mean()) / np.sqrt(mse / 2 * (1 / len(ya) + 1 / len(yb)))
+p = studentized_range.sf(q, k, n - k)
+row = stats.tukey_kramer(first, value).query("group1 == @a and group2 == @b").iloc[0]
+assert np.isclose(yb.mean() - ya.mean(), row.meandiff) and np.isclose(p, row.p_adj, atol=2e-3), (p, row.p_adj)
+{"outcome": value, "pair": f"{a} vs {b}", "q": round(q, 3), "p by hand": round(p, 4), "p statsmodels": round(row.p_adj, 4)}
+
 # %%
 # two-way ANOVA condition x student size, with its assumption checks
 report.show_sections(analysis, "anova")
@@ -75,12 +116,14 @@ report.show_sections(analysis, "anova")
 report.show_sections(analysis, "kruskal")
 
 # %% [markdown]
-# **Regression.** Coefficients of the condition dummies are differences from the baseline condition, holding
-# rationale length fixed (longer rationales may score higher for length alone). Ratings get one fixed effect per
-# rater, because raters differ in how strict they are.
+# **Regression.** Coefficients of the condition dummies are differences from the reference condition
+# (`statistics.reference`, by default the first of `training.conditions`); standard errors are clustered by test item.
+# Rationale length stays out of the accuracy model: the condition changes how long the rationale is, so holding it
+# fixed would hide part of the condition's effect. The ratings model keeps it (as seed 001 does, since raters may
+# reward length) with one fixed effect per rater, because raters differ in how strict they are.
 
 # %%
-# OLS of outcomes and ratings on condition dummies and rationale length
+# OLS of outcomes on condition dummies, and of ratings on condition dummies, rationale length and raters
 report.show_sections(analysis, "ols")
 
 # %%
@@ -89,7 +132,7 @@ report.show_sections(analysis, "cec_vs_metrics")
 
 # %%
 # draw every figure of the report into the step folder
-figures = report.run_figures(tables, ctx.out)
+figures = report.run_figures(tables, ctx.out, n_boot=s.n_boot, seed=ctx.params.run.seed)
 list(figures)
 
 # %%

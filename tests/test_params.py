@@ -100,3 +100,10 @@ def test_cli_rejects_typo_before_loading_any_model(tmp_path):
     assert proc.returncode == 2
     assert "evaluation.embeder" in proc.stderr and "did you mean 'embedder'" in proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+def test_a_reference_outside_the_conditions_is_refused_before_any_work():
+    smoke = PROJECT_ROOT / "params" / "smoke.yaml"
+    assert load_params(smoke, ["statistics.reference=MT"]).statistics.reference == "MT"
+    with pytest.raises(ParamsError, match="statistics.reference 'CF' is not one of training.conditions"):
+        load_params(smoke, ["statistics.reference=CF"])

@@ -132,6 +132,19 @@ def test_import_sheet_roundtrip(sheet, tmp_path):
                                                         "soundness", "justification", "template_sha256"]
 
 
+def test_import_sheet_reads_a_sheet_saved_by_excel_with_a_byte_order_mark(sheet, tmp_path):
+    rows = read_rows(sheet["csv"])
+    for r in rows:
+        r.update(rater="r1", completeness=5, contrastiveness=5, soundness=5, justification="ok")
+    filled = tmp_path / "filled.csv"
+    write_rows(filled, rows)
+    filled.write_bytes(b"\xef\xbb\xbf" + filled.read_bytes())  # Excel's "CSV UTF-8"
+    assert [r.completeness for r in import_sheet(filled, sheet["key"])] == [5] * len(rows)
+    filled.write_bytes(filled.read_bytes()[3:].replace(b"ok", b"caf\xe9"))  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match=r"filled.csv:\d+: byte 0xe9 .*re-save the file as UTF-8"):
+        import_sheet(filled, sheet["key"])
+
+
 def test_import_sheet_rejects_bad_rows_naming_each(sheet, tmp_path):
     rows = read_rows(sheet["csv"])
     rows[0].update(rater="r1", completeness=8, contrastiveness=3, soundness=3)     # out of range
