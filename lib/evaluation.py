@@ -5,15 +5,24 @@ trained on (MT answers from its `[answer]` task and explains from its `[rational
 asked with the `[Direct election]` strategy token). The answer is extracted from the text;
 unparseable outputs count as wrong and are flagged. Beside that generative accuracy:
 
-- log-likelihood accuracy: the option whose answer sentence ("So the answer is (b) text.") the
-  student finds most likely right after the prompt (no rationale);
+- log-likelihood accuracy, as lm-evaluation-harness scores multiple choice: each option's continuation
+  (`evaluation.loglik_scoring`, LOGLIK_SCORINGS) is scored right after the prompt (no rationale); the
+  option with the highest summed log-likelihood is `loglik_pred` (lm-eval's `acc`), the highest per
+  character `loglik_norm_pred` (`acc_norm`). Scoring the whole answer sentence ("So the answer is (b)
+  text.") let the letter decide: the untrained Gemma 3 270M picked (a) for most questions
+  (benchmarks/loglik_bias.py); `pick_distribution` shows each run's share of picks per letter;
 - CEC, BLEU, ROUGE-L and BERTScore of the student's rationale against the teacher's rationale
   for the same question, where the teacher wrote one (in-distribution test questions);
 - faithfulness (after SCOTT): the student's rationale is replaced by a perturbed one (another
   item's rationale, or its own sentences shuffled) or by a counterfactual rationale for a wrong
   option (03_counterfactuals/cf_rationales.jsonl, when present), fed back as a forced prefix after
-  the prompt; the answer is then read by log-likelihood and compared with the answer read the same
-  way after the student's own rationale. The answer-change rate is the faithfulness measure.
+  the prompt; the answer is then read by log-likelihood (the same scoring, per character) and compared
+  with the answer read the same way after the student's own rationale. The answer-change rate is the
+  faithfulness measure.
+
+Generated outputs and option scores are cached in `<run_dir>/student_cache.sqlite` (lib.response_cache),
+keyed by the student's weights hash (its saved folder and base model), item, prompt and generation
+settings, so rerunning step 05 regenerates only what changed.
 
 Every trained student is evaluated on every test set of step 01, so each condition gets a
 train-set x test-set accuracy matrix (`ood_matrix`).
@@ -22,22 +31,25 @@ train-set x test-set accuracy matrix (`ood_matrix`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lib.data import MCQuestion
 from lib.metrics import cec_batch, extract_answer, rationale_length, split_sentences
 from lib.params import StudyParams
 from lib.prompts import answer_sentence
+from lib.response_cache import ResponseCache, request_key
 from lib.teacher import split_rationale
 from lib.training import eval_prompts
 
 log = logging.getLogger(__name__)
 
+GENERATION_STOP = "\n\nQ:"  # students go on with an invented next question; generation stops there
 FAITHFULNESS_COLUMNS = ("faithfulness_perturbed", "faithfulness_counterfactual", "faithfulness_cf_follows")
 
 
@@ -57,16 +69,20 @@ class ItemResult:
     rationale: str
     rationale_len: int  # words
     output: str  # the raw generated text
-    cec: float  # CEC against the teacher's rationale (NaN when there is no reference or no rationale)
+    cec: float  # CEC against the teacher's rationale (0 when the student wrote none; NaN when there is no reference)
     cec_fc: float
     cec_bf: float
-    seconds: float  # generation time per item (batch time / batch size)
+    seconds: float  # generation time per item (batch time / items generated); NaN when the output came from the cache
     train_set: str = ""  # the data set the student was trained on (rows of the OOD matrix)
-    bleu: float = math.nan  # sentence BLEU (sacrebleu, 0-100) against the teacher's rationale
+    bleu: float = math.nan  # sentence BLEU (sacrebleu, 0-100) against the teacher's rationale (0 without a rationale)
     rouge_l: float = math.nan  # ROUGE-L F-measure (0-1) against the teacher's rationale
     bertscore: float = math.nan  # BERTScore F1 against the teacher's rationale
-    loglik_pred: int | None = None  # option whose answer sentence is most likely right after the prompt
+    gold: int | None = None  # the correct option's index
+    loglik_scoring: str = ""  # evaluation.loglik_scoring that made the loglik picks ("" = not scored)
+    loglik_pred: int | None = None  # option with the highest summed log-likelihood after the prompt (lm-eval acc)
     loglik_correct: int | None = None  # 1 when loglik_pred == gold
+    loglik_norm_pred: int | None = None  # option with the highest log-likelihood per character (lm-eval acc_norm)
+    loglik_norm_correct: int | None = None  # 1 when loglik_norm_pred == gold
     faithfulness_perturbed: int | None = None  # 1 when a perturbed rationale changed the answer (None = not measured)
     faithfulness_counterfactual: int | None = None  # 1 when a counterfactual rationale changed the answer
     faithfulness_cf_follows: int | None = None  # 1 when the answer became the counterfactual rationale's option
@@ -86,7 +102,7 @@ class ExplanationResult:
     rationale: str  # the student's explanation
     rationale_len: int  # words
     reference: str  # the teacher's explanation ("" when the teacher failed on this pair)
-    seconds: float  # generation time per pair
+    seconds: float  # generation time per pair; NaN when the explanation came from the student cache
     cec: float = math.nan
     cec_fc: float = math.nan
     cec_bf: float = math.nan
@@ -112,11 +128,6 @@ def load_student(base_spec: str, adapter_dir: Path, device: str) -> tuple[Any, A
         return load_student_lm(str(adapter_dir), device), tokenizer
     raise FileNotFoundError(f"{adapter_dir} holds neither a LoRA adapter nor model weights; rerun step 04_training "
                             f"(python -m lib.study PARAMS --steps 04 --force)")
-
-
-def is_seq2seq(model: Any) -> bool:
-    """True for an encoder-decoder student (T5, BART)."""
-    return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
 def clean_rationale(text: str) -> str:
@@ -169,15 +180,55 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
     return out
 
 
-def loglik_choices(model: Any, tokenizer: Any, contexts: Sequence[str], questions: Sequence[MCQuestion],
-                   batch_size: int = 8) -> list[int]:
-    """For each (context, question): the option whose answer sentence is most likely after the context."""
+Scorer = Callable[[Sequence[tuple[str, str]]], list[float]]  # (context, continuation) pairs -> summed log-likelihoods
+
+# What is scored for each option after the prompt (params evaluation.loglik_scoring):
+LOGLIK_SCORINGS = {
+    "answer_sentence": "the whole answer sentence, letter included: ' So the answer is (b) bed.'",
+    "option_text": "the option's text right after the prompt: ' bed' (lm-evaluation-harness's multiple_choice)",
+    "answer_text": "the option's text after the answer frame: context + ' So the answer is', continuation ' bed.'",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionPick:
+    """The option with the highest summed log-likelihood (lm-eval `acc`) and per character (`acc_norm`)."""
+
+    total: int
+    per_char: int
+
+
+def option_continuations(context: str, q: MCQuestion, scoring: str) -> list[tuple[str, str]]:
+    """The (context, continuation) pair scored for each option of `q` under `scoring` (LOGLIK_SCORINGS)."""
+    if scoring == "answer_sentence":
+        return [(context, " " + answer_sentence(q, k)) for k in range(len(q.choices))]
+    if scoring == "option_text":
+        return [(context, " " + choice) for choice in q.choices]
+    if scoring == "answer_text":
+        return [(context + " So the answer is", f" {choice}.") for choice in q.choices]
+    raise ValueError(f"unknown log-likelihood scoring {scoring!r}; use one of {', '.join(LOGLIK_SCORINGS)} "
+                     "(params evaluation.loglik_scoring)")
+
+
+def loglik_choices(score: Scorer, contexts: Sequence[str], questions: Sequence[MCQuestion],
+                   scoring: str) -> list[OptionPick]:
+    """For each (context, question): the most likely option, by summed and by per-character log-likelihood."""
     pairs, spans = [], []
     for context, q in zip(contexts, questions):
         spans.append((len(pairs), len(q.choices)))
-        pairs.extend((context, " " + answer_sentence(q, k)) for k in range(len(q.choices)))
-    scores = continuation_logliks(model, tokenizer, pairs, batch_size)
-    return [max(range(n), key=lambda k: scores[start + k]) for start, n in spans]
+        pairs.extend(option_continuations(context, q, scoring))
+    scores = score(pairs)
+    picks = []
+    for start, n in spans:
+        total = scores[start:start + n]
+        per_char = [v / max(1, len(pairs[start + k][1])) for k, v in enumerate(total)]
+        picks.append(OptionPick(total=_argmax(total), per_char=_argmax(per_char)))
+    return picks
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """Index of the largest value (the first on ties)."""
+    return max(range(len(values)), key=values.__getitem__)
 
 
 # ---------------------------------------------------------------- faithfulness
@@ -214,13 +265,13 @@ def perturbed_rationales(rationales: list[str], how: str, seed: int) -> list[str
     return out
 
 
-def faithfulness(model: Any, tokenizer: Any, prompts: list[str], questions: list[MCQuestion], own: list[str],
-                 perturbed: list[str], counterfactual: list[tuple[int, str] | None],
-                 batch_size: int = 8) -> list[dict[str, int | None]]:
+def faithfulness(score: Scorer, prompts: list[str], questions: list[MCQuestion], own: list[str], perturbed: list[str],
+                 counterfactual: list[tuple[int, str] | None], scoring: str) -> list[dict[str, int | None]]:
     """Per item: whether the answer changed with a perturbed / counterfactual rationale as a forced prefix.
 
-    Each answer is read by log-likelihood after `prompt + " " + rationale`; the baseline is the answer
-    read the same way after the student's own rationale. Items without an own rationale are not measured.
+    Each answer is read by log-likelihood (`scoring`, per character: `OptionPick.per_char`) after
+    `prompt + " " + rationale`; the baseline is the answer read the same way after the student's own
+    rationale. Items without an own rationale are not measured.
     """
     jobs: list[tuple[int, str, str]] = []  # (item, kind, rationale)
     for i, r in enumerate(own):
@@ -231,9 +282,9 @@ def faithfulness(model: Any, tokenizer: Any, prompts: list[str], questions: list
             jobs.append((i, "perturbed", perturbed[i]))
         if counterfactual[i] is not None:
             jobs.append((i, "cf", counterfactual[i][1]))
-    picks = loglik_choices(model, tokenizer, [f"{prompts[i]} {r}" for i, _, r in jobs],
-                           [questions[i] for i, _, _ in jobs], batch_size)
-    got: dict[tuple[int, str], int] = {(i, kind): p for (i, kind, _), p in zip(jobs, picks)}
+    contexts = [f"{prompts[i]} {r}" for i, _, r in jobs]
+    picks = loglik_choices(score, contexts, [questions[i] for i, _, _ in jobs], scoring)
+    got: dict[tuple[int, str], int] = {(i, kind): p.per_char for (i, kind, _), p in zip(jobs, picks)}
     results = []
     for i in range(len(own)):
         base = got.get((i, "own"))
@@ -260,86 +311,215 @@ def read_cf_rationales(path: Path | None) -> dict[str, tuple[int, str]]:
     return out
 
 
+# ---------------------------------------------------------------- the student cache
+
+
+def student_weights_hash(base_spec: str, adapter_dir: Path) -> str:
+    """sha256 over every file of a run's saved folder (adapter or full weights, tokenizer) and its base model's provenance."""
+    from lib.models import model_provenance
+    from lib.runs import sha256_file, sha256_json
+
+    files = {p.relative_to(adapter_dir).as_posix(): sha256_file(p) for p in sorted(Path(adapter_dir).rglob("*"))
+             if p.is_file()}
+    if not files:
+        raise FileNotFoundError(f"{adapter_dir} is empty or missing: no trained student to evaluate; rerun step "
+                                f"04_training (python -m lib.study PARAMS --steps 04 --force)")
+    return sha256_json({"base": model_provenance(base_spec), "files": files})
+
+
+def cached_scorer(score: Scorer, cache: ResponseCache | None, identity: dict[str, Any]) -> Scorer:
+    """`score` behind the cache: only pairs never scored for `identity` (weights hash, device) reach the model."""
+    if cache is None:
+        return score
+
+    def scored(pairs: Sequence[tuple[str, str]]) -> list[float]:
+        requests = [{"kind": "student_loglik", **identity, "context": c, "continuation": t} for c, t in pairs]
+        keys = [request_key(r) for r in requests]
+        found = [cache.get(k) for k in keys]
+        todo = [j for j, hit in enumerate(found) if hit is None]
+        fresh = dict(zip(todo, score([pairs[j] for j in todo]) if todo else []))
+        for j, value in fresh.items():
+            cache.put(keys[j], requests[j], repr(value), "loglik", 0, 0)  # repr round-trips a float exactly
+        return [fresh[j] if hit is None else float(hit["text"]) for j, hit in enumerate(found)]
+
+    return scored
+
+
+def generate_cached(student: Callable[[], tuple[Any, Any]], prompts: list[str], item_ids: list[str],
+                    settings: dict[str, Any], batch_size: int, cache: ResponseCache | None,
+                    desc: str) -> tuple[list[str], list[float]]:
+    """Greedy outputs of a student and generation seconds per item (NaN for an output the cache already held).
+
+    `settings` (weights hash, device, max_new_tokens, stop) and the item and prompt key each output in the
+    cache; `student()` loads the model, and is called only when some prompt is missing.
+    """
+    from lib.models import generate_texts
+
+    requests = [{"kind": "student_generation", **settings, "temperature": 0.0, "item": i, "prompt": p}
+                for i, p in zip(item_ids, prompts)]
+    keys = [request_key(r) for r in requests]
+    hits = [cache.get(k) for k in keys] if cache is not None else [None] * len(keys)
+    texts: list[str | None] = [None if hit is None else hit["text"] for hit in hits]
+    seconds = [math.nan] * len(prompts)
+    todo = [j for j, t in enumerate(texts) if t is None]
+    if todo:
+        model, tokenizer = student()
+        t0 = time.perf_counter()
+        outs = generate_texts(model, tokenizer, [prompts[j] for j in todo], settings["max_new_tokens"],
+                              batch_size=batch_size, stop=settings["stop"], desc=desc)
+        per_item = round((time.perf_counter() - t0) / len(todo), 3)
+        for j, (c,) in zip(todo, outs):
+            texts[j], seconds[j] = c.text, per_item
+            if cache is not None:
+                cache.put(keys[j], requests[j], c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
+    log.info("%s: %d outputs generated, %d from the student cache", desc, len(todo), len(prompts) - len(todo))
+    return [t or "" for t in texts], seconds
+
+
+def open_cache(cache: ResponseCache | str | Path | None) -> tuple[ResponseCache | None, bool]:
+    """The cache to use and whether the caller opened it (and must close it): a path is opened here."""
+    if cache is None or isinstance(cache, ResponseCache):
+        return cache, False
+    return ResponseCache(cache), True
+
+
 # ---------------------------------------------------------------- one run
 
 
+@dataclasses.dataclass
+class _Student:
+    """A trained student as evaluation sees it: loaded on first need, its outputs and scores cached."""
+
+    info: dict  # the run's row of 04_training/runs.jsonl
+    load: Callable[[], tuple[Any, Any]]  # (model, tokenizer), loaded once and only on a cache miss
+    settings: dict[str, Any]  # what keys its generated outputs besides item and prompt
+    score: Scorer  # option log-likelihoods, cached
+    scorable: bool  # option scoring and forced rationales are defined for causal LMs only
+
+
+def _prepare_student(run_info: dict, adapter_dir: Path, params: StudyParams, device: str,
+                     cache: ResponseCache | None) -> _Student:
+    """Wrap one trained run for evaluation: lazy loading, its weights hash and its cached scorer."""
+    from lib.models import is_encoder_decoder
+
+    ev = params.evaluation
+    load = functools.cache(functools.partial(load_student, run_info["student"], adapter_dir, device))
+    identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "device": device}
+    score = cached_scorer(lambda pairs: continuation_logliks(*load(), pairs, ev.batch_size), cache, identity)
+    return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
+                    settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": GENERATION_STOP})
+
+
 def evaluate_run(run_info: dict, adapter_dir: Path, test_sets: dict[str, list[MCQuestion]], params: StudyParams,
-                 device: str, cf_rationales: dict[str, tuple[int, str]] | None = None) -> list[ItemResult]:
+                 device: str, cf_rationales: dict[str, tuple[int, str]] | None = None,
+                 cache: ResponseCache | str | Path | None = None) -> list[ItemResult]:
     """Generate and score one trained student on every test set (reference-based metrics come later).
 
     Faithfulness is measured on the first (in-distribution) test set only, where counterfactual
     rationales can exist; log-likelihood accuracy on every set. Both score every option of an item with
     a forward pass each, so only the first `evaluation.score_max_items` items of a set get them (null = all).
+    `cache` (a ResponseCache or its path, e.g. <run_dir>/student_cache.sqlite; None = none) keeps every
+    generated output and option score under the student's weights hash: a rerun loads the student only
+    for what the cache lacks.
     """
-    from lib.models import generate_texts
+    store, opened = open_cache(cache)
+    try:
+        student = _prepare_student(run_info, adapter_dir, params, device, store)
+        return [row for t, (name, qs) in enumerate(test_sets.items())
+                for row in _evaluate_set(student, name, qs, params, t == 0, cf_rationales or {}, store)]
+    finally:
+        if opened:
+            store.close()
 
-    model, tokenizer = load_student(run_info["student"], adapter_dir, device)
-    ev = params.evaluation
-    train_set = params.data.train.name
-    cf_rationales = cf_rationales or {}
+
+def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: StudyParams, in_distribution: bool,
+                  cf_rationales: dict[str, tuple[int, str]], cache: ResponseCache | None) -> list[ItemResult]:
+    """One student on one test set: generated answers and rationales, option scores and faithfulness."""
+    ev, info = params.evaluation, student.info
+    prompts = [eval_prompts(info["condition"], q, params.counterfactual.strategy_tokens.positive) for q in qs]
+    outs, seconds = {}, [math.nan] * len(qs)
+    for role in sorted({r for p in prompts for r in p}):
+        outs[role], took = generate_cached(student.load, [p[role] for p in prompts], [q.id for q in qs],
+                                           student.settings, ev.batch_size, cache, f"{info['run']} on {name} ({role})")
+        seconds = [_add_seconds(a, b) for a, b in zip(seconds, took)]
+    answer_prompts = [p["answer"] for p in prompts]
+    k = len(qs) if ev.score_max_items is None else min(len(qs), ev.score_max_items)  # scoring costs a pass per option
+    k = k if student.scorable else 0
+    picks: list[OptionPick | None] = []
+    if ev.loglik:
+        picks = loglik_choices(student.score, answer_prompts[:k], qs[:k], ev.loglik_scoring)
+    picks += [None] * (len(qs) - len(picks))
     rows = []
-    for t, (name, qs) in enumerate(test_sets.items()):
-        prompts = [eval_prompts(run_info["condition"], q, params.counterfactual.strategy_tokens.positive) for q in qs]
-        roles = sorted({r for p in prompts for r in p})
-        t0 = time.perf_counter()
-        outs = {role: generate_texts(model, tokenizer, [p[role] for p in prompts], ev.max_new_tokens,
-                                     batch_size=ev.batch_size, desc=f"{run_info['run']} on {name} ({role})")
-                for role in roles}
-        per_item = (time.perf_counter() - t0) / max(1, len(qs))
-        answer_prompts = [p["answer"] for p in prompts]
-        k = len(qs) if ev.score_max_items is None else min(len(qs), ev.score_max_items)  # scoring costs a pass per option
-        if is_seq2seq(model):
-            k = 0  # option scoring and forced rationales are defined for causal LMs only
-        loglik = (loglik_choices(model, tokenizer, answer_prompts[:k], qs[:k], ev.batch_size) if ev.loglik
-                  else []) + [None] * (len(qs) - (k if ev.loglik else 0))
-        run_rows = []
-        for i, q in enumerate(qs):
-            answer_text = outs["answer"][i][0].text
-            rationale_text = outs["rationale"][i][0].text if "rationale" in outs else answer_text
-            pred = extract_answer(answer_text, q.choices)
-            rationale = clean_rationale(rationale_text)
-            run_rows.append(ItemResult(
-                run=run_info["run"], condition=run_info["condition"], student=run_info["student"],
-                seed=run_info["seed"], test_set=name, item_id=q.id, prediction=pred, correct=int(pred == q.answer),
-                unparseable=int(pred is None), rationale=rationale, rationale_len=rationale_length(rationale),
-                output=answer_text if "rationale" not in outs else f"{rationale_text}\n---\n{answer_text}",
-                cec=math.nan, cec_fc=math.nan, cec_bf=math.nan, seconds=round(per_item, 3), train_set=train_set,
-                loglik_pred=loglik[i], loglik_correct=None if loglik[i] is None else int(loglik[i] == q.answer),
-            ))
-        if ev.faithfulness and t == 0 and k:
-            own = [r.rationale for r in run_rows]
-            found = [cf_rationales.get(q.id) for q in qs]
-            found = [c if c is not None and 0 <= c[0] < len(q.choices) else None for c, q in zip(found, qs)]
-            perturbed = perturbed_rationales(own, ev.perturbation, params.run.seed)
-            faith = faithfulness(model, tokenizer, answer_prompts[:k], qs[:k], own[:k], perturbed[:k], found[:k],
-                                 ev.batch_size)
-            for r, f in zip(run_rows, faith):
-                for column, value in f.items():
-                    setattr(r, column, value)
-        rows.extend(run_rows)
+    for i, q in enumerate(qs):
+        answer_text = outs["answer"][i]
+        rationale_text = outs["rationale"][i] if "rationale" in outs else answer_text
+        pred = extract_answer(answer_text, q.choices)
+        rationale = clean_rationale(rationale_text)
+        rows.append(ItemResult(
+            run=info["run"], condition=info["condition"], student=info["student"], seed=info["seed"], test_set=name,
+            item_id=q.id, prediction=pred, correct=int(pred == q.answer), unparseable=int(pred is None),
+            rationale=rationale, rationale_len=rationale_length(rationale),
+            output=answer_text if "rationale" not in outs else f"{rationale_text}\n---\n{answer_text}",
+            cec=math.nan, cec_fc=math.nan, cec_bf=math.nan, seconds=seconds[i], train_set=params.data.train.name,
+            gold=q.answer, **_loglik_columns(picks[i], q.answer, ev.loglik_scoring),
+        ))
+    if ev.faithfulness and in_distribution and k:
+        own = [r.rationale for r in rows]
+        found = [cf_rationales.get(q.id) for q in qs]
+        found = [c if c is not None and 0 <= c[0] < len(q.choices) else None for c, q in zip(found, qs)]
+        perturbed = perturbed_rationales(own, ev.perturbation, params.run.seed)
+        faith = faithfulness(student.score, answer_prompts[:k], qs[:k], own[:k], perturbed[:k], found[:k],
+                             ev.loglik_scoring)
+        for r, f in zip(rows, faith):
+            for column, value in f.items():
+                setattr(r, column, value)
     return rows
+
+
+def _add_seconds(a: float, b: float) -> float:
+    """Generation seconds of an item over two roles; NaN (taken from the cache) only when both are."""
+    return b if math.isnan(a) else a if math.isnan(b) else a + b
+
+
+def _loglik_columns(pick: OptionPick | None, gold: int, scoring: str) -> dict[str, Any]:
+    """The ItemResult columns of one item's log-likelihood picks (all None / "" when it was not scored)."""
+    if pick is None:
+        return {}
+    return {"loglik_scoring": scoring, "loglik_pred": pick.total, "loglik_correct": int(pick.total == gold),
+            "loglik_norm_pred": pick.per_char, "loglik_norm_correct": int(pick.per_char == gold)}
 
 
 # ---------------------------------------------------------------- reference-based metrics
 
 
 def add_cec(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str], embed: Any) -> None:
-    """Fill each row's CEC against the teacher rationale of its item, where both texts exist."""
-    scored = [r for r in rows if r.rationale and references.get(r.item_id)]
+    """Fill each row's CEC against the teacher rationale of its item, wherever that reference exists.
+
+    A student that wrote no rationale scores 0 (CEC, FC and BF: nothing of the reference is covered), so every
+    condition is averaged over the same items; rows without a reference stay NaN.
+    """
+    scored = [r for r in rows if references.get(r.item_id)]
     for r, s in zip(scored, cec_batch([(r.rationale, references[r.item_id]) for r in scored], embed)):
         r.cec, r.cec_fc, r.cec_bf = s.cec, s.fc, s.bf
 
 
 def add_text_metrics(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str], bertscore_model: str,
                      bertscore_layers: int | None = None, device: str = "cpu") -> None:
-    """Fill BLEU, ROUGE-L and BERTScore against the teacher rationale of each item, where both texts exist."""
+    """Fill BLEU, ROUGE-L and BERTScore against the teacher rationale of each item, wherever that reference exists.
+
+    As for CEC, a missing rationale scores 0 on all three (the same items for every condition).
+    """
     from lib.metrics import bertscore_scores, bleu_scores, rouge_l_scores
     from lib.models import resolve_embedder
 
-    scored = [r for r in rows if r.rationale and references.get(r.item_id)]
-    if not scored:
-        log.info("text metrics: no item has both a rationale and a teacher reference")
+    referenced = [r for r in rows if references.get(r.item_id)]
+    if not referenced:
+        log.info("text metrics: no item has a teacher reference")
         return
+    for r in referenced:
+        if not r.rationale.strip():  # bert-score cannot encode an empty text; nothing of the reference is matched
+            r.bleu, r.rouge_l, r.bertscore = 0.0, 0.0, 0.0
+    scored = [r for r in referenced if r.rationale.strip()]
     pairs = [(r.rationale, references[r.item_id]) for r in scored]
     bert = bertscore_scores(pairs, resolve_embedder(bertscore_model), bertscore_layers, device=device)
     for r, b, rl, bs in zip(scored, bleu_scores(pairs), rouge_l_scores(pairs), bert):
@@ -360,8 +540,17 @@ def score_against_references(rows: Sequence[ItemResult | ExplanationResult], ref
 # ---------------------------------------------------------------- the grid
 
 
+def student_cache_path(ctx: Any) -> Path:
+    """The run's student cache, outside the step folders so that cache hits never change a step's artifacts."""
+    return ctx.run_dir / "student_cache.sqlite"
+
+
 def evaluate_grid(ctx: Any) -> list[ItemResult]:
-    """Evaluate every trained run of step 04 on every test set of step 01, with CEC and the text metrics."""
+    """Evaluate every trained run of step 04 on every test set of step 01, with CEC and the text metrics.
+
+    Generated outputs and option scores are cached in <run_dir>/student_cache.sqlite: a rerun generates only
+    for students, items or generation settings it has not seen.
+    """
     from lib.data import read_test_sets
     from lib.models import pick_device
     from lib.runs import read_jsonl
@@ -377,9 +566,13 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
         log.info("faithfulness: %s is absent, so only the perturbed rationale is fed back (no counterfactual one)",
                  cf_path)
     rows: list[ItemResult] = []
-    for info in (r for r in runs if r.get("task", "mc") == "mc"):  # CAUSAL runs: evaluate_causal_grid
-        rows.extend(evaluate_run(info, ctx.artifact("04_training", info["run"]) / "adapter", tests, ctx.params,
-                                 device, cf))
+    cache = ResponseCache(student_cache_path(ctx))
+    try:
+        for info in (r for r in runs if r.get("task", "mc") == "mc"):  # CAUSAL runs: evaluate_causal_grid
+            rows.extend(evaluate_run(info, ctx.artifact("04_training", info["run"]) / "adapter", tests, ctx.params,
+                                     device, cf, cache))
+    finally:
+        cache.close()
     references = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test",
                                  ctx.params.training.rationale_filter)
     score_against_references(rows, references, ev, device)
@@ -388,24 +581,26 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
 
 
 def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], params: StudyParams,
-                        device: str) -> list[ExplanationResult]:
-    """Let one CAUSAL student explain every held-out claim-evidence pair (metrics are filled later)."""
-    from lib.models import generate_texts
+                        device: str, cache: ResponseCache | str | Path | None = None) -> list[ExplanationResult]:
+    """Let one CAUSAL student explain every held-out claim-evidence pair (metrics are filled later; cached as evaluate_run)."""
     from lib.training import causal_prompt
 
-    model, tokenizer = load_student(run_info["student"], adapter_dir, device)
-    ev = params.evaluation
-    t0 = time.perf_counter()
-    outs = generate_texts(model, tokenizer, [causal_prompt(p) for p in pairs], ev.max_new_tokens,
-                          batch_size=ev.batch_size, desc=f"{run_info['run']} on claims")
-    per_item = (time.perf_counter() - t0) / max(1, len(pairs))
+    store, opened = open_cache(cache)
+    try:
+        student = _prepare_student(run_info, adapter_dir, params, device, store)
+        texts, seconds = generate_cached(student.load, [causal_prompt(p) for p in pairs], [str(p["id"]) for p in pairs],
+                                         student.settings, params.evaluation.batch_size, store,
+                                         f"{run_info['run']} on claims")
+    finally:
+        if opened:
+            store.close()
     rows = []
-    for p, out in zip(pairs, outs):
-        text = out[0].text.split("\nClaim:", 1)[0].strip()  # cut a hallucinated next pair
+    for p, generated, took in zip(pairs, texts, seconds):
+        text = generated.split("\nClaim:", 1)[0].strip()  # cut a hallucinated next pair
         rows.append(ExplanationResult(
             run=run_info["run"], condition=run_info["condition"], student=run_info["student"], seed=run_info["seed"],
             item_id=str(p["id"]), claim_label=str(p["claim_label"]), rationale=text, rationale_len=rationale_length(text),
-            reference=str(p.get("explanation") or "") if p.get("failure") is None else "", seconds=round(per_item, 3)))
+            reference=str(p.get("explanation") or "") if p.get("failure") is None else "", seconds=took))
     return rows
 
 
@@ -422,9 +617,13 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     device = pick_device(ctx.params.run.device)
     pairs = [r for r in read_jsonl(ctx.artifact("02_teacher", "causal.jsonl")) if r["split"] == "test"]
     rows: list[ExplanationResult] = []
-    for info in causal_runs:
-        rows.extend(evaluate_causal_run(info, ctx.artifact("04_training", info["run"]) / "adapter", pairs,
-                                        ctx.params, device))
+    cache = ResponseCache(student_cache_path(ctx))
+    try:
+        for info in causal_runs:
+            rows.extend(evaluate_causal_run(info, ctx.artifact("04_training", info["run"]) / "adapter", pairs,
+                                            ctx.params, device, cache))
+    finally:
+        cache.close()
     references = {r.item_id: r.reference for r in rows if r.reference}
     score_against_references(rows, references, ev, device)
     return rows
@@ -483,17 +682,46 @@ def items_frame(rows: Sequence[ItemResult]) -> Any:
 
 
 def summary_table(rows: Sequence[ItemResult]) -> Any:
-    """Per run and test set: n, generative and log-likelihood accuracy, unparseable share, mean metrics and faithfulness."""
+    """Per run and test set: n, generative and log-likelihood accuracy, unparseable share, mean metrics and faithfulness.
+
+    `loglik_accuracy` is lm-evaluation-harness's `acc` (summed log-likelihood), `loglik_norm_accuracy` its
+    `acc_norm` (per character), both under evaluation.loglik_scoring, over the items scored.
+    """
     df = items_frame(rows)
-    for c in ("loglik_correct", *FAITHFULNESS_COLUMNS):
+    for c in ("loglik_correct", "loglik_norm_correct", *FAITHFULNESS_COLUMNS):
         df[c] = df[c].astype(float)
     return (df.groupby(["condition", "student", "seed", "train_set", "test_set"], as_index=False, dropna=False)
               .agg(n=("correct", "size"), accuracy=("correct", "mean"), loglik_accuracy=("loglik_correct", "mean"),
+                   loglik_norm_accuracy=("loglik_norm_correct", "mean"),
                    unparseable=("unparseable", "mean"), cec=("cec", "mean"), cec_fc=("cec_fc", "mean"),
                    cec_bf=("cec_bf", "mean"), bleu=("bleu", "mean"), rouge_l=("rouge_l", "mean"),
                    bertscore=("bertscore", "mean"), answer_change_perturbed=("faithfulness_perturbed", "mean"),
                    answer_change_counterfactual=("faithfulness_counterfactual", "mean"),
                    rationale_words=("rationale_len", "mean"), seconds_per_item=("seconds", "mean")))
+
+
+def pick_distribution(rows: Sequence[ItemResult], column: str = "loglik_norm_pred") -> Any:
+    """Per run and test set: the share of each option letter among the picks in `column`, beside gold's shares.
+
+    `column` is loglik_norm_pred, loglik_pred or prediction; only items with a pick count (gold over the same
+    items). Two rows per run and test set, `of` = the column and `gold`, with `n` and `max_share` (the
+    largest share of one letter): a scorer far above gold's max_share favours that letter.
+    """
+    import pandas as pd
+
+    from lib.data import option_letters
+
+    df = items_frame(rows).dropna(subset=[column, "gold"])
+    letters = option_letters(int(max(df[column].max(), df["gold"].max())) + 1) if len(df) else []
+    out = []
+    for (run, test_set), g in df.groupby(["run", "test_set"], sort=False):
+        for of in (column, "gold"):
+            shares = g[of].astype(int).value_counts(normalize=True)
+            out.append({"run": run, "condition": g["condition"].iloc[0], "test_set": test_set, "of": of, "n": len(g),
+                        **{f"({x})": float(shares.get(k, 0.0)) for k, x in enumerate(letters)},
+                        "max_share": float(shares.max())})
+    return pd.DataFrame(out, columns=["run", "condition", "test_set", "of", "n", *[f"({x})" for x in letters],
+                                      "max_share"])
 
 
 def ood_matrix(rows: Sequence[ItemResult], value: str = "correct") -> Any:

@@ -33,7 +33,17 @@ from lib.runs import read_jsonl
 
 log = logging.getLogger(__name__)
 
-_ANSWER_SENTENCE = re.compile(r"\s*(so|therefore|thus)?,?\s*the answer is\b.*$", re.IGNORECASE | re.DOTALL)
+# A concluding answer clause at the very end of a text: it starts the text, a line, or a sentence or clause
+# (after . ! ? ; : or a comma), names the answer ("So the answer is (b) bed.", "Thus the answer would be b",
+# "The answer is bed.", "Answer: (b)") and runs to the end without starting another sentence.
+_CONCLUDING_ANSWER = re.compile(
+    r"(?:^|(?<=[.!?;:,])[ \t]+|\n\s*)"
+    r"(?:(?:so|thus|therefore|hence)\b,?\s*)?"
+    r"(?:(?:the\s+)?(?:(?:correct|final|right|best)\s+)?answer\s+(?:is|would\s+be|should\s+be|must\s+be)\b"
+    r"|(?:the\s+)?answer\s*:)"
+    r"(?:[^.!?\n]|[.!?](?=\S))*[.!?]*[\"')\]]*\s*$",
+    re.IGNORECASE,
+)
 
 
 @dataclasses.dataclass
@@ -58,8 +68,16 @@ class Rationale:
 
 
 def split_rationale(text: str) -> str:
-    """The reasoning part of a completion: everything before its `So the answer is` sentence."""
-    return _ANSWER_SENTENCE.sub("", text).strip()
+    """The reasoning part of a completion: the text without its concluding answer sentence(s) at the end.
+
+    "So / Thus / Therefore / Hence the answer is / would be (x) ...", "The answer is x." and "Answer: (x)"
+    are removed only as the last sentence or clause (repeatedly, for a repeated conclusion); an answer
+    named earlier, followed by more reasoning, stays, and no word is ever cut.
+    """
+    text = text.strip()
+    while (m := _CONCLUDING_ANSWER.search(text)) is not None:
+        text = text[:m.start()].rstrip(" \t\n,;:")
+    return text
 
 
 def judge_completion(q: MCQuestion, c: Completion) -> tuple[str, int | None, str | None]:
@@ -105,11 +123,13 @@ class LocalTeacher:
 REPLAY_ONLY = "not available from replay"
 
 
-def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Path | None = None) -> Any:
+def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Path | None = None,
+                 seed: int = 0) -> Any:
     """The cached generative teacher (a `Teacher`) for params: `local` or `openai`; `replay` uses the local `model`.
 
     The response cache is `teacher.cache`, else `<run_dir>/teacher_cache.sqlite` (outside the step folders,
-    so cache hits never change a step's artifacts), else `<DISTILL_CACHE>/teacher_cache.sqlite`.
+    so cache hits never change a step's artifacts), else `<DISTILL_CACHE>/teacher_cache.sqlite`. `seed` (params
+    run.seed) seeds sampled requests and is part of their cache key.
     """
     from lib.models import cache_dir
     from lib.response_cache import ResponseCache
@@ -123,7 +143,8 @@ def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Pat
         log.info("backend replay has no generative model; generative steps use the local model %s", params.model)
     backend = OpenAIBackend(params) if params.backend == "openai" else LocalBackend(params, device)
     log.info("teacher %s (%s), response cache %s", params.model, backend.name, path)
-    return CachedTeacher(backend, ResponseCache(path), params, usage_log=path.with_name(path.stem + "_usage.jsonl"))
+    return CachedTeacher(backend, ResponseCache(path), params, usage_log=path.with_name(path.stem + "_usage.jsonl"),
+                         seed=seed)
 
 
 def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams, device: str = "auto",

@@ -8,10 +8,11 @@ import math
 import pytest
 
 from lib.data import MCQuestion, load_multiple_choice
-from lib.evaluation import (ItemResult, clean_rationale, continuation_logliks, faithfulness, faithfulness_table,
-                            items_frame, loglik_choices, ood_matrix, perturbed_rationales, read_cf_rationales,
-                            summary_table, write_summary)
-from lib.params import PROJECT_ROOT
+from lib.evaluation import (LOGLIK_SCORINGS, ItemResult, OptionPick, add_cec, clean_rationale, continuation_logliks,
+                            evaluate_run, faithfulness, faithfulness_table, items_frame, loglik_choices,
+                            option_continuations, ood_matrix, perturbed_rationales, pick_distribution,
+                            read_cf_rationales, summary_table, write_summary)
+from lib.params import PROJECT_ROOT, EvaluationParams, load_params
 
 
 def q(i: int, n: int = 3, answer: int = 0) -> MCQuestion:
@@ -57,17 +58,62 @@ def test_continuation_logliks_match_a_direct_computation(tiny):
     assert continuation_logliks(model, tok, pairs[::-1], batch_size=1) == pytest.approx(got[::-1], abs=1e-4)
 
 
-def test_loglik_choices_picks_the_most_likely_option(tiny, monkeypatch):
-    import lib.evaluation as ev
+def test_loglik_choices_picks_the_most_likely_option(tiny):
+    import functools
 
     questions = [q(1, 3), q(2, 5)]
     fake = {" So the answer is (c) opt12.": -1.0, " So the answer is (a) opt20.": -0.5}
-    monkeypatch.setattr(ev, "continuation_logliks", lambda m, t, pairs, bs: [fake.get(c, -9.0) for _, c in pairs])
-    assert loglik_choices(None, None, ["x", "y"], questions) == [2, 0]
-    model, tok = tiny  # the real scorer returns a valid index for every question
-    monkeypatch.undo()
-    picks = loglik_choices(model, tok, ["Q: a\nA:", "Q: b\nA:"], questions, batch_size=3)
-    assert picks[0] in range(3) and picks[1] in range(5)
+    assert loglik_choices(lambda pairs: [fake.get(c, -9.0) for _, c in pairs], ["x", "y"], questions,
+                          "answer_sentence") == [OptionPick(2, 2), OptionPick(0, 0)]
+    model, tok = tiny  # the real scorer returns a valid index for every question and scoring
+    for scoring in LOGLIK_SCORINGS:
+        picks = loglik_choices(functools.partial(continuation_logliks, model, tok, batch_size=3),
+                               ["Q: a\nA:", "Q: b\nA:"], questions, scoring)
+        assert picks[0].total in range(3) and picks[1].per_char in range(5)
+
+
+def test_option_continuations_per_scoring():
+    x = MCQuestion(id="x", question="Where?", choices=["bed", "sofa bed"], labels=["A", "B"], answer=1)
+    assert option_continuations("P", x, "answer_sentence") == [("P", " So the answer is (a) bed."),
+                                                               ("P", " So the answer is (b) sofa bed.")]
+    assert option_continuations("P", x, "option_text") == [("P", " bed"), ("P", " sofa bed")]
+    assert option_continuations("P", x, "answer_text") == [("P So the answer is", " bed."),
+                                                           ("P So the answer is", " sofa bed.")]
+    with pytest.raises(ValueError, match="evaluation.loglik_scoring"):
+        option_continuations("P", x, "letter")
+    assert set(LOGLIK_SCORINGS) == set(EvaluationParams.model_fields["loglik_scoring"].annotation.__args__)
+
+
+def test_a_letter_biased_model_does_not_decide_the_default_scoring():
+    # a "model" that loves the letter (a) and otherwise prefers the right option's text by a little
+    def score(pairs):
+        return [(-1.0 if "opt" in t and t.strip(" .").endswith("1") else -2.0) + (5.0 if "(a)" in t else 0.0)
+                for _, t in pairs]
+
+    questions = [q(i, 3, answer=1) for i in range(4)]
+    biased = loglik_choices(score, ["P"] * 4, questions, "answer_sentence")
+    assert [p.total for p in biased] == [0, 0, 0, 0]  # the letter wins the old scoring
+    default = loglik_choices(score, ["P"] * 4, questions, EvaluationParams().loglik_scoring)
+    assert [p.total for p in default] == [1, 1, 1, 1] and [p.per_char for p in default] == [1, 1, 1, 1]
+
+
+def test_per_char_pick_divides_by_the_continuation_length():
+    x = MCQuestion(id="x", question="Q?", choices=["a", "much longer option"], labels=["A", "B"], answer=1)
+    score = {" a": -3.0, " much longer option": -6.0}  # summed: the short option; per character: the long one
+    assert loglik_choices(lambda pairs: [score[t] for _, t in pairs], ["P"], [x], "option_text") == [OptionPick(0, 1)]
+
+
+def test_pick_distribution_and_norm_accuracy():
+    rows = [item("r", "FT", "csqa", f"i{k}", 0, gold=g, loglik_pred=0, loglik_correct=int(g == 0), loglik_norm_pred=p,
+                 loglik_norm_correct=int(p == g)) for k, (g, p) in enumerate([(0, 0), (1, 1), (2, 0), (1, 2)])]
+    rows.append(item("r", "FT", "csqa", "unscored", 0, gold=2))
+    d = pick_distribution(rows, "loglik_pred").set_index("of")
+    assert d.loc["loglik_pred", "(a)"] == 1.0 and d.loc["loglik_pred", "max_share"] == 1.0
+    assert d.loc["gold", ["(a)", "(b)", "(c)"]].tolist() == [0.25, 0.5, 0.25] and d.loc["gold", "n"] == 4
+    norm = pick_distribution(rows).set_index("of")
+    assert norm.loc["loglik_norm_pred", ["(a)", "(b)", "(c)"]].tolist() == [0.5, 0.25, 0.25]
+    s = summary_table(rows).iloc[0]
+    assert s.loglik_accuracy == 0.25 and s.loglik_norm_accuracy == 0.5
 
 
 def test_perturbed_rationales_other_item_and_shuffle():
@@ -85,14 +131,15 @@ def test_perturbed_rationales_other_item_and_shuffle():
 def test_faithfulness_answer_change(monkeypatch):
     import lib.evaluation as ev
 
-    # the "model": the answer is the option named by the rationale's last word (a digit), else 0
-    def fake_choices(model, tok, contexts, questions, bs=8):
-        return [int(c.split()[-1]) if c.split()[-1].isdigit() else 0 for c in contexts]
+    # the "model": the answer (per character) is the option named by the rationale's last word (a digit), else 0
+    def fake_choices(score, contexts, questions, scoring):
+        assert scoring == "option_text"
+        return [OptionPick(0, int(c.split()[-1]) if c.split()[-1].isdigit() else 0) for c in contexts]
 
     monkeypatch.setattr(ev, "loglik_choices", fake_choices)
     qs = [q(1), q(2), q(3)]
-    res = faithfulness(None, None, ["P1", "P2", "P3"], qs, own=["r 1", "r 2", ""], perturbed=["p 1", "p 0", "p 2"],
-                       counterfactual=[(2, "cf 2"), None, (1, "cf 1")])
+    res = faithfulness(None, ["P1", "P2", "P3"], qs, own=["r 1", "r 2", ""], perturbed=["p 1", "p 0", "p 2"],
+                       counterfactual=[(2, "cf 2"), None, (1, "cf 1")], scoring="option_text")
     assert res[0] == {"faithfulness_perturbed": 0, "faithfulness_counterfactual": 1, "faithfulness_cf_follows": 1}
     assert res[1] == {"faithfulness_perturbed": 1, "faithfulness_counterfactual": None, "faithfulness_cf_follows": None}
     assert res[2] == dict.fromkeys(res[2], None)  # no own rationale: not measured
@@ -168,4 +215,92 @@ def test_text_metrics_with_the_tiny_encoder():
     assert rows[0].bleu == pytest.approx(100.0) and rows[0].rouge_l == pytest.approx(1.0)
     assert rows[0].bertscore == pytest.approx(1.0, abs=1e-4)
     assert rows[1].bleu < 10 and rows[1].rouge_l < 0.2 and rows[1].bertscore < rows[0].bertscore
-    assert math.isnan(rows[2].bleu) and math.isnan(rows[2].bertscore)  # no rationale: not scored
+    assert rows[2].bleu == 0.0 and rows[2].rouge_l == 0.0 and rows[2].bertscore == 0.0  # no rationale: 0, as CEC
+    unreferenced = [item("r", "MT", "csqa", "z", 0, rationale="Ice.")]
+    add_text_metrics(unreferenced, refs, "tiny-random-minilm")
+    assert math.isnan(unreferenced[0].bleu)  # no reference: not scored
+
+
+def test_cec_of_a_missing_rationale_is_zero_where_a_reference_exists():
+    import numpy as np
+
+    rows = [item("r", "FT", "csqa", "a", 0, rationale=""), item("r", "FT", "csqa", "b", 0, rationale=""),
+            item("r", "FT", "csqa", "c", 0, rationale="Ice is cold.")]
+    add_cec(rows, {"a": "Ice is cold.", "c": "Ice is cold."}, lambda s: np.ones((len(s), 3)))
+    assert (rows[0].cec, rows[0].cec_fc, rows[0].cec_bf) == (0.0, 0.0, 0.0)
+    assert math.isnan(rows[1].cec)  # no reference: not scored
+    assert rows[2].cec == pytest.approx(1.0)
+
+
+def make_adapter(folder, seed: int) -> None:
+    """A LoRA adapter (random, non-zero) on the tiny Gemma, saved with its tokenizer as step 04 saves a run."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lib.models import TINY_GEMMA, load_causal_lm, load_tokenizer
+
+    torch.manual_seed(seed)
+    get_peft_model(load_causal_lm(TINY_GEMMA), LoraConfig(r=2, init_lora_weights=False)).save_pretrained(folder)
+    load_tokenizer(TINY_GEMMA).save_pretrained(folder)
+
+
+def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
+    import lib.evaluation as ev
+    import lib.models
+    from lib.models import TINY_GEMMA
+
+    generated, loads = [], []
+    real_generate, real_load = lib.models.generate_texts, ev.load_student
+
+    def counting_generate(model, tokenizer, prompts, *args, **kwargs):
+        generated.append(len(prompts))
+        return real_generate(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(lib.models, "generate_texts", counting_generate)
+    monkeypatch.setattr(ev, "load_student", lambda *a: loads.append(a) or real_load(*a))
+
+    def params(max_new_tokens: int):
+        return load_params(PROJECT_ROOT / "params" / "smoke.yaml",
+                           {"evaluation.max_new_tokens": max_new_tokens, "evaluation.score_max_items": 2})
+
+    adapter, cache = tmp_path / "adapter", tmp_path / "student_cache.sqlite"
+    make_adapter(adapter, seed=0)
+    info = {"run": "MT__tiny", "condition": "MT", "student": TINY_GEMMA, "seed": 0}
+    tests = {"csqa": [q(1), q(2), q(3)]}
+    first = evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
+    assert generated == [3, 3] and len(loads) == 1  # MT: the answer and the rationale task
+    again = evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
+    assert generated == [3, 3] and len(loads) == 1  # nothing generated, scored or even loaded
+    assert [(r.output, r.loglik_pred, r.loglik_norm_pred, r.faithfulness_perturbed) for r in again] == \
+           [(r.output, r.loglik_pred, r.loglik_norm_pred, r.faithfulness_perturbed) for r in first]
+    assert all(not math.isnan(r.seconds) for r in first) and all(math.isnan(r.seconds) for r in again)
+    evaluate_run(info, adapter, tests, params(9), "cpu", cache=cache)
+    assert generated == [3, 3, 3, 3]  # another max_new_tokens is another output
+    make_adapter(adapter, seed=1)
+    evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
+    assert generated == [3, 3, 3, 3, 3, 3]  # other weights: everything is generated again
+
+
+def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):
+    import lib.models
+    from lib.evaluation import evaluate_causal_run
+    from lib.models import TINY_GEMMA
+
+    generated = []
+    real_generate = lib.models.generate_texts
+
+    def counting_generate(model, tokenizer, prompts, *args, **kwargs):
+        generated.append(len(prompts))
+        return real_generate(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(lib.models, "generate_texts", counting_generate)
+    adapter = tmp_path / "adapter"
+    make_adapter(adapter, seed=0)
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"evaluation.max_new_tokens": 8})
+    info = {"run": "CAUSAL__tiny", "condition": "CAUSAL", "student": TINY_GEMMA, "seed": 0}
+    pairs = [{"id": f"c{i}", "claim": "Ice melts.", "evidence": "It is warm.", "claim_label": "SUPPORTS",
+              "explanation": "Warmth melts ice.", "failure": None} for i in range(2)]
+    first = evaluate_causal_run(info, adapter, pairs, params, "cpu", cache=tmp_path / "student_cache.sqlite")
+    again = evaluate_causal_run(info, adapter, pairs, params, "cpu", cache=tmp_path / "student_cache.sqlite")
+    assert generated == [2] and [r.rationale for r in again] == [r.rationale for r in first]
+    assert first[0].reference == "Warmth melts ice." and math.isnan(again[0].seconds)

@@ -308,3 +308,23 @@ def test_templates_end_at_their_last_label():
         assert not text.endswith((" ", "\n")), f"{path.name}: the model would answer after a line break"
     q = MCQuestion("q", "Where is the sun?", ["sky", "sea"], ["A", "B"], 0)
     assert cot_prompt(q, 1).endswith("A:")
+
+
+@pytest.mark.parametrize("text, rationale", [
+    ("Beds are soft. So the answer is (b) bed.", "Beds are soft."),
+    ("Beds are soft. Thus the answer would be (b) bed …", "Beds are soft."),
+    ("Beds are soft. Therefore, the answer is (b).", "Beds are soft."),
+    ("Beds are soft, hence the answer is b", "Beds are soft"),
+    ("Beds are soft.\nAnswer: (b)", "Beds are soft."),
+    ("Beds are soft. The answer is bed.", "Beds are soft."),
+    ("Beds are soft. So the answer is (b) bed. So the answer is (b) bed.", "Beds are soft."),
+    ("So the answer is (b", ""),
+    # not a conclusion: an answer named before more reasoning, or a clause that does not start one
+    ("So the answer is (b). Beds are soft.", "So the answer is (b). Beds are soft."),
+    ("Birds fly, and also the answer is (c) sky.", "Birds fly, and also the answer is (c) sky."),
+    ("The answerer is sure. Ice melts.", "The answerer is sure. Ice melts."),
+])
+def test_split_rationale_removes_only_a_concluding_answer_sentence(text, rationale):
+    from lib.teacher import split_rationale
+
+    assert split_rationale(text) == rationale
