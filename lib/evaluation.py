@@ -545,6 +545,17 @@ def student_cache_path(ctx: Any) -> Path:
     return ctx.run_dir / "student_cache.sqlite"
 
 
+def discard_student_cache(ctx: Any) -> bool:
+    """With `--force` (ctx.force), delete the run's student cache so every output is generated again; True if deleted."""
+    path = student_cache_path(ctx)
+    if not getattr(ctx, "force", False) or not path.exists():
+        return False
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+    log.info("force: deleted the student cache %s; every output is generated and scored again", path)
+    return True
+
+
 def evaluate_grid(ctx: Any) -> list[ItemResult]:
     """Evaluate every trained run of step 04 on every test set of step 01, with CEC and the text metrics.
 
@@ -566,6 +577,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
         log.info("faithfulness: %s is absent, so only the perturbed rationale is fed back (no counterfactual one)",
                  cf_path)
     rows: list[ItemResult] = []
+    discard_student_cache(ctx)
     cache = ResponseCache(student_cache_path(ctx))
     try:
         for info in (r for r in runs if r.get("task", "mc") == "mc"):  # CAUSAL runs: evaluate_causal_grid

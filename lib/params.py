@@ -204,8 +204,9 @@ class EvaluationParams(_Section):
     embed_batch_size: int = Field(128, ge=1)  # sentences per encoder call for CEC
     loglik: bool = True  # also pick the option by log-likelihood (second accuracy, causal LMs): loglik_pred (summed), loglik_norm_pred (per character)
     # what is scored per option after the prompt: option_text (' bed', as lm-evaluation-harness), answer_text
-    # (' So the answer is' + ' bed.') or answer_sentence (' So the answer is (b) bed.': the letter dominates the
-    # picks, 80% (a) for the untrained Gemma 3 270M; benchmarks/loglik_bias.py). Faithfulness reads answers with it too.
+    # (' So the answer is' + ' bed.') or answer_sentence (' So the answer is (b) bed.', the old scoring: the letter
+    # decides, 84% of the untrained Gemma 3 270M's picks are (a); option_text per character: at most 39% one
+    # letter; benchmarks/loglik_bias.py). Faithfulness reads answers with it too (per character).
     loglik_scoring: Literal["option_text", "answer_text", "answer_sentence"] = "option_text"
     text_metrics: bool = True  # BLEU (sacrebleu), ROUGE-L (rouge-score) and BERTScore against the teacher's rationale
     bertscore_model: str = "all-MiniLM-L6-v2"  # BERT-style encoder for BERTScore: an embedder spec (packaged, tiny-random-minilm, folder, hub id)
@@ -221,7 +222,8 @@ class EvaluationParams(_Section):
 
 class StatisticsParams(_Section):
     # per-item outcomes tested across conditions; one a run lacks is reported as absent
-    outcomes: list[Literal["correct", "cec", "bleu", "rouge_l", "bertscore", "loglik_correct"]] = ["correct", "cec"]
+    outcomes: list[Literal["correct", "cec", "bleu", "rouge_l", "bertscore", "loglik_correct", "loglik_norm_correct"]] = [
+        "correct", "cec"]
     n_boot: int = Field(1000, ge=100)  # bootstrap resamples for confidence intervals
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every test (Tukey, ANOVA, Dunn, McNemar)
     reference: str | None = None  # baseline condition of the regressions, one of training.conditions (null = the first listed)

@@ -580,7 +580,10 @@ FAITHFULNESS = {  # column of items.jsonl: what a 1 means, for the report's sent
 RATING_UNIT = "one rater's rating of a test item's explanation"
 ITEM_COLUMNS = ("run", "condition", "student", "seed", "test_set", "item_id", "correct", "rationale_len", "cec")
 NUMERIC_COLUMNS = ("correct", "rationale_len", "cec", "cec_fc", "cec_bf", *TEXT_METRICS, "loglik_correct",
-                   *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
+                   "loglik_norm_correct", *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
+# log-likelihood answers (item column -> accuracy column): per character first, the headline (lm-eval's acc_norm);
+# the summed pick (acc) still favours the first option of a weak model
+LOGLIK_ACCURACIES = {"loglik_norm_correct": "loglik_norm_accuracy", "loglik_correct": "loglik_accuracy"}
 
 
 @dataclasses.dataclass
@@ -747,11 +750,12 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
     table = accuracy_table(items, by=by, n_boot=n_boot, seed=seed)
     if _has_values(items, "cec"):
         table = table.merge(cec_intervals(items, by=by, n_boot=n_boot, seed=seed), on=by, how="left")
-    if _has_values(items, "loglik_correct"):
-        loglik = mean_table(items, "loglik_correct", by, n_boot, seed)[[*by, "mean", "ci_low", "ci_high"]]
-        table = table.merge(loglik.rename(columns={"mean": "loglik_accuracy", "ci_low": "loglik_ci_low",
-                                                   "ci_high": "loglik_ci_high"}), on=by, how="left")
-    else:
+    for column, name in LOGLIK_ACCURACIES.items():
+        if _has_values(items, column):
+            loglik = mean_table(items, column, by, n_boot, seed)[[*by, "mean", "ci_low", "ci_high"]]
+            table = table.merge(loglik.rename(columns={"mean": name, "ci_low": f"{name}_ci_low",
+                                                       "ci_high": f"{name}_ci_high"}), on=by, how="left")
+    if not any(_has_values(items, c) for c in LOGLIK_ACCURACIES):
         section.notes.append("no log-likelihood accuracy (evaluation.loglik is off, or every student is "
                              "encoder-decoder); this input is absent.")
     section.table = table
@@ -770,9 +774,10 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
     if len(single):
         section.notes.append(f"{_plural(len(single), 'group')} with a single item have no confidence interval.")
     for row in table.to_dict("records"):
-        loglik = (f"; log-likelihood accuracy {row['loglik_accuracy'] * 100:.1f}% "
-                  f"({_ci_text(row['loglik_ci_low'], row['loglik_ci_high'])})"
-                  if pd.notna(row.get("loglik_accuracy", np.nan)) else "")
+        headline = next((n for n in LOGLIK_ACCURACIES.values() if pd.notna(row.get(n, np.nan))), None)
+        loglik = (f"; log-likelihood accuracy{' per character' if headline == 'loglik_norm_accuracy' else ''} "
+                  f"{row[headline] * 100:.1f}% ({_ci_text(row[f'{headline}_ci_low'], row[f'{headline}_ci_high'])})"
+                  if headline else "")
         section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}: {row['accuracy'] * 100:.1f}% of "
                                  f"{_of_items(row)} correct ({_ci_text(row['ci_low'], row['ci_high'])}){loglik}.")
     return section

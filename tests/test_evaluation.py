@@ -304,3 +304,16 @@ def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):
     again = evaluate_causal_run(info, adapter, pairs, params, "cpu", cache=tmp_path / "student_cache.sqlite")
     assert generated == [2] and [r.rationale for r in again] == [r.rationale for r in first]
     assert first[0].reference == "Warmth melts ice." and math.isnan(again[0].seconds)
+
+
+def test_force_discards_the_student_cache_and_a_plain_rerun_keeps_it(tmp_path):
+    from types import SimpleNamespace
+
+    from lib.evaluation import discard_student_cache, student_cache_path
+    from lib.response_cache import ResponseCache
+
+    ctx = SimpleNamespace(run_dir=tmp_path, force=False)
+    ResponseCache(student_cache_path(ctx)).close()
+    assert not discard_student_cache(ctx) and student_cache_path(ctx).exists()
+    ctx.force = True
+    assert discard_student_cache(ctx) and not student_cache_path(ctx).exists()

@@ -738,3 +738,15 @@ def test_rationale_length_is_a_covariate_of_the_ratings_model_only():
     rating = sections["ols_rating_soundness"]
     assert "rationale_len" in rating.table["term"].tolist() and "rater[T.judge:x]" in rating.table["term"].tolist()
     assert rating.sentences[0] == "Ratings: 60 by the judge (judge:x), 60 by 1 human rater."
+
+
+def test_accuracy_section_headlines_the_per_character_loglik_accuracy():
+    from lib.stats import accuracy_section
+
+    items = synthetic_items(120)
+    items["loglik_correct"] = 0  # the summed pick of a letter-biased model
+    items["loglik_norm_correct"] = (np.arange(len(items)) % 2).astype(float)
+    section = accuracy_section(run_tables(items), n_boot=200)
+    assert {"loglik_norm_accuracy", "loglik_accuracy"} <= set(section.table.columns)
+    assert section.table["loglik_norm_accuracy"].gt(0).all() and (section.table["loglik_accuracy"] == 0).all()
+    assert all("log-likelihood accuracy per character" in s for s in section.sentences)
