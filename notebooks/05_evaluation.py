@@ -4,7 +4,8 @@
 # **Goals**
 # 1. Let every trained student write a rationale and an answer for each test question, in and out of distribution, and
 #    extract the answer (unparseable outputs count as wrong and are counted separately). As a second accuracy, pick the
-#    option whose answer sentence the student finds most likely (log-likelihood scoring).
+#    option whose text the student finds most likely after the question (log-likelihood scoring, as
+#    lm-evaluation-harness scores multiple choice), summed and per character.
 # 2. Fill the train-set × test-set accuracy matrix of each condition (seed 002's OOD evaluation).
 # 3. Score each rationale against the teacher's with CEC, Causal Explanation Coherence (seed 000): forward coverage,
 #    backward faithfulness and their mean over sentence embeddings; and, beside it, BLEU, ROUGE-L and BERTScore.
@@ -15,8 +16,12 @@
 #
 # **Reads** `01_data/tests/`, `02_teacher/rationales.jsonl`, `03_counterfactuals/cf_rationales.jsonl` (when present),
 # `04_training/`. **Writes** `05_evaluation/items.jsonl` (one row per run × item), `summary.csv`, `ood_matrix.csv`,
-# `faithfulness.csv`, `ratings.jsonl`, `causal_items.jsonl` (CAUSAL runs), `correlations.csv`, `summary.json`,
-# `human_sheet.csv` / `.html` / `_key.csv`, `accuracy.png`, `cec.png`.
+# `picks.csv`, `faithfulness.csv`, `judge_ratings.jsonl`, `causal_items.jsonl` (CAUSAL runs), `correlations.csv`,
+# `summary.json`, `human_sheet.csv` / `.html` / `_key.csv`, `accuracy.png`, `cec.png`.
+#
+# Every student output and option score is cached in `<run>/student_cache.sqlite`, keyed by the student's weights
+# (adapter files and base model), the item, the prompt and the generation settings: a rerun after a change elsewhere
+# generates only what it has not seen. `--force` deletes the cache.
 
 # %% tags=["parameters"]
 # parameters (papermill injects the resolved study params after this cell)
@@ -27,7 +32,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import evaluation, ratings, report, runs
+from lib import data, evaluation, metrics, models, ratings, report, runs, teacher, training
 
 ctx = runs.open_step("05_evaluation", params, params_file, run_dir, force)
 ctx.out
@@ -40,15 +45,25 @@ runs.write_jsonl(ctx.out / "items.jsonl", items)
 # %% [markdown]
 # ## Accuracy in and out of distribution
 #
-# `accuracy` reads the answer from the generated text; `loglik_accuracy` asks which option's answer sentence
-# ("So the answer is (b) …") the student finds most likely right after the question, which needs no parsing.
-# A large gap between them means the student knows more than its generated text shows (or fails to conclude).
+# `accuracy` reads the answer from the generated text. The log-likelihood accuracies need no parsing: after the
+# question, each option's text (`evaluation.loglik_scoring: option_text`) is scored by the student;
+# `loglik_accuracy` picks the highest summed log-probability (lm-evaluation-harness's `acc`), `loglik_norm_accuracy`
+# the highest per character (`acc_norm`), which does not favour short options. Scoring the letter sentence
+# ("So the answer is (b) …") instead lets the letter decide: the untrained Gemma 3 270M picked (a) for 84% of 300
+# CommonsenseQA dev questions that way (gold is (a) for 19%), a known weakness of small models (multiple-choice symbol
+# binding). The pick table below shows, per run, how the picks spread over the letters against the gold answers.
 
 # %%
 # accuracy, unparseable share, explanation metrics and faithfulness per run and test set
 summary = evaluation.summary_table(items)
 runs.atomic_write_text(ctx.out / "summary.csv", summary.to_csv(index=False))
 summary
+
+# %%
+# how the log-likelihood picks spread over the option letters, against the gold answers of the same items
+picks = evaluation.pick_distribution(items)
+runs.atomic_write_text(ctx.out / "picks.csv", picks.to_csv(index=False))
+picks
 
 # %%
 # the train-set x test-set accuracy matrix of each condition (%)
@@ -67,7 +82,53 @@ report.plot_accuracy(evaluation.items_frame(items), path=ctx.out / "accuracy.png
 # `FC` averages, over the student's sentences, the best cosine match among the teacher's (is what the student says
 # in the reference?); backward faithfulness `BF` averages, over the teacher's sentences, the best match among the
 # student's (is the reference's content covered?). CEC is their mean. BLEU and ROUGE-L count shared words,
-# BERTScore matches token embeddings; the paper's claim is that CEC tracks quality more consistently.
+# BERTScore matches token embeddings; the paper's claim is that CEC tracks quality more consistently. A student that
+# wrote no rationale for an item scores 0 on all of them wherever the teacher wrote a reference, so every condition
+# is scored on the same items.
+
+# %% [markdown]
+# ### Under the hood: CEC of one pair, and one item's option scores
+#
+# CEC embeds each sentence of the student's rationale (rows of $G$) and of the teacher's (rows of $R$), unit length, so
+# that $S = GR^\top$ holds every cosine. Forward coverage is the mean of each row's maximum, backward faithfulness the
+# mean of each column's maximum, and CEC their mean.
+
+# %% tags=["under-the-hood"]
+# CEC of one item from its sentence-embedding matrix, against the library's
+import numpy as np
+
+references = teacher.read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test", ctx.params.training.rationale_filter)
+row = next(r for r in items if r.rationale and references.get(r.item_id))
+embedder = models.load_embedder(ctx.params.evaluation.embedder)
+G = embedder.encode(metrics.split_sentences(row.rationale), normalize_embeddings=True)
+R = embedder.encode(metrics.split_sentences(references[row.item_id]), normalize_embeddings=True)
+S = G @ R.T  # cosine of every (student sentence, teacher sentence) pair
+fc, bf = S.max(axis=1).mean(), S.max(axis=0).mean()
+assert np.allclose([fc, bf, (fc + bf) / 2], [row.cec_fc, row.cec_bf, row.cec], atol=1e-4)
+{"sentences (student, teacher)": S.shape, "FC": round(float(fc), 4), "BF": round(float(bf), 4), "CEC": round(float(row.cec), 4)}
+
+# %% [markdown]
+# And one item's log-likelihood answer: each option's continuation after the student's prompt is scored token by
+# token from the model's next-token distribution; the summed log-probability gives `loglik_pred`, the sum divided by
+# the continuation's length in characters gives `loglik_norm_pred`.
+
+# %% tags=["under-the-hood"]
+# the log-probability of each option's text after the prompt, summed and per character, against the library's picks
+import torch
+
+scored = next(r for r in items if r.loglik_pred is not None)
+q = {q.id: q for q in data.read_test_sets(ctx.run_dir / "01_data")[scored.test_set]}[scored.item_id]
+model, tok = evaluation.load_student(scored.student, ctx.run_dir / "04_training" / scored.run / "adapter", "cpu")
+prompt = training.eval_prompts(scored.condition, q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
+sums = []
+for context, continuation in evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring):
+    ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
+    sums.append(float(logp[torch.arange(len(cont)), cont].sum()))
+per_char = [v / len(c) for v, (_, c) in zip(sums, evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring))]
+assert (int(np.argmax(sums)), int(np.argmax(per_char))) == (scored.loglik_pred, scored.loglik_norm_pred)
+{"options": q.choices, "summed": [round(v, 2) for v in sums], "per character": [round(v, 3) for v in per_char]}
 
 # %%
 # CEC by condition
@@ -100,12 +161,14 @@ faith
 # The judge (the teacher model) rates a few explanations per run from 1 to 7; a judgement it does not write in the
 # asked form is recorded as a failure, never as a number. Gemma 3 270M is a weak judge that mostly copies the scores of
 # the last worked example in its prompt: read its scores as a demonstration of the procedure, and use a strong judge
-# (`teacher.backend: openai`) or human raters for the study. The human sheet hides which student wrote what; `ratings.import_sheet` reads a filled copy back.
+# (`teacher.backend: openai`) or human raters for the study. The human sheet hides which student wrote what;
+# `ratings.add_human_ratings(run_dir, filled_csv, run_dir / "05_evaluation/human_sheet_key.csv")` reads a filled copy
+# back into `<run>/human_ratings.jsonl`, outside this step's folder, where step 06 finds it and no rerun erases it..
 
 # %%
 # the LLM judge's ratings
 judged = evaluation.judge_grid(ctx, items)
-runs.write_jsonl(ctx.out / "ratings.jsonl", judged)
+runs.write_jsonl(ctx.out / ratings.JUDGE_RATINGS, judged)
 ratings.ratings_summary(judged, items)
 
 # %%

@@ -94,9 +94,9 @@ report.show_sections(analysis, "tukey")
 import numpy as np
 from scipy.stats import studentized_range
 
-unit = stats.over_seeds(tables.items, ["correct", "cec"])
-first = unit[(unit.test_set == unit.test_set.iloc[0]) & (unit.student == unit.student.iloc[0])]
-value = next((v for v in ("correct", "cec") if first.groupby("condition")[v].std().fillna(0).gt(0).all()), "cec")
+unit = stats.over_seeds(tables.items, ["correct", "cec"])  # one row per test item of a condition and student
+value, first = next((v, g) for v in ("correct", "cec") for _, g in unit.groupby(["test_set", "student"])
+                    if g.groupby("condition")[v].std().gt(0).any())  # the first subset with spread to test
 groups = {c: g[value].dropna().to_numpy(float) for c, g in first.groupby("condition")}
 (a, ya), (b, yb) = list(groups.items())[:2]
 k, n = len(groups), sum(len(y) for y in groups.values())
@@ -105,7 +105,7 @@ q = abs(yb.mean() - ya.mean()) / np.sqrt(mse / 2 * (1 / len(ya) + 1 / len(yb)))
 p = studentized_range.sf(q, k, n - k)
 row = stats.tukey_kramer(first, value).query("group1 == @a and group2 == @b").iloc[0]
 assert np.isclose(yb.mean() - ya.mean(), row.meandiff) and np.isclose(p, row.p_adj, atol=2e-3), (p, row.p_adj)
-{"outcome": value, "pair": f"{a} vs {b}", "q": round(q, 3), "p by hand": round(p, 4), "p statsmodels": round(row.p_adj, 4)}
+{"outcome": value, "pair": f"{a} vs {b}", "q": round(float(q), 3), "p by hand": round(float(p), 4), "p statsmodels": round(float(row.p_adj), 4)}
 
 # %%
 # two-way ANOVA condition x student size, with its assumption checks
