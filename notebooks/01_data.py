@@ -55,3 +55,19 @@ data.claims_frame(claims).head(5)
 # %%
 # write the splits for the next steps
 data.write_splits(ctx.out, splits, claims, ctx.params.data.test_fraction, ctx.params.run.seed)
+
+# %% [markdown]
+# ## Try it
+#
+# Each exercise reruns part of the quickstart into a copy of its run folder, so the original stays for comparison: `cp
+# -r outputs/quickstart outputs/try && .venv/bin/python -m lib.study params/quickstart.yaml --run-dir outputs/try
+# --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
+# `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
+#
+# 1. `--set data.test_fraction=0.5 --steps 01`: the in-distribution test set grows from 20 to 30 questions. Predict
+#    the half-width of a 95% interval around an accuracy near 50% ($1.96\sqrt{0.25/n}$: ±22 points at n = 20, ±18 at
+#    n = 30) and check it later in `06_statistics/accuracy.csv`.
+# 2. `--set run.seed=1 --steps 01`: which questions moved into the test split? Count the gold letters of each split
+#    in `01_data/`: is a 20-question split still balanced over (a)–(e)?
+# 3. `--set "data.ood=[]" --steps 01-05`: the OOD column disappears from `05_evaluation/ood_matrix.csv` (and its file
+#    from `01_data/tests/`). Which claim of the counterfactual distillation paper can you no longer check?

@@ -163,3 +163,19 @@ engine.usage_frame()
 # %%
 # release the teacher (its worker thread and the cache file)
 engine.close()
+
+# %% [markdown]
+# ## Try it
+#
+# Each exercise reruns part of the quickstart into a copy of its run folder, so the original stays for comparison: `cp
+# -r outputs/quickstart outputs/try && .venv/bin/python -m lib.study params/quickstart.yaml --run-dir outputs/try
+# --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
+# `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
+#
+# 1. `--set teacher.n_shots=0 --steps 02`: compare the teacher's accuracy and unparseable share in
+#    `02_teacher/summary.json` with the default 2 shots. Without worked examples, does a 270M teacher still close
+#    with "So the answer is (x)"?
+# 2. `--set teacher.max_new_tokens=16 --steps 02`: count the `truncated` failures and look at the length histogram.
+#    How many rationales would `training.rationale_filter: parsed` still keep?
+# 3. `--set teacher.revise_max_questions=5 --steps 02`: in the revisions table, does the revised explanation say more
+#    often why the other options are wrong? `accounting.json` shows the three extra calls per question.

@@ -170,3 +170,4 @@ refiller.close()
 #    the k/k bar keeps; check that `acceptance.json` now accepts exactly that many.
 # 3. `--set counterfactual.negative_views=1`: one refutation per question instead of one per wrong option. How many
 #    `[Elimination method]` examples does step 04 then train CFD on?
+

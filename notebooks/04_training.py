@@ -111,3 +111,18 @@ training.plot_term_losses(losses, path=ctx.out / "loss_terms.png");
 # %%
 # the cost of each run
 training.run_costs(results)
+
+# %% [markdown]
+# ## Try it
+#
+# Each exercise reruns part of the quickstart into a copy of its run folder, so the original stays for comparison: `cp
+# -r outputs/quickstart outputs/try && .venv/bin/python -m lib.study params/quickstart.yaml --run-dir outputs/try
+# --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
+# `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
+#
+# 1. `--set "training.conditions=[MT]" --set training.alpha=0.9 --steps 04-05`, then `alpha=0.1`: in
+#    `loss_terms.png`, which term falls and which stays high? Does accuracy or CEC follow in step 05?
+# 2. `--set training.lora.r=2 --steps 04`, then `r=32`: compare `n_trainable`, wall time and the final loss in the
+#    cost table.
+# 3. `--set training.max_length=96 --steps 04`: how many examples does each run truncate (`n_truncated` in
+#    `runs.jsonl`)? Check in the under-the-hood cell that the answer sentence is still in the labels.

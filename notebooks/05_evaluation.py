@@ -201,3 +201,19 @@ evaluation.causal_summary(causal_items)
 # %%
 # the summary of this step
 evaluation.write_summary(ctx.out, items, judged)
+
+# %% [markdown]
+# ## Try it
+#
+# Each exercise reruns part of the quickstart into a copy of its run folder, so the original stays for comparison: `cp
+# -r outputs/quickstart outputs/try && .venv/bin/python -m lib.study params/quickstart.yaml --run-dir outputs/try
+# --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
+# `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
+#
+# 1. `--set evaluation.loglik_scoring=answer_sentence --steps 05`: the pick table fills up with (a). Compare
+#    `loglik_accuracy` with the default `option_text` scoring, and read METHOD.md §5.2 on multiple-choice symbol
+#    binding.
+# 2. `--set evaluation.perturbation=shuffle --steps 05`, against the default `other_item`: which perturbation changes
+#    the answers more often (`faithfulness.csv`)? Does any condition never change its answer, whatever its rationale?
+# 3. `--set evaluation.max_new_tokens=16 --steps 05`: the unparseable share rises and items without a rationale pull
+#    CEC towards 0. Find one such item in `items.jsonl` and confirm its CEC is 0, not missing.

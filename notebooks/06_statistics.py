@@ -154,3 +154,19 @@ report.show_figure(figures["ratings"])
 # %%
 # write the run's self-contained report (tables, figures, sentences and provenance)
 report.write_run_report(ctx.run_dir, analysis, figures)
+
+# %% [markdown]
+# ## Try it
+#
+# Each exercise reruns part of the quickstart into a copy of its run folder, so the original stays for comparison: `cp
+# -r outputs/quickstart outputs/try && .venv/bin/python -m lib.study params/quickstart.yaml --run-dir outputs/try
+# --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
+# `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
+#
+# 1. `--set "training.seeds=[0,1,2]" --steps 04-06` (three times the training): the report says "mean over 3 seeds".
+#    The rows triple, but do the intervals shrink by $\sqrt3$? Why not (METHOD.md §6.1)?
+# 2. `--set statistics.reference=MT --steps 06`: the regression coefficients become differences from MT, while the
+#    differences between the other conditions stay the same. Which rows of `ols_correct.csv` change, and which do
+#    not?
+# 3. `--set statistics.n_boot=10000 --steps 06`: how far do the interval ends move from 1000 resamples? Compare that
+#    with the width of the interval itself: which of the two uncertainties matters?

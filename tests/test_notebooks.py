@@ -25,6 +25,8 @@ def test_notebook_is_clean_and_starts_with_a_lesson(step):
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {step[:2]}")
     assert "**Goals**" in nb.cells[0].source and "**Reads**" in nb.cells[0].source
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Try it") and last.source.count("\n1. ") == 1
 
 
 @pytest.mark.parametrize("step", STEPS)
