@@ -138,13 +138,15 @@ def clean_rationale(text: str) -> str:
 # ---------------------------------------------------------------- log-likelihood scoring
 
 
-def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> list[float]:
+def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
+                         desc: str = "scoring options") -> list[float]:
     """Sum of log p(continuation tokens | context) for each (context, continuation), tokenised as in training.
 
     The LM head runs only at the continuation's positions (Gemma's 262k-token vocabulary would make
     full logits the dominant cost on a CPU), through `lib.head_loss.target_nll`.
     """
     import torch
+    from tqdm.auto import tqdm
 
     from lib.head_loss import target_nll
 
@@ -158,7 +160,7 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cap = getattr(base.config, "final_logit_softcapping", None)
     model.eval()
-    for lo in range(0, len(order), batch_size):
+    for lo in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=len(order) <= batch_size):
         idx = order[lo:lo + batch_size]
         width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)

@@ -94,18 +94,21 @@ report.plot_accuracy(evaluation.items_frame(items), path=ctx.out / "accuracy.png
 # mean of each column's maximum, and CEC their mean.
 
 # %% tags=["under-the-hood"]
-# CEC of one item from its sentence-embedding matrix, against the library's
+# CEC of one student rationale against its teacher reference, from the sentence-embedding matrix, against the library
 import numpy as np
 
 references = teacher.read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test", ctx.params.training.rationale_filter)
-row = next(r for r in items if r.rationale and references.get(r.item_id))
+row = next((r for r in items if r.rationale and references.get(r.item_id)), None)  # else: two teacher rationales
+gen, ref = (row.rationale, references[row.item_id]) if row else list(references.values())[:2]
 embedder = models.load_embedder(ctx.params.evaluation.embedder)
-G = embedder.encode(metrics.split_sentences(row.rationale), normalize_embeddings=True)
-R = embedder.encode(metrics.split_sentences(references[row.item_id]), normalize_embeddings=True)
+G = embedder.encode(metrics.split_sentences(gen), normalize_embeddings=True)
+R = embedder.encode(metrics.split_sentences(ref), normalize_embeddings=True)
 S = G @ R.T  # cosine of every (student sentence, teacher sentence) pair
 fc, bf = S.max(axis=1).mean(), S.max(axis=0).mean()
-assert np.allclose([fc, bf, (fc + bf) / 2], [row.cec_fc, row.cec_bf, row.cec], atol=1e-4)
-{"sentences (student, teacher)": S.shape, "FC": round(float(fc), 4), "BF": round(float(bf), 4), "CEC": round(float(row.cec), 4)}
+(library,) = metrics.cec_batch([(gen, ref)], embedder.encode)
+assert np.allclose([fc, bf, (fc + bf) / 2], [library.fc, library.bf, library.cec], atol=1e-4)
+assert row is None or np.isclose(row.cec, library.cec, atol=1e-4)  # the value step 05 stored for this item
+{"sentences (student, teacher)": S.shape, "FC": round(float(fc), 4), "BF": round(float(bf), 4), "CEC": round(float(library.cec), 4)}
 
 # %% [markdown]
 # And one item's log-likelihood answer: each option's continuation after the student's prompt is scored token by
@@ -116,19 +119,21 @@ assert np.allclose([fc, bf, (fc + bf) / 2], [row.cec_fc, row.cec_bf, row.cec], a
 # the log-probability of each option's text after the prompt, summed and per character, against the library's picks
 import torch
 
-scored = next(r for r in items if r.loglik_pred is not None)
-q = {q.id: q for q in data.read_test_sets(ctx.run_dir / "01_data")[scored.test_set]}[scored.item_id]
-model, tok = evaluation.load_student(scored.student, ctx.run_dir / "04_training" / scored.run / "adapter", "cpu")
-prompt = training.eval_prompts(scored.condition, q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
-sums = []
-for context, continuation in evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring):
-    ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logp = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
-    sums.append(float(logp[torch.arange(len(cont)), cont].sum()))
-per_char = [v / len(c) for v, (_, c) in zip(sums, evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring))]
-assert (int(np.argmax(sums)), int(np.argmax(per_char))) == (scored.loglik_pred, scored.loglik_norm_pred)
-{"options": q.choices, "summed": [round(v, 2) for v in sums], "per character": [round(v, 3) for v in per_char]}
+decoder_runs = [r for r in runs.read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "mc" and not models.is_encoder_decoder(r["student"])]
+for run in decoder_runs[:1]:  # the first decoder-only student that answers questions (option scoring needs a causal LM)
+    q = next(iter(data.read_test_sets(ctx.run_dir / "01_data").values()))[0]
+    model, tok = evaluation.load_student(run["student"], ctx.run_dir / "04_training" / run["run"] / "adapter", "cpu")
+    prompt = training.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
+    pairs, sums = evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring), []
+    for context, continuation in pairs:
+        ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
+        sums.append(float(logp[torch.arange(len(cont)), cont].sum()))
+    per_char = [v / len(c) for v, (_, c) in zip(sums, pairs)]
+    (pick,) = evaluation.loglik_choices(lambda ps: evaluation.continuation_logliks(model, tok, ps), [prompt], [q], ctx.params.evaluation.loglik_scoring)
+    assert (int(np.argmax(sums)), int(np.argmax(per_char))) == (pick.total, pick.per_char)
+    print(run["run"], {o: (round(a, 2), round(b, 3)) for o, a, b in zip(q.choices, sums, per_char)}, "(summed, per character)")
 
 # %%
 # CEC by condition

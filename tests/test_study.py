@@ -66,7 +66,7 @@ def test_smoke_study_runs_all_notebooks(smoke_run):
     assert n_test_pairs and len(causal) == 2 * n_test_pairs  # every CAUSAL student explains every held-out pair
     assert {c["condition"] for c in causal} == {"CAUSAL"}
     assert "CAUSAL students" in (run_dir / "06_statistics" / "findings.md").read_text()
-    for name in ("ood_matrix.csv", "faithfulness.csv", "ratings.jsonl", "correlations.csv", "human_sheet.html"):
+    for name in ("ood_matrix.csv", "faithfulness.csv", "judge_ratings.jsonl", "correlations.csv", "human_sheet.html"):
         assert (run_dir / "05_evaluation" / name).exists(), name
 
 
@@ -84,6 +84,38 @@ def test_rerun_is_cached_and_a_changed_param_reruns_downstream(smoke_run):
     statuses = [manifest["steps"][s]["status"] for s in STEPS]
     assert statuses == ["cached"] * 4 + ["ok"] * 2
     assert manifest["params"]["evaluation"]["max_new_tokens"] == 10
+
+
+def _adapter_hashes(run_dir: Path) -> dict[str, str]:
+    """sha256 of each current run's adapter weights, by run name."""
+    from lib.runs import read_jsonl, sha256_file
+
+    train = run_dir / "04_training"
+    return {r["run"]: sha256_file(next((train / r["run"] / "adapter").glob("*.safetensors")))
+            for r in read_jsonl(train / "runs.jsonl")}
+
+
+def test_a_changed_lr_retrains_every_run_and_a_dropped_ood_set_is_not_evaluated(smoke_run):
+    run_dir, first = smoke_run
+    assert first.returncode == 0
+    before = _adapter_hashes(run_dir)
+    retrained = run_study("--run-dir", str(run_dir), "--steps", "04", "--set", "training.lr=0.001")
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    after = _adapter_hashes(run_dir)
+    assert set(after) == set(before) and all(after[r] != before[r] for r in before)  # no weights file unchanged
+    assert not any(r.get("resumed_from") for r in read_jsonl_rows(run_dir / "04_training" / "runs.jsonl"))
+    no_ood = run_study("--run-dir", str(run_dir), "--steps", "01-05", "--set", "training.lr=0.001",
+                       "--set", "data.ood=[]")
+    assert no_ood.returncode == 0, no_ood.stderr[-3000:]
+    assert _adapter_hashes(run_dir) == after  # same examples, same config: the trained runs are reused
+    items = read_jsonl_rows(run_dir / "05_evaluation" / "items.jsonl")
+    assert {i["test_set"] for i in items} == {"csqa-sample"}
+    assert [p.name for p in (run_dir / "01_data" / "tests").iterdir()] == ["csqa-sample.jsonl"]
+
+
+def read_jsonl_rows(path: Path) -> list[dict]:
+    """The rows of a jsonl artifact."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_step_without_upstream_fails_and_says_what_to_run(tmp_path):
@@ -130,7 +162,8 @@ def test_a_fingerprint_covers_every_params_key_its_step_reads(tmp_path, override
 
 def test_human_ratings_and_replayed_jsonl_files_are_fingerprinted(tmp_path):
     from lib.params import load_params
-    from lib.study import HUMAN_RATINGS, input_files
+    from lib.ratings import HUMAN_RATINGS
+    from lib.study import input_files
 
     before = _fingerprints(tmp_path)
     (tmp_path / HUMAN_RATINGS).write_text('{"run": "r", "item_id": "q1", "rater": "h1", "soundness": 5}\n')
@@ -143,3 +176,25 @@ def test_human_ratings_and_replayed_jsonl_files_are_fingerprinted(tmp_path):
     (replay / "llm" / "rationales.jsonl").write_text("{}\n")
     params = load_params(SMOKE, ["teacher.backend=replay", f"teacher.replay_dir={replay}"])
     assert {"cqa/cqa_train.json", "cqa/llm/rationales.jsonl"} <= set(input_files(params))
+
+
+@pytest.mark.parametrize("overrides, steps, absent", [
+    (["evaluation.judge=false"], "05-06", "evaluation.judge"),
+    (["evaluation.loglik=false"], "05-06", "evaluation.loglik"),
+    (["evaluation.text_metrics=false"], "05-06", "evaluation.text_metrics"),
+    (["evaluation.faithfulness=false"], "05-06", "evaluation.faithfulness"),
+    (["data.ood=[]"], "01-06", "data.ood"),
+    (["data.claims=null", "training.conditions=[FT,FT-CoT,MT,CFD]"], "01-06", "data.claims"),
+])
+def test_each_optional_part_switched_off_runs_through_step_06_and_the_report_says_so(smoke_run, tmp_path, overrides,
+                                                                                     steps, absent):
+    import shutil
+
+    run_dir, first = smoke_run
+    assert first.returncode == 0
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    proc = run_study("--run-dir", str(copy), "--steps", steps, *sets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert absent in (copy / "06_statistics" / "report.html").read_text()
