@@ -21,11 +21,15 @@ unparseable outputs count as wrong and are flagged. Beside that generative accur
   faithfulness measure.
 
 Generated outputs and option scores are cached in `<run_dir>/student_cache.sqlite` (lib.response_cache),
-keyed by the student's weights hash (its saved folder and base model), item, prompt and generation
-settings, so rerunning step 05 regenerates only what changed.
+keyed by the student's weights hash (its saved folder and base model), how they are loaded (`finetune`: a
+QLoRA student keeps the 4-bit base it was trained on), item, prompt and generation settings, so rerunning
+step 05 regenerates only what changed.
 
-Every trained student is evaluated on every test set of step 01, so each condition gets a
-train-set x test-set accuracy matrix (`ood_matrix`).
+Every student is evaluated on every test set of step 01, so each condition gets a train-set x test-set
+accuracy matrix (`ood_matrix`). Two rows frame the conditions: BASE, the untrained student (a runs.jsonl row
+with `adapter: null`) asked with FT's prompt, is the floor; TEACHER, the teacher's own answers to the
+in-distribution test questions (02_teacher/rationales.jsonl), is the ceiling. Each row keeps the
+rationale source (unrevised or critique-revised teacher rationales) its student was trained on.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from lib.metrics import cec_batch, extract_answer, rationale_length, split_sente
 from lib.params import StudyParams
 from lib.prompts import answer_sentence
 from lib.response_cache import ResponseCache, request_key
+from lib.stats import TEACHER
 from lib.teacher import split_rationale
 from lib.training import eval_prompts
 
@@ -73,7 +78,8 @@ class ItemResult:
     cec_fc: float
     cec_bf: float
     seconds: float  # generation time per item (batch time / items generated); NaN when the output came from the cache
-    train_set: str = ""  # the data set the student was trained on (rows of the OOD matrix)
+    train_set: str = ""  # the data set the student was trained on (rows of the OOD matrix; "" for BASE and TEACHER)
+    rationale_source: str = "unrevised"  # the teacher rationales it was trained on: "unrevised" or "revised"
     bleu: float = math.nan  # sentence BLEU (sacrebleu, 0-100) against the teacher's rationale (0 without a rationale)
     rouge_l: float = math.nan  # ROUGE-L F-measure (0-1) against the teacher's rationale
     bertscore: float = math.nan  # BERTScore F1 against the teacher's rationale
@@ -110,24 +116,45 @@ class ExplanationResult:
     rouge_l: float = math.nan
     bertscore: float = math.nan
 
-def load_student(base_spec: str, adapter_dir: Path, device: str) -> tuple[Any, Any]:
-    """A trained student and its tokenizer: the base model with the run's LoRA adapter merged in, or its full weights."""
-    from peft import PeftModel
+def load_student(base_spec: str, adapter_dir: Path | None, device: str, finetune: str) -> tuple[Any, Any]:
+    """A student and its tokenizer as it was trained (`finetune`: the run's training.finetune).
 
+    No adapter (BASE): the untrained base model. `lora`: the base with the adapter merged in. `qlora`: the same 4-bit
+    NF4 base it was trained on with the adapter applied, not merged (merging into 4-bit weights would round the
+    update away). `full`: the saved weights. A QLoRA study's BASE is its 4-bit base.
+    """
     from lib.models import load_student_lm, load_tokenizer
 
+    if adapter_dir is None:
+        return load_student_lm(base_spec, device, load_in_4bit=finetune == "qlora"), load_tokenizer(base_spec)
     tokenizer = load_tokenizer(str(adapter_dir))
-    if (adapter_dir / "adapter_config.json").exists():
-        base = load_student_lm(base_spec, device)
-        if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # CFD added its strategy tokens in training
-            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the adapter holds their trained rows
-        # merged into the base weights: generation then costs what the base model costs (no adapter or
-        # trainable-token wrappers rebuilding weights at every step)
-        return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tokenizer
-    if (adapter_dir / "config.json").exists():  # training.finetune: full saves the whole model
+    if finetune == "full":
+        _require_saved(adapter_dir, "config.json", "model weights")
         return load_student_lm(str(adapter_dir), device), tokenizer
-    raise FileNotFoundError(f"{adapter_dir} holds neither a LoRA adapter nor model weights; rerun step 04_training "
-                            f"(python -m lib.study PARAMS --steps 04 --force)")
+    from peft import PeftModel
+
+    _require_saved(adapter_dir, "adapter_config.json", "LoRA adapter")
+    base = load_student_lm(base_spec, device, load_in_4bit=finetune == "qlora")
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # CFD added its strategy tokens in training
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the adapter holds their trained rows
+    student = PeftModel.from_pretrained(base, str(adapter_dir))
+    if finetune == "qlora":
+        return student, tokenizer
+    # merged into the base weights: generation then costs what the base model costs (no adapter or
+    # trainable-token wrappers rebuilding weights at every step)
+    return student.merge_and_unload(), tokenizer
+
+
+def _require_saved(folder: Path, marker: str, what: str) -> None:
+    """Raise when a run's saved folder lacks the file that marks its weights (step 04 did not finish it)."""
+    if not (folder / marker).exists():
+        raise FileNotFoundError(f"{folder} holds no {what} ({marker}); rerun step 04_training "
+                                f"(python -m lib.study PARAMS --steps 04 --force)")
+
+
+def adapter_path(ctx: Any, run_info: dict) -> Path | None:
+    """The saved folder of a run of 04_training/runs.jsonl (its `adapter` field), or None for BASE (no training)."""
+    return None if run_info["adapter"] is None else ctx.artifact("04_training", run_info["adapter"])
 
 
 def clean_rationale(text: str) -> str:
@@ -316,11 +343,14 @@ def read_cf_rationales(path: Path | None) -> dict[str, tuple[int, str]]:
 # ---------------------------------------------------------------- the student cache
 
 
-def student_weights_hash(base_spec: str, adapter_dir: Path) -> str:
-    """sha256 over every file of a run's saved folder (adapter or full weights, tokenizer) and its base model's provenance."""
+def student_weights_hash(base_spec: str, adapter_dir: Path | None) -> str:
+    """sha256 over the base model's provenance and every file of a run's saved folder (adapter or full weights,
+    tokenizer); without a saved folder (BASE), of the base model's provenance alone."""
     from lib.models import model_provenance
     from lib.runs import sha256_file, sha256_json
 
+    if adapter_dir is None:
+        return sha256_json({"base": model_provenance(base_spec)})
     files = {p.relative_to(adapter_dir).as_posix(): sha256_file(p) for p in sorted(Path(adapter_dir).rglob("*"))
              if p.is_file()}
     if not files:
@@ -397,25 +427,31 @@ class _Student:
     settings: dict[str, Any]  # what keys its generated outputs besides item and prompt
     score: Scorer  # option log-likelihoods, cached
     scorable: bool  # option scoring and forced rationales are defined for causal LMs only
+    train_set: str  # the data set it was trained on; "" when untrained (BASE)
 
 
-def _prepare_student(run_info: dict, adapter_dir: Path, params: StudyParams, device: str,
+def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyParams, device: str,
                      cache: ResponseCache | None) -> _Student:
-    """Wrap one trained run for evaluation: lazy loading, its weights hash and its cached scorer."""
+    """Wrap one run for evaluation: lazy loading, its weights hash and its cached scorer."""
     from lib.models import is_encoder_decoder
 
     ev = params.evaluation
-    load = functools.cache(functools.partial(load_student, run_info["student"], adapter_dir, device))
-    identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "device": device}
+    finetune = run_info["finetune"]
+    load = functools.cache(functools.partial(load_student, run_info["student"], adapter_dir, device, finetune))
+    # finetune decides how the weights are loaded (a 4-bit base for qlora), so it is part of what an output depends on
+    identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "finetune": finetune,
+                "device": device}
     score = cached_scorer(lambda pairs: continuation_logliks(*load(), pairs, ev.batch_size), cache, identity)
     return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
-                    settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": GENERATION_STOP})
+                    settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": GENERATION_STOP},
+                    train_set="" if adapter_dir is None else params.data.train.name)
 
 
-def evaluate_run(run_info: dict, adapter_dir: Path, test_sets: dict[str, list[MCQuestion]], params: StudyParams,
-                 device: str, cf_rationales: dict[str, tuple[int, str]] | None = None,
+def evaluate_run(run_info: dict, adapter_dir: Path | None, test_sets: dict[str, list[MCQuestion]],
+                 params: StudyParams, device: str, cf_rationales: dict[str, tuple[int, str]] | None = None,
                  cache: ResponseCache | str | Path | None = None) -> list[ItemResult]:
-    """Generate and score one trained student on every test set (reference-based metrics come later).
+    """Generate and score one student (a run of step 04, or BASE without `adapter_dir`) on every test set
+    (reference-based metrics come later).
 
     Faithfulness is measured on the first (in-distribution) test set only, where counterfactual
     rationales can exist; log-likelihood accuracy on every set. Both score every option of an item with
@@ -462,8 +498,9 @@ def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: St
             item_id=q.id, prediction=pred, correct=int(pred == q.answer), unparseable=int(pred is None),
             rationale=rationale, rationale_len=rationale_length(rationale),
             output=answer_text if "rationale" not in outs else f"{rationale_text}\n---\n{answer_text}",
-            cec=math.nan, cec_fc=math.nan, cec_bf=math.nan, seconds=seconds[i], train_set=params.data.train.name,
-            gold=q.answer, **_loglik_columns(picks[i], q.answer, ev.loglik_scoring),
+            cec=math.nan, cec_fc=math.nan, cec_bf=math.nan, seconds=seconds[i], train_set=student.train_set,
+            rationale_source=info["rationale_source"], gold=q.answer,
+            **_loglik_columns(picks[i], q.answer, ev.loglik_scoring),
         ))
     if ev.faithfulness and in_distribution and k:
         own = [r.rationale for r in rows]
@@ -559,7 +596,8 @@ def discard_student_cache(ctx: Any) -> bool:
 
 
 def evaluate_grid(ctx: Any) -> list[ItemResult]:
-    """Evaluate every trained run of step 04 on every test set of step 01, with CEC and the text metrics.
+    """Evaluate every run of step 04 (BASE included) on every test set of step 01, with CEC and the text metrics,
+    and add the TEACHER rows (the teacher's own answers to the in-distribution test questions).
 
     Generated outputs and option scores are cached in <run_dir>/student_cache.sqlite: a rerun generates only
     for students, items or generation settings it has not seen.
@@ -583,28 +621,52 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     cache = ResponseCache(student_cache_path(ctx))
     try:
         for info in (r for r in runs if r.get("task", "mc") == "mc"):  # CAUSAL runs: evaluate_causal_grid
-            rows.extend(evaluate_run(info, ctx.artifact("04_training", info["run"]) / "adapter", tests, ctx.params,
-                                     device, cf, cache))
+            rows.extend(evaluate_run(info, adapter_path(ctx, info), tests, ctx.params, device, cf, cache))
     finally:
         cache.close()
-    references = read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test",
-                                 ctx.params.training.rationale_filter)
-    score_against_references(rows, references, ev, device)
-    return rows
+    rationales_path = ctx.artifact("02_teacher", "rationales.jsonl")
+    score_against_references(rows, read_rationales(rationales_path, "test", ctx.params.training.rationale_filter),
+                             ev, device)
+    in_distribution, questions = next(iter(tests.items()))
+    return rows + teacher_rows(read_jsonl(rationales_path), in_distribution, questions)
 
+
+NOT_RECORDED = "not recorded"  # lib.teacher's failure for a question the replayed teacher has no output for
+
+
+def teacher_rows(rationales: Sequence[dict], test_set: str, questions: Sequence[MCQuestion]) -> list[ItemResult]:
+    """The teacher's answers to the in-distribution test questions it answered (rows of 02_teacher/rationales.jsonl,
+    split test) as TEACHER rows, the ceiling of the students; no CEC or text metric, as its rationale is the reference.
+
+    An unparseable or failed answer counts as wrong, as a student's does; a question a replayed teacher has no
+    recorded output for is left out.
+    """
+    by_id = {q.id: q for q in questions}
+    rows = []
+    for r in rationales:
+        q = by_id.get(str(r["id"]))
+        if r["split"] != "test" or q is None or r.get("failure") == NOT_RECORDED:
+            continue
+        rows.append(ItemResult(
+            run=f"{TEACHER}__unrevised__{r['model']}__seed0", condition=TEACHER, student=r["model"], seed=0,
+            test_set=test_set, item_id=q.id, prediction=r["answer"], correct=int(bool(r["correct"])),
+            unparseable=int(r["answer"] is None), rationale=r["rationale"],
+            rationale_len=rationale_length(r["rationale"]), output=r["raw"], cec=math.nan, cec_fc=math.nan,
+            cec_bf=math.nan, seconds=math.nan, train_set="", rationale_source="unrevised", gold=q.answer))
+    return rows
 
 
 def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], params: StudyParams,
                         device: str, cache: ResponseCache | str | Path | None = None) -> list[ExplanationResult]:
     """Let one CAUSAL student explain every held-out claim-evidence pair (metrics are filled later; cached as evaluate_run)."""
-    from lib.training import causal_prompt
+    from lib.prompts import causal_student_prompt
 
     store, opened = open_cache(cache)
     try:
         student = _prepare_student(run_info, adapter_dir, params, device, store)
-        texts, seconds = generate_cached(student.load, [causal_prompt(p) for p in pairs], [str(p["id"]) for p in pairs],
-                                         student.settings, params.evaluation.batch_size, store,
-                                         f"{run_info['run']} on claims")
+        texts, seconds = generate_cached(student.load, [causal_student_prompt(p) for p in pairs],
+                                         [str(p["id"]) for p in pairs], student.settings,
+                                         params.evaluation.batch_size, store, f"{run_info['run']} on claims")
     finally:
         if opened:
             store.close()
@@ -634,8 +696,7 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     cache = ResponseCache(student_cache_path(ctx))
     try:
         for info in causal_runs:
-            rows.extend(evaluate_causal_run(info, ctx.artifact("04_training", info["run"]) / "adapter", pairs,
-                                            ctx.params, device, cache))
+            rows.extend(evaluate_causal_run(info, adapter_path(ctx, info), pairs, ctx.params, device, cache))
     finally:
         cache.close()
     references = {r.item_id: r.reference for r in rows if r.reference}
@@ -654,7 +715,8 @@ def causal_summary(rows: Sequence[ExplanationResult]) -> Any:
 
 
 def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
-    """LLM-judge ratings (lib.ratings.Rating) of up to evaluation.judge_max_items explanations per run; [] when off."""
+    """LLM-judge ratings (lib.ratings.Rating) of up to evaluation.judge_max_items student explanations per run (the
+    teacher's are the reference, not rated); [] when off."""
     from lib.data import read_test_sets
     from lib.ratings import judge_ratings
     from lib.teacher import make_teacher
@@ -666,7 +728,7 @@ def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
     tests = read_test_sets(ctx.run_dir / "01_data")
     first = next(iter(tests))
     questions = {q.id: q for q in tests[first]}
-    in_dist = [r for r in rows if r.test_set == first]
+    in_dist = [r for r in rows if r.test_set == first and r.condition != TEACHER]  # the students' explanations
     teacher = make_teacher(ctx.params.teacher, ctx.params.run.device, run_dir=ctx.run_dir)  # step 02's cache
     try:
         return judge_ratings(in_dist, questions, teacher, ev.judge_max_items, ev.judge_max_new_tokens)
@@ -675,14 +737,15 @@ def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
 
 
 def export_human_sheet(ctx: Any, rows: Sequence[ItemResult]) -> dict[str, Path]:
-    """The blinded human rating sheet (CSV, HTML form, key) of in-distribution explanations, in the step folder."""
+    """The blinded human rating sheet (CSV, HTML form, key) of the students' in-distribution explanations."""
     from lib.data import read_test_sets
     from lib.ratings import export_sheet
 
     tests = read_test_sets(ctx.run_dir / "01_data")
     first = next(iter(tests))
-    return export_sheet([r for r in rows if r.test_set == first], {q.id: q for q in tests[first]}, ctx.out,
-                        ctx.params.evaluation.human_sheet_items, ctx.params.run.seed)
+    return export_sheet([r for r in rows if r.test_set == first and r.condition != TEACHER],
+                        {q.id: q for q in tests[first]}, ctx.out, ctx.params.evaluation.human_sheet_items,
+                        ctx.params.run.seed)
 
 
 # ---------------------------------------------------------------- tables
@@ -696,7 +759,8 @@ def items_frame(rows: Sequence[ItemResult]) -> Any:
 
 
 def summary_table(rows: Sequence[ItemResult]) -> Any:
-    """Per run and test set: n, generative and log-likelihood accuracy, unparseable share, mean metrics and faithfulness.
+    """Per condition, rationale source, student, seed and test set: n, generative and log-likelihood accuracy,
+    unparseable share, mean metrics and faithfulness.
 
     `loglik_accuracy` is lm-evaluation-harness's `acc` (summed log-likelihood), `loglik_norm_accuracy` its
     `acc_norm` (per character), both under evaluation.loglik_scoring, over the items scored.
@@ -704,7 +768,8 @@ def summary_table(rows: Sequence[ItemResult]) -> Any:
     df = items_frame(rows)
     for c in ("loglik_correct", "loglik_norm_correct", *FAITHFULNESS_COLUMNS):
         df[c] = df[c].astype(float)
-    return (df.groupby(["condition", "student", "seed", "train_set", "test_set"], as_index=False, dropna=False)
+    return (df.groupby(["condition", "rationale_source", "student", "seed", "train_set", "test_set"], as_index=False,
+                       dropna=False)
               .agg(n=("correct", "size"), accuracy=("correct", "mean"), loglik_accuracy=("loglik_correct", "mean"),
                    loglik_norm_accuracy=("loglik_norm_correct", "mean"),
                    unparseable=("unparseable", "mean"), cec=("cec", "mean"), cec_fc=("cec_fc", "mean"),
@@ -739,11 +804,12 @@ def pick_distribution(rows: Sequence[ItemResult], column: str = "loglik_norm_pre
 
 
 def ood_matrix(rows: Sequence[ItemResult], value: str = "correct") -> Any:
-    """Accuracy (%) per condition, student and seed: one row per training set, one column per test set."""
+    """Accuracy (%) per condition, rationale source, student and seed: one row per training set, one column per test
+    set (TEACHER answered the in-distribution set only)."""
     df = items_frame(rows)
     df[value] = df[value].astype(float) * 100
-    table = df.pivot_table(index=["condition", "student", "seed", "train_set"], columns="test_set", values=value,
-                           aggfunc="mean", sort=False)
+    table = df.pivot_table(index=["condition", "rationale_source", "student", "seed", "train_set"], columns="test_set",
+                           values=value, aggfunc="mean", sort=False)
     order = list(dict.fromkeys(df["test_set"]))  # in-distribution first, as step 01 wrote them
     table = table[[c for c in order if c in table.columns]].round(1)
     table.columns.name = f"{value} (%) on test set"

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lib.data import MC_FORMATS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
+CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")  # BASE: the untrained student
 # Conditions whose training data the current pipeline produces; the others are accepted names
 # from METHOD.md whose data steps have not been built yet, and are refused with that reason.
-IMPLEMENTED_CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
+IMPLEMENTED_CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
 
 
 class ParamsError(ValueError):
@@ -159,10 +159,30 @@ class LoraParams(_Section):
     target_modules: list[str] | Literal["all-linear"] | None = None  # null: peft's default for the architecture (q_proj, v_proj for Gemma; q, v for T5)
 
 
+class TrainingOverride(_Section):
+    """Training settings of one condition that differ from the `training` section (training.overrides.<condition>).
+
+    Every key is optional: an absent (or null) key keeps the section's value; `lora` changes only the keys it names.
+    """
+
+    finetune: Literal["lora", "qlora", "full"] | None = None
+    lora: LoraParams | None = None  # only the keys given here replace the section's (e.g. {r: 16})
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=-1)
+    batch_size: int | None = Field(None, ge=1)
+    grad_accum: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    max_length: int | None = Field(None, ge=16)
+    alpha: float | None = Field(None, ge=0, le=1)
+
+
 class TrainingParams(_Section):
     students: list[str] = ["gemma3-270m-gguf"]  # model specs of the students
-    conditions: list[str] = ["FT-CoT", "MT"]  # names from METHOD.md: FT, FT-CoT, MT, CF, MT+CF, CFD, CAUSAL
+    conditions: list[str] = ["FT-CoT", "MT"]  # names from METHOD.md: BASE (untrained), FT, FT-CoT, MT, CF, MT+CF, CFD, CAUSAL
     seeds: list[int] = [0]  # one training run per seed
+    # Hendriks et al.'s Revised factor, crossed with the conditions trained on teacher rationales (FT-CoT, MT, CF,
+    # MT+CF): unrevised = the step-02 CoT rationale, revised = the critique-revised explanation (revisions.jsonl)
+    rationale_sources: list[Literal["unrevised", "revised"]] = ["unrevised"]
     finetune: Literal["lora", "qlora", "full"] = "lora"  # qlora = LoRA on 4-bit NF4 weights
     lora: LoraParams = LoraParams()
     epochs: float = Field(1.0, gt=0)  # passes over each condition's examples
@@ -172,8 +192,9 @@ class TrainingParams(_Section):
     lr: float = Field(2e-4, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
     max_length: int = Field(256, ge=16)  # tokens per example (prompt + target); a longer one loses the end of its rationale, never its answer sentence and EOS (runs.jsonl n_truncated)
-    rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones (CAUSAL: any keeps failed explanations as written)
+    rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones (CAUSAL and revised: any keeps failed outputs as written)
     save_steps: int = Field(50, ge=0)  # checkpoint every N optimiser steps so an interrupted run resumes (0 = no checkpoints)
+    overrides: dict[str, TrainingOverride] = {}  # per condition: settings that differ, e.g. {CAUSAL: {finetune: qlora, epochs: 10}}
 
     @field_validator("conditions")
     @classmethod
@@ -195,6 +216,46 @@ class TrainingParams(_Section):
         if len(set(v)) != len(v):
             raise ValueError("conditions are listed twice")
         return v
+
+    @field_validator("rationale_sources")
+    @classmethod
+    def _sources_once_each(cls, v: list[str]) -> list[str]:
+        """At least one source, none listed twice."""
+        if not v:
+            raise ValueError("list at least one rationale source: unrevised, revised or both")
+        if len(set(v)) != len(v):
+            raise ValueError("a rationale source is listed twice")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_name_trained_conditions(cls, v: dict[str, TrainingOverride],
+                                           info: ValidationInfo) -> dict[str, TrainingOverride]:
+        """Each override's key is a condition of training.conditions that is trained (not BASE)."""
+        listed = info.data.get("conditions")  # None when the conditions themselves were refused
+        for name in v:
+            if name not in CONDITIONS:
+                hint = difflib.get_close_matches(name, CONDITIONS, n=1, cutoff=0.4)
+                raise ValueError(f"unknown condition {name!r} in training.overrides"
+                                 + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f" Known: {', '.join(CONDITIONS)}")
+            if name == "BASE":
+                raise ValueError("training.overrides.BASE: BASE is the untrained student and has no training "
+                                 "settings; remove this override")
+            if listed is not None and name not in listed:
+                raise ValueError(f"training.overrides.{name}: {name} is not one of training.conditions "
+                                 f"({', '.join(listed)}); add it there or remove this override")
+        return v
+
+    def for_condition(self, condition: str) -> "TrainingParams":
+        """The settings a run of `condition` trains with: this section with `overrides[condition]` applied."""
+        override = self.overrides.get(condition)
+        if override is None:
+            return self
+        update = override.model_dump(exclude_unset=True, exclude_none=True, exclude={"lora"})
+        if override.lora is not None:
+            update["lora"] = self.lora.model_copy(update=override.lora.model_dump(exclude_unset=True))
+        return self.model_copy(update=update)
 
 
 class EvaluationParams(_Section):

@@ -83,6 +83,25 @@ def revision_prompt(stage: str, q: MCQuestion, explanation: str = "", critique: 
                                        explanation=explanation, critique=critique)
 
 
-def causal_prompt(pair: ClaimEvidence) -> str:
-    """Ask for a structured causal explanation (cause, mechanism, effect) of one claim-evidence-label triple."""
-    return load_template("causal").render(claim=pair.claim, evidence=pair.evidence, evidence_label=pair.evidence_label)
+def claim_evidence_text(pair: ClaimEvidence | dict) -> str:
+    """The claim-evidence block of every causal prompt (teacher and CAUSAL student): claim, evidence, evidence label.
+
+    The label is the evidence's own (SUPPORTS / REFUTES / NOT_ENOUGH_INFO for this pair), not the claim's verdict
+    over all its evidence. `pair` is a `ClaimEvidence` or a row of 02_teacher/causal.jsonl.
+    """
+    row = dataclasses.asdict(pair) if isinstance(pair, ClaimEvidence) else pair
+    missing = [k for k in ("claim", "evidence", "evidence_label") if k not in row]
+    if missing:
+        raise ValueError(f"claim-evidence row {row.get('id', '?')!r} lacks {', '.join(missing)}; rows of "
+                         "02_teacher/causal.jsonl carry them: rerun step 02_teacher")
+    return f"Claim: {row['claim']}\nEvidence: {row['evidence']}\nEvidence label: {row['evidence_label']}"
+
+
+def causal_prompt(pair: ClaimEvidence | dict) -> str:
+    """The teacher's prompt: a structured causal explanation (cause, mechanism, effect) of one claim-evidence pair."""
+    return load_template("causal").render(claim_evidence=claim_evidence_text(pair))
+
+
+def causal_student_prompt(row: ClaimEvidence | dict) -> str:
+    """The CAUSAL student's input (training and evaluation): the teacher's claim-evidence block, then `Explanation:`."""
+    return claim_evidence_text(row) + "\nExplanation:"

@@ -62,11 +62,12 @@ def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
 
 def plot_accuracy(items: pd.DataFrame, path: str | Path | None = None, n_boot: int = 1000, seed: int = 0) -> Figure:
     """Bar chart of accuracy (%) by condition, one bar colour per test set, with 95% CI error bars from a cluster
-    bootstrap over test items (lib.stats.accuracy_table: the seeds of an item are resampled together)."""
-    from lib.stats import accuracy_table
+    bootstrap over test items (lib.stats.accuracy_table: the seeds of an item are resampled together); a condition
+    trained on both rationale sources has a bar per source (lib.stats.with_arms)."""
+    from lib.stats import accuracy_table, with_arms
 
     _require(items, ["condition", "test_set", "correct"], "plot_accuracy")
-    table = accuracy_table(items, by=["condition", "test_set"], n_boot=n_boot, seed=seed)
+    table = accuracy_table(with_arms(items), by=["condition", "test_set"], n_boot=n_boot, seed=seed)
     conditions = sorted(table["condition"].astype(str).unique())
     test_sets = sorted(table["test_set"].astype(str).unique())
     fig = _new_figure(max(5.0, 1.2 * len(conditions) + 2), 4.0)
@@ -80,9 +81,10 @@ def plot_accuracy(items: pd.DataFrame, path: str | Path | None = None, n_boot: i
         bars = ax.bar(x, acc, width, color=colour, label=test_set, yerr=err, capsize=3)  # no interval: no error bar
         ax.bar_label(bars, fmt="%.0f", padding=2, fontsize=8)  # print each bar's value, so a 0% bar is still visible
     ax.set_xticks(range(len(conditions)), conditions)
-    ax.set(xlabel="Training condition", ylabel="Accuracy (% of test items correct)", ylim=(0, 100),
+    ax.set(xlabel="Condition (BASE: untrained student; TEACHER: the teacher)",
+           ylabel="Accuracy (% of test items correct)", ylim=(0, 100),
            title="Error bars: 95% CI, cluster bootstrap over test items")
-    fig.suptitle("Student accuracy by training condition")
+    fig.suptitle("Accuracy by condition")
     ax.legend(title="Test set", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _finish(fig, path)
 
@@ -105,12 +107,13 @@ def plot_loss_curves(losses: pd.DataFrame, path: str | Path | None = None) -> Fi
 
 
 def plot_cec(items: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Box plot of per-item CEC by condition (with the items as dots); a note instead when no item has a CEC."""
-    from lib.stats import over_seeds
+    """Box plot of per-item CEC by condition (per rationale source when there are two, with the items as dots), for the
+    conditions with a CEC (not TEACHER, whose rationale is the reference); a note instead when no item has one."""
+    from lib.stats import over_seeds, with_arms
 
     _require(items, ["condition", "cec"], "plot_cec")
-    data = over_seeds(items, ["cec"]).dropna(subset=["cec"])
-    conditions = sorted(items["condition"].astype(str).unique())
+    data = over_seeds(with_arms(items), ["cec"]).dropna(subset=["cec"])
+    conditions = sorted(data["condition"].astype(str).unique())
     fig = _new_figure(max(5.0, 1.2 * len(conditions) + 2), 4.0)
     ax = fig.add_subplot()
     ax.set(xlabel="Training condition", ylabel="CEC (1 = same content as the teacher)",
@@ -186,8 +189,12 @@ def _note_figure(title: str, message: str) -> Figure:
 
 
 def plot_ood_heatmap(items: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Heatmap of accuracy (%) and test items by condition (rows) and test set (columns): in- vs out-of-distribution."""
+    """Heatmap of accuracy (%) and test items by condition (rows; per rationale source when there are two) and test
+    set (columns): in- vs out-of-distribution."""
+    from lib.stats import with_arms
+
     _require(items, ["condition", "test_set", "correct", "item_id"], "plot_ood_heatmap")
+    items = with_arms(items)
     table = items.pivot_table(index="condition", columns="test_set", values="correct", aggfunc="mean") * 100
     counts = items.pivot_table(index="condition", columns="test_set", values="item_id", aggfunc="nunique").fillna(0)
     fig = _new_figure(max(4.5, 1.6 * table.shape[1] + 2.5), max(2.5, 0.55 * table.shape[0] + 1.5))
@@ -195,17 +202,21 @@ def plot_ood_heatmap(items: pd.DataFrame, path: str | Path | None = None) -> Fig
     labels = table.map(lambda v: f"{v:.1f}").astype(str) + "\n(" + counts.astype(int).astype(str) + " items)"
     sns.heatmap(table, annot=labels, fmt="", vmin=0, vmax=100, cmap="viridis", cbar_kws={"label": "accuracy (%)"},
                 ax=ax)
-    ax.set(xlabel="Test set", ylabel="Training condition")
+    ax.set(xlabel="Test set", ylabel="Condition")
     fig.suptitle("Accuracy by test set (in and out of distribution)")
     return _finish(fig, path)
 
 
 def plot_cec_vs_metrics(items: pd.DataFrame, metrics: Sequence[str] = ("bleu", "rouge_l", "bertscore"),
                         path: str | Path | None = None) -> Figure:
-    """Scatter of CEC against each explanation metric present, one panel per metric, coloured by condition."""
+    """Scatter of CEC against each explanation metric present, one panel per metric, coloured by condition (per
+    rationale source when there are two)."""
+    from lib.stats import with_arms
+
     present = [m for m in metrics if m in items.columns and items[m].notna().any()]
     if not present or "cec" not in items.columns:
         raise ValueError(f"plot_cec_vs_metrics needs column cec and one of {', '.join(metrics)} with values")
+    items = with_arms(items)
     fig = _new_figure(4.0 * len(present) + 1.5, 3.8)
     axes = fig.subplots(1, len(present), squeeze=False)[0]
     hue_order = sorted(items["condition"].astype(str).unique())
@@ -222,12 +233,16 @@ def plot_cec_vs_metrics(items: pd.DataFrame, metrics: Sequence[str] = ("bleu", "
 
 def plot_ratings(ratings: pd.DataFrame, dimensions: Sequence[str] = ("completeness", "contrastiveness", "soundness"),
                  path: str | Path | None = None) -> Figure:
-    """Distribution of ratings per dimension and condition (one panel per dimension), judge and humans pooled."""
+    """Distribution of ratings per dimension and condition (per rationale source when there are two; one panel per
+    dimension), judge and humans pooled."""
+    from lib.stats import with_arms
+
     present = [d for d in dimensions if d in ratings.columns and ratings[d].notna().any()
                and pd.api.types.is_numeric_dtype(ratings[d])]
     if not present:
         raise ValueError(f"plot_ratings needs one of the columns {', '.join(dimensions)} with values")
-    long = ratings.melt(id_vars=["condition"], value_vars=present, var_name="dimension", value_name="rating").dropna()
+    long = with_arms(ratings).melt(id_vars=["condition"], value_vars=present, var_name="dimension",
+                                   value_name="rating").dropna()
     long["condition"] = long["condition"].astype(str)
     fig = _new_figure(3.6 * len(present) + 1.5, 3.8)
     axes = fig.subplots(1, len(present), squeeze=False, sharey=True)[0]
@@ -245,9 +260,11 @@ def plot_ratings(ratings: pd.DataFrame, dimensions: Sequence[str] = ("completene
 
 FIGURES = {  # file name, caption
     "accuracy": ("accuracy_by_condition.png", "Accuracy by condition with 95% confidence intervals from a cluster "
-                                              "bootstrap over test items (the seeds of an item resampled together)."),
+                                              "bootstrap over test items (the seeds of an item resampled together). "
+                                              "BASE is the untrained student (the floor), TEACHER the teacher's own "
+                                              "answers to the in-distribution questions (the ceiling)."),
     "ood": ("ood_heatmap.png", "Accuracy by condition and test set (out-of-distribution sets beside the "
-                               "in-distribution one)."),
+                               "in-distribution one; TEACHER answered the in-distribution set only)."),
     "cec": ("cec_by_condition.png", "Per-item CEC by condition (mean over seeds)."),
     "cec_vs_metrics": ("cec_vs_metrics.png", "CEC against BLEU, ROUGE-L and BERTScore on the same explanations."),
     "ratings": ("ratings.png", "Distribution of ratings by condition."),

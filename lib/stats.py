@@ -10,12 +10,20 @@ regressions cluster their standard errors by item, and McNemar pairs items withi
 Holm-corrects its p values. `analyse` runs every analysis of a run and returns `Section`s (a table, plain
 sentences and notes on what could not be tested). scipy and statsmodels are imported inside the
 functions that use them, so importing this module stays light.
+
+Two rows frame the conditions: BASE (the untrained student) is a condition like any other; TEACHER (the
+teacher's own answers to the in-distribution questions) takes part in the accuracy table and in McNemar
+against every condition, but not in the tests between training conditions (Tukey-Kramer, ANOVA,
+Kruskal-Wallis, OLS). When the students were trained on both unrevised and critique-revised teacher
+rationales (`rationale_source`), each condition is compared per source ("MT:revised"), a two-way ANOVA
+condition x revision is fitted, and the regressions get condition, revision and their interaction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -60,7 +68,11 @@ def _clean(items: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFra
     return data
 
 
-UNIT_KEYS = ("test_set", "student", "student_size", "condition", "item_id")  # one test item of one condition x student
+# one test item of one condition x rationale source x student
+UNIT_KEYS = ("test_set", "student", "student_size", "condition", "rationale_source", "item_id")
+TEACHER = "TEACHER"  # the condition of the teacher's own answers (lib.evaluation.teacher_rows)
+SOURCE = "rationale_source"  # the revision factor: "unrevised" or "revised" teacher rationales
+UNREVISED = "unrevised"  # its reference level
 
 
 def n_seeds(data: pd.DataFrame) -> int:
@@ -80,6 +92,57 @@ def over_seeds(data: pd.DataFrame, values: Sequence[str], keys: Sequence[str] = 
     keys = [k for k in keys if k in data.columns]
     numeric = data[keys].assign(**{v: pd.to_numeric(data[v], errors="coerce") for v in values})
     return numeric.groupby(keys, sort=True, dropna=False)[list(values)].mean().reset_index()
+
+
+def has_revision(data: pd.DataFrame) -> bool:
+    """True when the table holds students trained on unrevised and on revised teacher rationales."""
+    return SOURCE in data.columns and data[SOURCE].nunique() > 1
+
+
+def with_arms(data: pd.DataFrame) -> pd.DataFrame:
+    """`data` with each condition trained on both rationale sources named with its source ("MT:revised"), so that no
+    comparison pools a condition's two sources; a condition with one source (BASE, FT, TEACHER) keeps its name."""
+    if not has_revision(data):
+        return data
+    several = data.groupby("condition")[SOURCE].transform("nunique") > 1
+    named = data["condition"].astype(str) + ":" + data[SOURCE].astype(str)
+    return data.assign(condition=data["condition"].where(~several, named))
+
+
+def compared_conditions(data: pd.DataFrame) -> pd.DataFrame:
+    """The rows that the tests between training conditions compare: without TEACHER (not a training condition),
+    each condition named with its rationale source when there are two (`with_arms`)."""
+    return with_arms(data[data["condition"] != TEACHER])
+
+
+def crossed(data: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of the conditions trained on every rationale source present (the condition x revision design), and
+    the conditions left out (one source only: BASE, FT, CFD)."""
+    sources = data.groupby("condition")[SOURCE].nunique()
+    full = set(sources.index[sources == data[SOURCE].nunique()])
+    return data[data["condition"].isin(full)], sorted(set(data["condition"].astype(str)) - set(map(str, full)))
+
+
+def _teacher_left_out(data: pd.DataFrame) -> str:
+    """A sentence for a test between training conditions, when the table holds TEACHER rows that it leaves out."""
+    if not (data["condition"] == TEACHER).any():
+        return ""
+    return (" TEACHER (the teacher's own answers) is left out, as it is not a training condition; the accuracy "
+            "table and McNemar compare it with every condition.")
+
+
+def _revision_notes(data: pd.DataFrame, left_out: Sequence[str] = ()) -> list[str]:
+    """Notes on the revision factor: one level only (no revision term), or the conditions left out of its design."""
+    if SOURCE not in data.columns:
+        return []
+    if not has_revision(data):
+        levels = ", ".join(sorted(data[SOURCE].dropna().astype(str).unique())) or "none"
+        return [f"rationale_source has one level only ({levels}): every student was trained on one kind of teacher "
+                "rationale, so there is no revision factor; train on unrevised and revised rationales to test it."]
+    if left_out:
+        return [f"conditions with one rationale source only (no teacher rationale in their training, or none at all), "
+                f"left out of the condition x revision design: {', '.join(left_out)}."]
+    return []
 
 
 def item_clusters(data: pd.DataFrame) -> pd.Series:
@@ -222,19 +285,22 @@ def _stars(p: float) -> str:
 
 def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Sequence[str] = (),
                    group: str = "condition", reference: str | None = None, fixed_effects: Sequence[str] = (),
-                   cluster: str | None = None) -> pd.DataFrame:
+                   cluster: str | None = None, factor: str | None = None,
+                   factor_reference: str | None = None) -> pd.DataFrame:
     """OLS of `outcome` on `group` dummies (treatment coding) plus covariates, with robust standard errors.
 
-    The baseline is `reference` or else the first group alphabetically. `fixed_effects` (e.g. "rater") add
-    one dummy per level but the first. With `cluster` (a column, e.g. the test item) the standard errors are
+    The baseline is `reference` or else the first group alphabetically. With `factor` (e.g. rationale_source) the
+    model crosses the two, `C(group) * C(factor)`: both sets of dummies (the factor's baseline `factor_reference`, or
+    its first level) and their interaction, so every group x factor cell needs data. `fixed_effects` (e.g. "rater")
+    add one dummy per level but the first. With `cluster` (a column, e.g. the test item) the standard errors are
     clustered by it (CRV1 with statsmodels' small-sample correction, t with clusters - 1 df); without, HC3.
-    Columns: term, coef, se, t, p, stars; attrs: r2, n, se_type, reference, formula.
+    Columns: term, coef, se, t, p, stars; attrs: r2, n, se_type, group, reference, factor, factor_reference, formula.
     """
     import statsmodels.formula.api as smf
 
     covariates, fixed_effects = list(covariates), list(fixed_effects)
-    data = _clean(items, [outcome, group, *covariates, *fixed_effects, *([cluster] if cluster else [])],
-                  "OLS regression")
+    data = _clean(items, [outcome, group, *([factor] if factor else []), *covariates, *fixed_effects,
+                          *([cluster] if cluster else [])], "OLS regression")
     groups = data[group].astype(str)
     counts = groups.value_counts().sort_index()
     if len(counts) < 2 or (counts < 2).any():
@@ -253,26 +319,36 @@ def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Se
     for i, f in enumerate(fixed_effects):
         frame[f"f{i}"] = data[f].astype(str).to_numpy()
     _check_variation(frame, outcome, covariates)
-    formula = "y ~ " + " + ".join([f"C(g, Treatment(reference={reference!r}))", *(f"x{i}" for i in range(len(covariates))),
+    group_term = f"C(g, Treatment(reference={reference!r}))"
+    names = {group_term: group, **{f"C(f{i})": f for i, f in enumerate(fixed_effects)}}  # inside dummies' terms
+    main, shown = group_term, f"C({group}, reference={reference!r})"
+    if factor:
+        frame["h"] = data[factor].astype(str).to_numpy()
+        factor_reference = _check_crossed(frame, group, factor, factor_reference)
+        factor_term = f"C(h, Treatment(reference={factor_reference!r}))"
+        names[factor_term] = factor
+        main, shown = f"{main} * {factor_term}", f"{shown} * C({factor}, reference={factor_reference!r})"
+    formula = "y ~ " + " + ".join([main, *(f"x{i}" for i in range(len(covariates))),
                                    *(f"C(f{i})" for i in range(len(fixed_effects)))])
-    n_params = len(levels) + len(covariates) + sum(frame[f"f{i}"].nunique() - 1 for i in range(len(fixed_effects)))
+    model = smf.ols(formula, data=frame)
+    n_params = model.exog.shape[1]
     if len(frame) <= n_params:
         raise TooFewObservations(
             f"the regression estimates {n_params} coefficients but has only {_plural(len(frame), 'row')}; "
             "it needs more rows than coefficients. Evaluate more items or drop covariates."
         )
-    model = smf.ols(formula, data=frame)
-    if np.linalg.matrix_rank(model.exog) < model.exog.shape[1]:
+    if np.linalg.matrix_rank(model.exog) < n_params:
         raise TooFewObservations(
             f"the covariates / fixed effects {', '.join([*covariates, *fixed_effects])} are collinear with the "
             f"{group} dummies, so their effects cannot be told apart; drop one of them"
         )
     fit, se_type = _robust_fit(model, data[cluster] if cluster else None)
-    names = {f"x{i}": c for i, c in enumerate(covariates)}
-    prefix = f"C(g, Treatment(reference={reference!r}))"
-    terms = [names.get(t, t.replace(prefix, group)) for t in fit.params.index]
-    for i, f in enumerate(fixed_effects):
-        terms = [t.replace(f"C(f{i})", f) for t in terms]
+    covariate_names = {f"x{i}": c for i, c in enumerate(covariates)}
+    terms = []
+    for term in fit.params.index:
+        for internal, name in names.items():
+            term = term.replace(internal, name)
+        terms.append(covariate_names.get(term, term))
     out = pd.DataFrame({
         "term": terms,
         "coef": fit.params.to_numpy(),
@@ -281,11 +357,27 @@ def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Se
         "p": fit.pvalues.to_numpy(),
     })
     out["stars"] = [_stars(p) for p in out["p"]]
-    out.attrs.update(r2=float(fit.rsquared), n=int(fit.nobs), se_type=se_type,
-                     reference=reference,
-                     formula=f"{outcome} ~ C({group}, reference={reference!r})" + "".join(f" + {c}" for c in covariates)
+    out.attrs.update(r2=float(fit.rsquared), n=int(fit.nobs), se_type=se_type, group=group, reference=reference,
+                     factor=factor, factor_reference=factor_reference if factor else None,
+                     formula=f"{outcome} ~ {shown}" + "".join(f" + {c}" for c in covariates)
                      + "".join(f" + C({f})" for f in fixed_effects))
     return out
+
+
+def _check_crossed(frame: pd.DataFrame, group: str, factor: str, reference: str | None) -> str:
+    """The factor's baseline level; raise unless it has two levels and every group (g) x factor (h) cell has data."""
+    levels = sorted(frame["h"].unique())
+    reference = levels[0] if reference is None else str(reference)
+    if reference not in levels:
+        raise ValueError(f"reference {reference!r} is not a {factor} in the data; choose one of {', '.join(levels)}")
+    if len(levels) < 2:
+        raise TooFewObservations(f"the regression needs at least two levels of {factor}; got {', '.join(levels)}")
+    present = set(zip(frame["g"], frame["h"]))
+    empty = [f"{g} x {h}" for g in sorted(frame["g"].unique()) for h in levels if (g, h) not in present]
+    if empty:
+        raise TooFewObservations(f"the {group} x {factor} regression needs data in every cell; "
+                                 f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} none")
+    return reference
 
 
 def _robust_fit(model, clusters: pd.Series | None) -> tuple:
@@ -578,7 +670,7 @@ FAITHFULNESS = {  # column of items.jsonl: what a 1 means, for the report's sent
     "faithfulness_cf_follows": "answer followed the counterfactual rationale to its option",
 }
 RATING_UNIT = "one rater's rating of a test item's explanation"
-ITEM_COLUMNS = ("run", "condition", "student", "seed", "test_set", "item_id", "correct", "rationale_len", "cec")
+ITEM_COLUMNS = ("run", "condition", SOURCE, "student", "seed", "test_set", "item_id", "correct", "rationale_len", "cec")
 NUMERIC_COLUMNS = ("correct", "rationale_len", "cec", "cec_fc", "cec_bf", *TEXT_METRICS, "loglik_correct",
                    "loglik_norm_correct", *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
 # log-likelihood answers (item column -> accuracy column): per character first, the headline (lm-eval's acc_norm);
@@ -675,9 +767,10 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
 
 
 def join_ratings(ratings: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Ratings (run, item_id, rater, dimensions) with the rated item's condition, student, test set and rationale_len."""
+    """Ratings (run, item_id, rater, dimensions) with the rated item's condition, rationale source, student, test set
+    and rationale_len."""
     _require_columns(ratings, ["run", "item_id", "rater"], "the ratings (judge_ratings.jsonl, human_ratings.jsonl)")
-    keep = [c for c in ("run", "item_id", "test_set", "condition", "student", "student_size", "rationale_len")
+    keep = [c for c in ("run", "item_id", "test_set", "condition", SOURCE, "student", "student_size", "rationale_len")
             if c in items.columns]
     meta = items[keep].drop_duplicates(["run", "item_id"])
     ratings = ratings.assign(**{d: pd.to_numeric(ratings[d], errors="coerce") for d in RATING_DIMENSIONS
@@ -735,13 +828,17 @@ def _ci_text(low: float, high: float) -> str:
 
 
 def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:
-    """Accuracy (and log-likelihood accuracy) and mean CEC per test set, student and condition with 95% intervals."""
-    items = tables.items
+    """Accuracy (and log-likelihood accuracy) and mean CEC per test set, student and condition (per rationale source
+    when there are two) with 95% intervals; BASE and TEACHER among them."""
+    items = with_arms(tables.items)
     by = [c for c in ("test_set", "student", "condition") if c in items.columns]
     section = Section("accuracy", "Accuracy and CEC by condition",
                       "Share of test items answered correctly, and mean CEC (explanation coherence with the teacher), "
                       "with 95% confidence intervals from a cluster bootstrap: test items are resampled with all their "
-                      "seeds, so the seeds of one item count as one item, not several. "
+                      "seeds, so the seeds of one item count as one item, not several. BASE is the untrained student "
+                      "(the floor), TEACHER the teacher's own answers to the in-distribution questions (the ceiling; "
+                      "no CEC, as its rationale is the reference); a condition trained on both unrevised and revised "
+                      "teacher rationales has a row per source (MT:revised). "
                       f"Unit: {unit_text(items)}.")
     if items.empty:
         section.notes.append("no test item was answered (05_evaluation/items.jsonl is empty: a study of CAUSAL "
@@ -785,7 +882,7 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
 
 def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:
     """How often the answer changes when the student's rationale is replaced, per test set, student and condition."""
-    items = tables.items
+    items = with_arms(tables.items)
     by = [c for c in ("test_set", "student", "condition") if c in items.columns]
     section = Section("faithfulness", "Faithfulness: does the answer depend on the rationale?",
                       "Share of items whose answer changed when the student's own rationale was replaced by a perturbed "
@@ -807,14 +904,17 @@ def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -
 
 
 def tukey_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Tukey-Kramer HSD between conditions within each test set and student, on per-item means over seeds."""
+    """Tukey-Kramer HSD between training conditions (per rationale source when there are two) within each test set
+    and student, on per-item means over seeds."""
     title, expl = (f"Tukey-Kramer HSD on {outcome}",
                    "Every pair of conditions compared within each test set and student, with the family-wise error "
-                   "held at alpha (Tukey-Kramer handles unequal group sizes). "
-                   f"Unit: {unit_text(tables.items)}.")
-    if not _has_values(tables.items, outcome):
+                   "held at alpha (Tukey-Kramer handles unequal group sizes); with students trained on unrevised and "
+                   "revised teacher rationales, each condition and source is a group (MT:revised)."
+                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
+    data = compared_conditions(tables.items)
+    if not _has_values(data, outcome):
         return _absent(f"tukey_{outcome}", title, expl, f"no item has a value for {outcome}; this input is absent.")
-    table, notes = tukey_by(over_seeds(tables.items, [outcome]), value=outcome, alpha=alpha)
+    table, notes = tukey_by(over_seeds(data, [outcome]), value=outcome, alpha=alpha)
     return Section(f"tukey_{outcome}", title, expl, table if len(table) else None,
                    describe_tukey_by(table) if len(table) else [], notes)
 
@@ -823,28 +923,63 @@ def anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Secti
     """Two-way ANOVA condition x student size per test set on per-item means over seeds (Levene, Shapiro-Wilk)."""
     title, expl = (f"Two-way ANOVA on {outcome}: condition x student size",
                    "Does the condition matter, does the student's size matter, and does the effect of the condition "
-                   "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals. "
-                   f"Unit: {unit_text(tables.items)}.")
+                   "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals. With "
+                   "two rationale sources each condition and source is a level of condition (MT:revised)."
+                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
     key = f"anova_{outcome}"
-    if not _has_values(tables.items, outcome):
+    data = compared_conditions(tables.items)
+    if not _has_values(data, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
     section = Section(key, title, expl)
+    _anova_by(section, over_seeds(data, [outcome]), outcome, ["test_set"], "student_size", alpha)
+    return section
+
+
+def revision_anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
+    """Two-way ANOVA condition x revision (rationale_source) per test set and student, on per-item means over seeds,
+    over the conditions trained on both sources."""
+    title, expl = (f"Two-way ANOVA on {outcome}: condition x revision",
+                   "Does the condition matter, does training on critique-revised teacher rationales instead of "
+                   "unrevised ones matter, and does revision help some conditions more than others (seed 001)? Only "
+                   "conditions trained on both kinds of rationale take part (the crossed design). Levene's test "
+                   "checks equal variances and Shapiro-Wilk normal residuals."
+                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
+    key = f"anova_revision_{outcome}"
+    data = tables.items[tables.items["condition"] != TEACHER]
+    if not _has_values(data, outcome):
+        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
+    section = Section(key, title, expl)
+    if not has_revision(data):
+        section.notes += _revision_notes(data) or [f"the items have no {SOURCE} column, so there is no revision "
+                                                   "factor to test."]
+        return section
+    data, left_out = crossed(data)
+    section.notes += _revision_notes(tables.items, left_out)
+    _anova_by(section, over_seeds(data, [outcome]), outcome, ["test_set", "student"], SOURCE, alpha)
+    return section
+
+
+def _anova_by(section: Section, data: pd.DataFrame, outcome: str, by: Sequence[str], b: str, alpha: float) -> None:
+    """Fit the two-way ANOVA condition x `b` within each subset of `by`; add its sentences, notes and table to
+    `section` (a subset the data cannot support becomes a note)."""
     parts = []
-    for test_set, grp in over_seeds(tables.items, [outcome]).groupby("test_set", sort=True):
+    for key, grp in data.groupby(list(by), sort=True):
+        label = ", ".join(map(str, key))
+        where = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in zip(by, key))
         try:
-            table = two_way_anova(grp, value=outcome, alpha=alpha)
+            table = two_way_anova(grp, value=outcome, b=b, alpha=alpha)
         except TooFewObservations as exc:
-            section.notes.append(f"test set {test_set}: {exc}")
+            section.notes.append(f"{where}: {exc}")
             continue
-        section.sentences += [f"[{test_set}] {s}" for s in describe_anova(table, alpha)]
-        section.notes += [f"test set {test_set}: {n}" for n in table.attrs["notes"]]
-        section.sentences.append(f"[{test_set}] assumption checks: Levene {_p_or_na(table.attrs['levene_p'])}, "
+        section.sentences += [f"[{label}] {s}" for s in describe_anova(table, alpha)]
+        section.notes += [f"{where}: {n}" for n in table.attrs["notes"]]
+        section.sentences.append(f"[{label}] assumption checks: Levene {_p_or_na(table.attrs['levene_p'])}, "
                                  f"Shapiro-Wilk {_p_or_na(table.attrs['shapiro_p'])}.")
         table = table.assign(levene_p=table.attrs["levene_p"], shapiro_p=table.attrs["shapiro_p"])
-        table.insert(0, "test_set", test_set)
+        for k, v in reversed(list(zip(by, key))):
+            table.insert(0, k, v)
         parts.append(table)
     section.table = pd.concat(parts, ignore_index=True) if parts else None
-    return section
 
 
 def _p_or_na(p: float) -> str:
@@ -856,14 +991,15 @@ def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Sec
     """Kruskal-Wallis and Dunn-Bonferroni per test set and student on per-item means over seeds."""
     title, expl = (f"Kruskal-Wallis and Dunn-Bonferroni on {outcome} (non-parametric)",
                    "Compares conditions by ranks, without assuming normal residuals or equal variances; Dunn's "
-                   "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail. "
-                   f"Unit: {unit_text(tables.items)}.")
+                   "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail."
+                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
     key = f"kruskal_{outcome}"
-    if not _has_values(tables.items, outcome):
+    data = compared_conditions(tables.items)
+    if not _has_values(data, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
     section = Section(key, title, expl)
     parts = []
-    for (test_set, student), grp in over_seeds(tables.items, [outcome]).groupby(["test_set", "student"], sort=True):
+    for (test_set, student), grp in over_seeds(data, [outcome]).groupby(["test_set", "student"], sort=True):
         try:
             table = kruskal_dunn(grp, value=outcome, alpha=alpha)
         except TooFewObservations as exc:
@@ -886,14 +1022,17 @@ def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Sec
 
 
 def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
-    """Paired McNemar tests of correctness between conditions on the same test items, Holm-corrected."""
+    """Paired McNemar tests of correctness between conditions on the same test items, Holm-corrected; TEACHER is
+    paired with every condition of every student and seed."""
     section = Section("mcnemar", "McNemar's test on the same items (paired)",
                       "For two conditions (same student and seed) answering the same test items, only the items one "
                       "gets right and the other wrong carry information; McNemar tests whether those split evenly. "
+                      "TEACHER (the teacher's own answers) is paired with every condition of every student and seed "
+                      "on the in-distribution items both answered. "
                       "The p values are Holm-adjusted over every pair and seed of a test set and student (p_holm), "
                       "and significance is judged on the adjusted p. Unit: test item, paired within one seed.")
     try:
-        table = mcnemar_pairs(tables.items)
+        table = mcnemar_pairs(teacher_beside_students(with_arms(tables.items)))
     except ValueError as exc:
         section.notes.append(str(exc))
         return section
@@ -907,6 +1046,17 @@ def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
         section.notes.append(f"{_plural(len(few), 'pair')} of conditions differ on fewer than 6 items; even a "
                              "perfect split there cannot reach p < 0.05 with the exact test.")
     return section
+
+
+def teacher_beside_students(items: pd.DataFrame) -> pd.DataFrame:
+    """The items with TEACHER's rows repeated under the student and seed of every run of the same test set, so that
+    McNemar (which pairs within a test set, student and seed) pairs the teacher with every condition."""
+    teacher, students = items[items["condition"] == TEACHER], items[items["condition"] != TEACHER]
+    if teacher.empty:
+        return items
+    keys = [k for k in ("student", "seed") if k in items.columns]
+    cells = students[["test_set", *keys]].drop_duplicates()
+    return pd.concat([students, teacher.drop(columns=keys).merge(cells, on="test_set")], ignore_index=True)
 
 
 def check_reference(reference: str | None, conditions: Sequence[str] | None) -> None:
@@ -939,26 +1089,35 @@ def choose_reference(present: Sequence[str], conditions: Sequence[str] | None,
     return first, how
 
 
+REVISION_MODEL = ("With students trained on unrevised and on revised teacher rationales the model crosses condition "
+                  "and revision, C(condition) * C(rationale_source) as in seed 001, over the conditions trained on "
+                  "both: the condition dummies (on unrevised rationales), the revised dummy (the revision effect for "
+                  "the reference condition) and their interaction (how much more revision changes a condition than "
+                  "it changes the reference).")
+
+
 def ols_section(tables: RunTables, outcome: str, reference: str | None = None,
                 conditions: Sequence[str] | None = None) -> Section:
-    """OLS of a per-item outcome (mean over seeds) on condition dummies (student and test-set effects when several),
-    with standard errors clustered by test item."""
+    """OLS of a per-item outcome (mean over seeds) on condition dummies (x revision when there are two rationale
+    sources; student and test-set effects when several), with standard errors clustered by test item."""
     title, expl = (f"Regression of {outcome} on condition",
                    "OLS with treatment-coded condition dummies (coefficients are differences from the reference "
                    "condition) and one fixed effect per student and test set when there are several. Rationale "
                    "length is left out: the condition itself changes it, so holding it fixed would hide part of the "
-                   "condition's effect (a post-treatment variable). Standard errors are clustered by test item; "
-                   f"* p < 0.05, ** p < 0.01, *** p < 0.001. Unit: {unit_text(tables.items)}.")
+                   f"condition's effect (a post-treatment variable). {REVISION_MODEL} Standard errors are clustered "
+                   f"by test item; * p < 0.05, ** p < 0.01, *** p < 0.001.{_teacher_left_out(tables.items)} "
+                   f"Unit: {unit_text(tables.items)}.")
     key = f"ols_{outcome}"
     if not _has_values(tables.items, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    data = over_seeds(tables.items, [outcome]).dropna(subset=[outcome])
+    data, revision, notes = _regression_rows(over_seeds(tables.items, [outcome]).dropna(subset=[outcome]))
     data = data.assign(test_item=item_clusters(data))
     fixed = [c for c in ("student", "test_set") if c in data and data[c].nunique() > 1]
     ref, why = choose_reference(data["condition"], conditions, reference)
-    section = Section(key, title, expl, sentences=[f"Reference condition: {ref} ({why})."])
+    section = Section(key, title, expl, sentences=[f"Reference condition: {ref} ({why})."], notes=notes)
     try:
-        section.table = ols_regression(data, outcome=outcome, reference=ref, fixed_effects=fixed, cluster="test_item")
+        section.table = ols_regression(data, outcome=outcome, reference=ref, fixed_effects=fixed, cluster="test_item",
+                                       **revision)
     except TooFewObservations as exc:
         section.notes.append(str(exc))
         return section
@@ -966,17 +1125,43 @@ def ols_section(tables: RunTables, outcome: str, reference: str | None = None,
     return section
 
 
+def _regression_rows(data: pd.DataFrame) -> tuple[pd.DataFrame, dict, list[str]]:
+    """The rows a regression on condition uses (no TEACHER; with two rationale sources, the conditions trained on
+    both), the revision arguments of ols_regression ({} without), and the notes on the revision factor."""
+    data = data[data["condition"] != TEACHER]
+    if not has_revision(data):
+        return data, {}, _revision_notes(data)
+    design, left_out = crossed(data)
+    return design, {"factor": SOURCE, "factor_reference": UNREVISED}, _revision_notes(data, left_out)
+
+
 def describe_ols(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """Plain sentences for the condition terms of an ols_regression table, and its fit."""
-    ref = table.attrs.get("reference", "the baseline")
+    """Plain sentences for the condition, revision and interaction terms of an ols_regression table, and its fit."""
     sentences = []
-    for row in table[table["term"].str.startswith("condition[")].itertuples(index=False):
-        name = row.term.split("T.", 1)[-1].rstrip("]")
-        verdict = "significant" if row.p < alpha else "not significant"
-        sentences.append(f"{name} vs {ref}: {row.coef:+.3f} (SE {row.se:.3f}, {_format_p(row.p)}, {verdict}).")
+    for row in table.itertuples(index=False):
+        what = _term_text(row.term, table.attrs)
+        if what is not None:
+            verdict = "significant" if row.p < alpha else "not significant"
+            sentences.append(f"{what}: {row.coef:+.3f} (SE {row.se:.3f}, {_format_p(row.p)}, {verdict}).")
     sentences.append(f"R² = {table.attrs.get('r2', float('nan')):.3f} on n = {table.attrs.get('n', '?')}; "
                      f"model `{table.attrs.get('formula', '')}`; standard errors {table.attrs.get('se_type', '')}.")
     return sentences
+
+
+def _term_text(term: str, attrs: dict) -> str | None:
+    """How a sentence names a term of ols_regression: 'MT vs FT', 'revised vs unrevised rationales (for FT)',
+    'MT x revised (...)'; None for the intercept, covariates and fixed effects."""
+    ref, factor, base = attrs.get("reference", "the baseline"), attrs.get("factor"), attrs.get("factor_reference")
+    dummy = rf"{re.escape(attrs.get('group', 'condition'))}\[T\.(.+?)\]"
+    if factor:
+        level = rf"{re.escape(factor)}\[T\.(.+)\]"
+        if m := re.fullmatch(f"{dummy}:{level}", term):
+            return f"{m[1]} x {m[2]} (how much more {m[2]} rationales change {m[1]} than {ref})"
+        if m := re.fullmatch(level, term):
+            return f"{m[1]} vs {base} rationales (for {ref})"
+    if m := re.fullmatch(dummy, term):
+        return f"{m[1]} vs {ref}" + (f" (on {base} rationales)" if factor else "")
+    return None
 
 
 def _raters_sentence(ratings: pd.DataFrame) -> str:
@@ -991,12 +1176,12 @@ def _raters_sentence(ratings: pd.DataFrame) -> str:
 
 def ratings_sections(tables: RunTables, dimensions: Sequence[str] = RATING_DIMENSIONS, reference: str | None = None,
                      conditions: Sequence[str] | None = None) -> list[Section]:
-    """OLS of each rating dimension (mean over seeds) on condition dummies + rationale length (+ rater fixed effects
-    when several), with standard errors clustered by test item."""
+    """OLS of each rating dimension (mean over seeds) on condition dummies (x revision when there are two rationale
+    sources) + rationale length (+ rater fixed effects when several), with standard errors clustered by test item."""
     expl = ("Ratings (an LLM judge or human raters, Likert scale) regressed on condition dummies and rationale length, "
             "as in seed 001 (the length is a rater control here: longer explanations may be rated higher for length "
             "alone), with one fixed effect per rater when there are several (rater severity); standard errors "
-            "clustered by test item. "
+            f"clustered by test item. {REVISION_MODEL} "
             f"Unit: {unit_text(tables.items, RATING_UNIT)}.")
     present = rated_dimensions(tables.ratings, dimensions)
     if not present:
@@ -1006,15 +1191,16 @@ def ratings_sections(tables: RunTables, dimensions: Sequence[str] = RATING_DIMEN
     covariates = [c for c in ("rationale_len",) if c in ratings.columns]
     out = []
     for dim in present:
-        data = over_seeds(ratings, [dim, *covariates], keys=(*UNIT_KEYS, "rater")).dropna(subset=[dim])
+        data, revision, notes = _regression_rows(over_seeds(ratings, [dim, *covariates], keys=(*UNIT_KEYS, "rater"))
+                                                 .dropna(subset=[dim]))
         data = data.assign(test_item=item_clusters(data))
         ref, why = choose_reference(data["condition"], conditions, reference)
         section = Section(f"ols_rating_{dim}", f"Regression of {dim} ratings on condition", expl,
-                          sentences=[_raters_sentence(ratings), f"Reference condition: {ref} ({why})."])
+                          sentences=[_raters_sentence(ratings), f"Reference condition: {ref} ({why})."], notes=notes)
         fixed = ["rater"] if data["rater"].nunique() > 1 else []
         try:
             section.table = ols_regression(data, outcome=dim, covariates=covariates, reference=ref,
-                                           fixed_effects=fixed, cluster="test_item")
+                                           fixed_effects=fixed, cluster="test_item", **revision)
             section.sentences += describe_ols(section.table)
         except TooFewObservations as exc:
             section.notes.append(str(exc))
@@ -1111,7 +1297,8 @@ def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alp
                 mcnemar_section(tables, alpha)]
     for outcome in outcomes:
         sections += [tukey_section(tables, outcome, alpha), anova_section(tables, outcome, alpha),
-                     kruskal_section(tables, outcome, alpha), ols_section(tables, outcome, reference, conditions)]
+                     revision_anova_section(tables, outcome, alpha), kruskal_section(tables, outcome, alpha),
+                     ols_section(tables, outcome, reference, conditions)]
     sections += ratings_sections(tables, reference=reference, conditions=conditions)
     sections.append(metrics_section(tables))
     sections.append(causal_section(tables))

@@ -245,7 +245,11 @@ class Revision:
 
 def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engine: Any = None,
                        split: str = "train") -> list[Revision]:
-    """Initial explanation -> critique -> revised explanation for the first `teacher.revise_max_questions` questions."""
+    """Initial explanation -> critique -> revised explanation for the first `teacher.revise_max_questions` questions.
+
+    A stage whose completion failed but is not empty (truncated at the token limit) still goes to the next stage, so
+    a row keeps every text the teacher wrote; `failure` names the first stage that failed. An empty one ends the row.
+    """
     picked = questions[: params.revise_max_questions] if params.revise_max_questions else questions
     names = ("explain", "critique", "revise")
     templates = {n: load_template(n).sha256 for n in names}
@@ -256,15 +260,15 @@ def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engin
     engine = engine or make_teacher(params)
     texts: dict[str, list[str]] = {n: [""] * len(picked) for n in names}
     failures: list[str | None] = [None] * len(picked)
-    for stage in names:
-        todo = [i for i in range(len(picked)) if failures[i] is None]
+    for n, stage in enumerate(names):
+        todo = [i for i in range(len(picked)) if all(texts[s][i] for s in names[:n])]
         t = load_template(stage)
         asks = [Ask(prompt=revision_prompt(stage, picked[i], texts["explain"][i], texts["critique"][i]),
                     max_new_tokens=params.revise_max_new_tokens, temperature=params.temperature, template=t.name,
                     template_sha256=t.sha256, validate=text_failure, stop="\n\n") for i in todo]
         for i, a in zip(todo, engine.ask(asks, desc=f"critique-revision: {stage}")):
             texts[stage][i] = a.completion.text.strip()
-            if a.failure:
+            if a.failure and failures[i] is None:
                 failures[i] = f"{stage}: {a.failure}"
     return [Revision(q.id, split, texts["explain"][i], texts["critique"][i], texts["revise"][i], failures[i],
                      params.backend, engine.name, templates) for i, q in enumerate(picked)]

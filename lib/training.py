@@ -10,6 +10,10 @@ Every condition of METHOD.md becomes a list of `Example`s (prompt, target, task)
 An example longer than `training.max_length` keeps the end of its target (the answer sentence and EOS) and loses
 the end of its rationale; see `tokenize_examples`. A finished run is skipped, and an interrupted one resumed, only
 when its config matches: params, examples, the training code and the student's weights (`run_config`).
+
+The grid crosses conditions, students and seeds with Hendriks et al.'s Revised factor (`training.rationale_sources`)
+for the conditions whose targets hold teacher rationales; each run trains with the `training` section plus its
+condition's `training.overrides`. BASE is the untrained student: it has a row in runs.jsonl but no training run.
 """
 
 from __future__ import annotations
@@ -25,14 +29,20 @@ from typing import Any
 
 from lib.data import MCQuestion, format_question
 from lib.params import TrainingParams
-from lib.prompts import answer_sentence
+from lib.prompts import answer_sentence, causal_student_prompt
 from lib.runs import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 ANSWER_PREFIX, RATIONALE_PREFIX = "[answer]", "[rationale]"
 FACTUAL_PREFIX, COUNTERFACTUAL_PREFIX = "[factual]", "[counterfactual]"
-MC_CONDITIONS = ("FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD")  # students asked multiple-choice questions
+MC_CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD")  # students asked multiple-choice questions
+UNTRAINED = ("BASE",)  # conditions without a training run: the student as loaded, asked like FT
+# Conditions whose targets hold teacher rationales: each is trained once per training.rationale_sources level (CF: its
+# factual rationale; its counterfactual rationales are the same in both). The others are trained once, as "unrevised".
+RATIONALE_CONDITIONS = ("FT-CoT", "MT", "CF", "MT+CF")
+# training keys that describe the grid, not one run: left out of a run's recorded settings and config hash
+GRID_KEYS = frozenset({"students", "conditions", "seeds", "rationale_sources", "overrides"})
 
 
 @dataclasses.dataclass
@@ -48,22 +58,29 @@ class Example:
 
 @dataclasses.dataclass
 class StudentRun:
-    """One cell of the grid: a condition, a student and a seed, and where it is saved."""
+    """One cell of the grid: a condition, a student, a seed and a rationale source, and where it is saved.
+
+    `rationale_source` is `unrevised` (the step-02 CoT rationale) or `revised` (the critique-revised explanation of
+    02_teacher/revisions.jsonl). Conditions without teacher rationales in their targets (BASE, FT, CFD, CAUSAL) have
+    one run, recorded as `unrevised`, so that the factor keeps exactly two levels.
+    """
 
     condition: str
     student: str
     seed: int
+    rationale_source: str = "unrevised"
 
     @property
     def name(self) -> str:
-        """Folder name, e.g. `MT__gemma3-270m-gguf__seed0`."""
+        """Folder name, e.g. `MT__revised__gemma3-270m-gguf__seed0`."""
         slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", self.student.strip("/"))[-60:]
-        return f"{self.condition}__{slug}__seed{self.seed}"
+        return f"{self.condition}__{self.rationale_source}__{slug}__seed{self.seed}"
 
 
 def task_weights(condition: str, alpha: float) -> dict[str, float]:
     """The loss weight of each task of a condition."""
     return {
+        "BASE": {},  # not trained
         "FT": {"answer": 1.0},
         "FT-CoT": {"cot": 1.0},
         "MT": {"answer": alpha, "rationale": 1.0 - alpha},
@@ -80,9 +97,26 @@ def condition_task(condition: str) -> str:
     return "causal" if condition == "CAUSAL" else "mc"
 
 
-def causal_prompt(row: dict) -> str:
-    """The CAUSAL student's input for one row of 02_teacher/causal.jsonl (train or test): claim, evidence, label."""
-    return f"Claim: {row['claim']}\nEvidence: {row['evidence']}\nLabel: {row['claim_label']}\nExplanation:"
+
+def condition_sources(condition: str, sources: list[str]) -> list[str]:
+    """The rationale sources a condition is trained on: `sources` for RATIONALE_CONDITIONS, else `["unrevised"]`."""
+    return list(sources) if condition in RATIONALE_CONDITIONS else ["unrevised"]
+
+
+def revised_rationales(rows: list[dict], keep: str = "parsed") -> dict[str, str]:
+    """Question id -> revised explanation from the rows of 02_teacher/revisions.jsonl (training split).
+
+    A row with a failure is left out, unless `keep == "any"` (training.rationale_filter), which keeps a failed row's
+    revised text as written when it has one. A concluding answer sentence is removed, as from CoT rationales.
+    """
+    from lib.teacher import split_rationale
+
+    out = {}
+    for r in rows:
+        text = split_rationale(r.get("revised") or "")
+        if text and r.get("split", "train") == "train" and (not r.get("failure") or keep == "any"):
+            out[str(r["id"])] = text
+    return out
 
 
 def qa_prompt(q: MCQuestion, prefix: str = "") -> str:
@@ -137,7 +171,7 @@ def _causal_examples(causal_rows: list[dict] | None, keep: str = "parsed") -> li
         if not text and keep == "any":
             text = (r.get("raw") or "").strip()
         if r.get("split") == "train" and text:
-            out.append(Example(causal_prompt(r), " " + text, "explanation", str(r["id"])))
+            out.append(Example(causal_student_prompt(r), " " + text, "explanation", str(r["id"])))
     return out
 
 
@@ -147,6 +181,8 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
                        causal_rows: list[dict] | None = None, keep: str = "parsed") -> list[Example]:
     """Training examples of one condition from the questions and the teacher's artifacts (`keep`: causal filter)."""
     ex: list[Example] = []
+    if condition in UNTRAINED:
+        raise ValueError(f"{condition} is the untrained student: it has no training examples")
     if condition == "FT":
         ex = [_answer_example(qa_prompt(q), "", answer_sentence(q, q.answer), "answer", q.id) for q in questions]
     elif condition == "FT-CoT":
@@ -180,7 +216,10 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
 
 
 def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[str, str]:
-    """The prompts a student trained under `condition` is asked with at test time, by role (answer / rationale)."""
+    """The prompts a student trained under `condition` is asked with at test time, by role (answer / rationale).
+
+    BASE (the untrained student) is asked like FT: the plain question and `A:`.
+    """
     if condition == "MT":
         return {"answer": qa_prompt(q, ANSWER_PREFIX), "rationale": qa_prompt(q, RATIONALE_PREFIX)}
     if condition == "CFD":
@@ -188,8 +227,9 @@ def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[
     if condition in ("CF", "MT+CF"):
         return {"answer": qa_prompt(q, FACTUAL_PREFIX)}
     if condition == "CAUSAL":
-        raise ValueError("CAUSAL students answer claim-evidence pairs, not questions: use causal_prompt(row) "
-                         "on the test rows of 02_teacher/causal.jsonl (runs.jsonl task == 'causal')")
+        raise ValueError("CAUSAL students answer claim-evidence pairs, not questions: use "
+                         "lib.prompts.causal_student_prompt(row) on the test rows of 02_teacher/causal.jsonl "
+                         "(runs.jsonl task == 'causal')")
     return {"answer": qa_prompt(q)}
 
 
@@ -380,12 +420,22 @@ def training_code_sha256() -> dict[str, str]:
     return {f"lib/{name}": sha256_file(here / name) for name in CODE_FILES}
 
 
+def run_settings(params: TrainingParams, condition: str) -> dict:
+    """The training settings a run of `condition` uses (its overrides applied), without the grid's keys (GRID_KEYS)."""
+    return params.for_condition(condition).model_dump(mode="json", exclude=set(GRID_KEYS))
+
+
 def run_config(run: StudentRun, examples: list[Example], params: TrainingParams,
                strategy_tokens: list[str] | None = None) -> dict:
-    """What a trained run depends on: the run, its params and examples, the training code and the student's weights."""
+    """What a trained run depends on: the run, its settings and examples, the training code and the student's weights.
+
+    The settings are the run's own (`run_settings`): another condition's override, or a condition, student or seed
+    added to the grid, leaves the config of this run unchanged.
+    """
     from lib.models import model_provenance
 
-    config = {"run": dataclasses.asdict(run), "training": params.model_dump(mode="json"), "n_examples": len(examples),
+    config = {"run": dataclasses.asdict(run), "training": run_settings(params, run.condition),
+              "n_examples": len(examples),
               "examples_sha256": sha256_json([dataclasses.asdict(e) for e in examples]),
               "code_sha256": training_code_sha256(), "student_provenance": model_provenance(run.student)}
     if run.condition == "CFD":
@@ -506,19 +556,58 @@ def lora_model(model: Any, params: TrainingParams, token_ids: list[int] | None =
     return get_peft_model(model, cfg)
 
 
+def count_parameters(model: Any) -> int:
+    """A model's parameters, counted as peft counts them (a 4-bit weight stores two values per byte)."""
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if type(p).__name__ == "Params4bit":
+            n *= 2 * (p.element_size() if hasattr(p, "element_size") else 1)
+        total += n
+    return total
+
+
+def untrained_result(run: StudentRun, params: TrainingParams) -> dict:
+    """The runs.jsonl row of an untrained (BASE) student: no training, no adapter (`adapter: null`), no files written.
+
+    Its `finetune` is the training section's, so that a QLoRA study's BASE is asked on the same 4-bit base as its
+    students; `n_params` is the student's own size, as in every trained row.
+    """
+    from lib.models import is_encoder_decoder, load_student_lm, model_provenance
+
+    t0 = time.perf_counter()
+    n_params = count_parameters(load_student_lm(run.student, "cpu"))
+    config = {"run": dataclasses.asdict(run), "student_provenance": model_provenance(run.student)}
+    return {
+        "run": run.name, "task": condition_task(run.condition), "condition": run.condition,
+        "rationale_source": run.rationale_source, "student": run.student, "seed": run.seed,
+        "n_examples": 0, "n_truncated": 0, "n_skipped": 0, "steps": 0, "wall_s": round(time.perf_counter() - t0, 1),
+        "target_tokens_per_epoch": 0, "train_s": 0.0, "target_tokens_per_s": 0.0, "resumed_from": None,
+        "final_loss": None, "config_sha256": sha256_json(config), "finetune": params.finetune,
+        "architecture": "encoder-decoder" if is_encoder_decoder(run.student) else "decoder-only",
+        "n_params": n_params, "n_trainable": 0, "added_tokens": [], "adapter": None, "training": None,
+    }
+
+
 def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, out_dir: Path, device: str,
               strategy_tokens: list[str] | None = None, force: bool = False) -> dict:
     """Train one student on one condition's examples and save its adapter, losses and timings.
 
+    The run trains with `params.for_condition(run.condition)`: the training section with that condition's
+    `training.overrides` applied, recorded in config.json and done.json (`training`). A BASE run trains nothing and
+    writes nothing: its row (`untrained_result`) has `steps: 0` and `adapter: null`.
     A run finished under the same `run_config` with its weights still saved is skipped (its done.json is returned);
     an interrupted one resumes from its last checkpoint of that config. `force` retrains from scratch regardless.
     A CFD run adds `strategy_tokens` (params counterfactual.strategy_tokens) to the student's tokenizer as special
     tokens and trains their embedding rows (with LoRA: peft's trainable tokens, saved in the adapter).
     """
+    if run.condition in UNTRAINED:
+        return untrained_result(run, params)
     from transformers import set_seed
 
     from lib.models import load_student_lm, load_tokenizer
 
+    params = params.for_condition(run.condition)
     if run.condition == "CFD" and not strategy_tokens:
         raise ValueError(f"{run.name}: a CFD run needs the strategy tokens (params counterfactual.strategy_tokens); "
                          "pass them as train_run(..., strategy_tokens=[positive, negative])")
@@ -534,6 +623,7 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(run.student, padding_side="right")
     model = load_student_lm(run.student, device, load_in_4bit=params.finetune == "qlora")
+    n_params = count_parameters(model)  # the student's own size, before added tokens and adapters
     new_ids = add_special_tokens(tokenizer, model, strategy_tokens or []) if run.condition == "CFD" else []
     model = lora_model(model, params, new_ids)
     if new_ids and hasattr(model, "peft_config"):
@@ -548,8 +638,8 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     if n_truncated or n_skipped:
         log.warning("%s: %d of %d examples are longer than training.max_length=%d tokens and were cut (rationale "
                     "shortened, answer sentence and EOS kept); %d did not fit at all and were skipped. "
-                    "Raise training.max_length to keep them whole.", run.name, n_truncated, len(examples),
-                    params.max_length, n_skipped)
+                    "Raise training.max_length (or its training.overrides) to keep them whole.", run.name, n_truncated,
+                    len(examples), params.max_length, n_skipped)
     ckpt_dir = out_dir / "trainer"
     resume = _resumable_checkpoint(run.name, ckpt_dir, config_sha, force)
     trainer = _trainer_class()(model=model, args=_training_arguments(params, ckpt_dir, device, run.seed),
@@ -565,18 +655,20 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     model.save_pretrained(out_dir / "adapter")
     tokenizer.save_pretrained(out_dir / "adapter")
     target_tokens = sum(sum(x != -100 for x in d["labels"]) for d in data)
-    trainable, total = (model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters")
-                        else (model.num_parameters(), model.num_parameters()))
+    trainable = (model.get_nb_trainable_parameters()[0] if hasattr(model, "get_nb_trainable_parameters")
+                 else sum(p.numel() for p in model.parameters() if p.requires_grad))
     result = {
-        "run": run.name, "task": condition_task(run.condition), "condition": run.condition, "student": run.student, "seed": run.seed,
+        "run": run.name, "task": condition_task(run.condition), "condition": run.condition,
+        "rationale_source": run.rationale_source, "student": run.student, "seed": run.seed,
         "n_examples": len(data), "n_truncated": n_truncated, "n_skipped": n_skipped,
         "steps": trainer.state.global_step, "wall_s": round(time.perf_counter() - t0, 1),
         "target_tokens_per_epoch": target_tokens,
         "train_s": round(train_s, 1), "target_tokens_per_s": round(trainer.target_tokens / max(train_s, 1e-9), 1),
         "resumed_from": resume.name if resume is not None else None, "final_loss": trainer.term_log[-1]["loss"] if trainer.term_log else None,
         "config_sha256": config_sha, "finetune": params.finetune,
-        "architecture": "encoder-decoder" if seq2seq else "decoder-only", "n_params": int(total), "n_trainable": int(trainable),
+        "architecture": "encoder-decoder" if seq2seq else "decoder-only", "n_params": int(n_params), "n_trainable": int(trainable),
         "added_tokens": tokenizer.convert_ids_to_tokens(new_ids),
+        "adapter": f"{out_dir.name}/adapter", "training": config["training"],
     }
     write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
     write_json(out_dir / "config.json", config)
@@ -599,43 +691,88 @@ def _training_arguments(params: TrainingParams, ckpt_dir: Path, device: str, see
 
 
 def grid(params: TrainingParams) -> list[StudentRun]:
-    """Every condition × student × seed of the params."""
-    return [StudentRun(c, s, seed) for s in params.students for c in params.conditions for seed in params.seeds]
+    """Every condition × rationale source × student × seed of the params (one BASE run per student: it is untrained).
+
+    A condition with teacher rationales in its targets (RATIONALE_CONDITIONS) is crossed with
+    `training.rationale_sources`; the others have one run per seed, recorded as `unrevised` (`condition_sources`).
+    The untrained BASE student does not depend on a training seed: its one run per student carries the first seed.
+    """
+    return [StudentRun(c, student, seed, source) for student in params.students for c in params.conditions
+            for source in condition_sources(c, params.rationale_sources)
+            for seed in (params.seeds[:1] if c in UNTRAINED else params.seeds)]
 
 
-def load_condition_examples(ctx: Any) -> dict[str, list[Example]]:
-    """Each configured condition's examples, built from the artifacts of steps 01-03."""
+def load_condition_examples(ctx: Any) -> dict[tuple[str, str], list[Example]]:
+    """The examples of each trained (condition, rationale source) of the grid, built from the artifacts of steps 01-03.
+
+    A `revised` run keeps only the training questions that have a revised explanation in 02_teacher/revisions.jsonl
+    (every example of a question left out goes, CF's counterfactual ones too); how many are left out is logged.
+    """
     from lib.data import read_questions
-    from lib.runs import read_jsonl
     from lib.teacher import read_rationales
 
     params = ctx.params
-    conds = set(params.training.conditions)
-    mc = conds & set(MC_CONDITIONS)
+    tp = params.training
+    keys = [(c, s) for c in tp.conditions if c not in UNTRAINED for s in condition_sources(c, tp.rationale_sources)]
+    conds = {c for c, _ in keys}
+    mc = bool(conds & set(MC_CONDITIONS))
     train = read_questions(ctx.artifact("01_data", "train.jsonl")) if mc else []
-    rationales = (read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train", params.training.rationale_filter)
-                  if mc else {})
+    rationales = {"unrevised": read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train",
+                                               tp.rationale_filter) if mc else {}}
+    if any(s == "revised" for _, s in keys):
+        rationales["revised"] = revised_rationales(read_jsonl(ctx.artifact("02_teacher", "revisions.jsonl")),
+                                                   tp.rationale_filter)
     needs_views = "CFD" in conds
     views = read_jsonl(ctx.artifact("03_counterfactuals", "multiview.jsonl")) if needs_views else None
     cfs = read_questions(ctx.artifact("03_counterfactuals", "cf_questions.jsonl")) if needs_views else None
     cf_rows = read_jsonl(ctx.artifact("03_counterfactuals", "cf_rationales.jsonl")) if conds & {"CF", "MT+CF"} else None
     causal = read_jsonl(ctx.artifact("02_teacher", "causal.jsonl")) if "CAUSAL" in conds else None
     strategy = params.counterfactual.strategy_tokens.model_dump()
-    return {c: condition_examples(c, train, rationales, views, strategy, cfs, cf_rows, causal,
-                                  params.training.rationale_filter)
-            for c in params.training.conditions}
+    out = {}
+    for c, s in keys:
+        questions = revised_questions(c, train, rationales["revised"]) if s == "revised" else train
+        out[(c, s)] = condition_examples(c, questions, rationales[s], views, strategy, cfs, cf_rows, causal,
+                                         tp.rationale_filter)
+    return out
 
 
-def examples_frame(examples: dict[str, list[Example]]) -> Any:
-    """One example per condition and task, for display."""
+def revised_questions(condition: str, train: list[MCQuestion], revised: dict[str, str]) -> list[MCQuestion]:
+    """The training questions of a `revised` run: those with a revised explanation; the count left out is logged."""
+    kept = [q for q in train if q.id in revised]
+    if not kept:
+        raise ValueError(f"{condition} (revised): no training question has a usable revised explanation in "
+                         "02_teacher/revisions.jsonl; raise teacher.revise_max_questions, set training.rationale_filter: "
+                         "any to keep failed revisions as written, or drop 'revised' from training.rationale_sources")
+    log.info("%s (revised): %d of %d training questions have a revised explanation; the other %d are left out of "
+             "this run", condition, len(kept), len(train), len(train) - len(kept))
+    return kept
+
+
+def example_counts(examples: dict[tuple[str, str], list[Example]]) -> Any:
+    """Examples and distinct questions (or claim-evidence pairs) per condition and rationale source, for display."""
     import pandas as pd
 
-    rows = [{"condition": c, **dataclasses.asdict(e)} for c, exs in examples.items() for e in exs]
-    return pd.DataFrame(rows).groupby(["condition", "task"]).head(1).reset_index(drop=True)
+    rows = [{"condition": c, "rationale_source": s, "n_examples": len(exs), "n_questions": len({e.qid for e in exs})}
+            for (c, s), exs in examples.items()]
+    return pd.DataFrame(rows, columns=["condition", "rationale_source", "n_examples", "n_questions"])
 
 
-def train_grid(ctx: Any, examples: dict[str, list[Example]]) -> Any:
-    """Train every condition × student × seed; writes 04_training/runs.jsonl and returns it as a table."""
+def examples_frame(examples: dict[tuple[str, str], list[Example]]) -> Any:
+    """One example per condition, rationale source and task, for display."""
+    import pandas as pd
+
+    cols = ["condition", "rationale_source", *(f.name for f in dataclasses.fields(Example))]
+    rows = [{"condition": c, "rationale_source": s, **dataclasses.asdict(e)} for (c, s), exs in examples.items()
+            for e in exs]
+    frame = pd.DataFrame(rows, columns=cols)
+    return frame.groupby(["condition", "rationale_source", "task"], sort=False).head(1).reset_index(drop=True)
+
+
+def train_grid(ctx: Any, examples: dict[tuple[str, str], list[Example]]) -> Any:
+    """Train every run of the grid (BASE: a row, no training); writes 04_training/runs.jsonl and returns it as a table.
+
+    `examples` is `load_condition_examples(ctx)`: keyed by (condition, rationale source).
+    """
     import pandas as pd
 
     from lib.models import pick_device
@@ -645,8 +782,9 @@ def train_grid(ctx: Any, examples: dict[str, list[Example]]) -> Any:
     runs = grid(ctx.params.training)
     results = []
     for i, run in enumerate(runs, 1):
-        log.info("training run %d/%d: %s (%d examples)", i, len(runs), run.name, len(examples[run.condition]))
-        results.append(train_run(run, examples[run.condition], ctx.params.training, ctx.out / run.name, device,
+        exs = [] if run.condition in UNTRAINED else examples[(run.condition, run.rationale_source)]
+        log.info("training run %d/%d: %s (%d examples)", i, len(runs), run.name, len(exs))
+        results.append(train_run(run, exs, ctx.params.training, ctx.out / run.name, device,
                                  strategy_tokens=list(ctx.params.counterfactual.strategy_tokens.model_dump().values()),
                                  force=force))
     write_jsonl(ctx.out / "runs.jsonl", results)
@@ -654,10 +792,10 @@ def train_grid(ctx: Any, examples: dict[str, list[Example]]) -> Any:
 
 
 def read_losses(train_dir: Path) -> Any:
-    """The per-step losses (columns run, step, term, loss) of the runs of the current grid, listed in runs.jsonl.
+    """The per-step losses (columns run, step, term, loss) of the trained runs of the grid, listed in runs.jsonl.
 
     Folders of runs no longer in the params (an earlier condition or student) stay on disk, as they are expensive
-    to retrain, but are never read.
+    to retrain, but are never read. BASE rows (untrained, `adapter: null`) have no losses and are skipped.
     """
     import pandas as pd
 
@@ -667,6 +805,8 @@ def read_losses(train_dir: Path) -> Any:
                                 "finished; run that step first")
     frames = []
     for row in read_jsonl(runs_file):
+        if row.get("condition") in UNTRAINED:
+            continue
         path = Path(train_dir) / row["run"] / "losses.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing although {runs_file} lists run {row['run']}; "
@@ -674,6 +814,28 @@ def read_losses(train_dir: Path) -> Any:
         frames.append(pd.DataFrame(read_jsonl(path)))
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "term", "loss"])
+
+
+def _note_figure(text: str, path: Path | None) -> Any:
+    """A small figure that only says `text` (saved to `path` when given)."""
+    import matplotlib.pyplot as plt
+
+    from lib import report
+
+    fig = plt.figure(figsize=(6, 1.5))
+    fig.text(0.5, 0.5, text, ha="center", va="center")
+    if path is not None:
+        report.save_png(fig, path)
+    return fig
+
+
+def plot_losses(losses: Any, path: Path | None = None) -> Any:
+    """Loss curves of the trained runs, one panel per loss term; a figure with a note when none was trained (BASE only)."""
+    from lib import report
+
+    if len(losses):
+        return report.plot_loss_curves(losses, path=path)
+    return _note_figure("No trained run in this study (BASE is untrained): no loss curves.", path)
 
 
 def multi_term_losses(losses: Any) -> Any:
@@ -690,19 +852,13 @@ def plot_term_losses(losses: Any, path: Path | None = None) -> Any:
     multi = multi_term_losses(losses)
     if len(multi):
         return report.plot_loss_curves(multi, path=path)
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(6, 1.5))
-    fig.text(0.5, 0.5, "No MT, CF or MT+CF run in this study: no loss terms to compare.", ha="center", va="center")
-    if path is not None:
-        report.save_png(fig, path)
-    return fig
+    return _note_figure("No MT, CF or MT+CF run in this study: no loss terms to compare.", path)
 
 
 def run_costs(results: Any) -> Any:
     """What each run cost: optimiser steps, wall time, target tokens per second and trainable parameters."""
     df = results.copy()
     df["trainable_%"] = (100 * df["n_trainable"] / df["n_params"]).round(3)
-    cols = ["run", "task", "condition", "student", "seed", "n_examples", "n_truncated", "steps", "wall_s", "train_s",
+    cols = ["run", "task", "condition", "rationale_source", "student", "seed", "n_examples", "n_truncated", "steps", "wall_s", "train_s",
             "target_tokens_per_s", "n_trainable", "trainable_%"]
     return df[[c for c in cols if c in df]]

@@ -2,28 +2,47 @@
 # # 04 · Training the students
 #
 # **Goals**
-# 1. Turn the teacher's artifacts into each condition's training examples (METHOD.md, *Student training conditions*).
-# 2. Train every condition × student × seed with LoRA (or QLoRA / full fine-tuning), identical in everything but the
-#    condition.
+# 1. Turn the teacher's artifacts into each condition's training examples (METHOD.md, *Student training conditions*),
+#    from the unrevised or the critique-revised teacher explanations (Hendriks et al.'s *Revised* factor).
+# 2. Train every condition × rationale source × student × seed with LoRA (or QLoRA / full fine-tuning), identical in
+#    everything but the condition, the source and any per-condition settings (`training.overrides`).
 # 3. Look at the loss curves, per loss term for the multitask condition.
 #
-# **Reads** `01_data/`, `02_teacher/`, `03_counterfactuals/`. **Writes** one folder per run in `04_training/` (adapter,
-# `config.json`, `losses.jsonl`, `done.json`), `runs.jsonl`, `loss_curves.png`, `loss_terms.png`.
+# **Reads** `01_data/`, `02_teacher/` (`rationales.jsonl`, `revisions.jsonl`, `causal.jsonl`), `03_counterfactuals/`.
+# **Writes** one folder per trained run in `04_training/` (adapter, `config.json`, `losses.jsonl`, `done.json`),
+# `runs.jsonl` (one row per run, BASE included), `loss_curves.png`, `loss_terms.png`.
 #
 # | condition | input → target | loss |
 # |---|---|---|
+# | BASE | none: the untrained student, asked like FT at test time | no training |
 # | FT | question → answer | CE on the answer |
 # | FT-CoT | question → rationale, then answer | CE on rationale + answer |
 # | MT | `[answer]` question → answer; `[rationale]` question → rationale | α·L_answer + (1−α)·L_rationale |
 # | CF | `[factual]` question → gold rationale + answer; `[counterfactual]` question → a wrong option's rationale + that option | L_factual + L_counterfactual |
 # | MT+CF | both of the above | α·L_MT + (1−α)·L_CF |
 # | CFD | `[Direct election]` / `[Elimination method]` question → positive / negative view + answer, originals and counterfactuals | CE on the target |
-# | CAUSAL | `Claim: … Evidence: … Label: … Explanation:` → the teacher's causal explanation | CE on the explanation |
+# | CAUSAL | `Claim: … Evidence: … Evidence label: … Explanation:` (the block the teacher was shown) → the teacher's causal explanation | CE on the explanation |
 #
 # The loss counts target tokens only, and the LM head is applied only at target positions (for an encoder-decoder
 # student such as T5, at the decoder's positions). Batches group examples of similar length and are padded only to
 # their own longest example. CF students are asked with `[factual]` at test time; CAUSAL students answer the
-# claim-evidence pairs of the test split, not questions (`task: causal` in `runs.jsonl`).
+# claim-evidence pairs of the test split, not questions (`task: causal` in `runs.jsonl`). BASE is the reference every
+# trained condition must beat: its row in `runs.jsonl` has `steps: 0` and `adapter: null`, and no folder is written.
+#
+# **The Revised factor** (`training.rationale_sources`). Hendriks et al. compare students trained on the teacher's
+# first explanations with students trained on explanations the teacher critiqued and revised (step 02's
+# `revisions.jsonl`). Every condition whose targets hold teacher rationales (FT-CoT, MT, CF's factual target, MT+CF) is
+# trained once per source: `unrevised` is the step-02 CoT rationale, `revised` the revised explanation. A revised run
+# keeps only the training questions that have a revised explanation (`teacher.revise_max_questions`; failed revisions
+# only with `training.rationale_filter: any`), so its `n_examples` is smaller. BASE, FT, CFD and CAUSAL have no such
+# rationales and are trained once, recorded as `unrevised`. Run names say all of it:
+# `<condition>__<source>__<student>__seed<k>`, e.g. `MT__revised__gemma3-270m-gguf__seed0`.
+#
+# **Per-condition settings** (`training.overrides`). The causal paper trained its CAUSAL students with 4-bit QLoRA,
+# 10 epochs, lr 2e-5 and batch size 8, which the other conditions need not share:
+# `overrides: {CAUSAL: {finetune: qlora, epochs: 10, lr: 2.0e-5, batch_size: 8}}`. A run trains with the `training`
+# section plus its condition's overrides; `config.json` and `done.json` record those settings (`training`), so a
+# changed override retrains that condition's runs only.
 #
 # An example longer than `training.max_length` loses the end of its rationale, never its answer sentence and EOS
 # (the count is `n_truncated` in `runs.jsonl`). A run checkpoints every `training.save_steps` steps and an interrupted
@@ -40,18 +59,18 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import models, report, runs, training
+from lib import models, runs, training
 
 ctx = runs.open_step("04_training", params, params_file, run_dir, force)
 ctx.out
 
 # %%
-# build each condition's training examples from steps 01-03
+# build the training examples of each condition and rationale source from steps 01-03 (BASE has none)
 examples = training.load_condition_examples(ctx)
-{condition: len(rows) for condition, rows in examples.items()}
+training.example_counts(examples)
 
 # %%
-# one example per condition and task
+# one example per condition, rationale source and task
 training.examples_frame(examples)
 
 # %% [markdown]
@@ -67,12 +86,13 @@ training.examples_frame(examples)
 # one batch: which labels are -100, each task's mean cross-entropy, and the weighted sum, against the library
 import torch, torch.nn.functional as F
 
-condition = "MT" if "MT" in examples else next(iter(examples))
-weights = training.task_weights(condition, ctx.params.training.alpha)
+key = ("MT", "unrevised") if ("MT", "unrevised") in examples else next(iter(examples))  # (condition, rationale source)
+settings = ctx.params.training.for_condition(key[0])  # the training section with this condition's overrides
+weights = training.task_weights(key[0], settings.alpha)
 tok = models.load_tokenizer(ctx.params.training.students[0], padding_side="right")
 lm = models.load_student_lm(ctx.params.training.students[0], "cpu")
-one_per_task = [next(e for e in examples[condition] if e.task == t) for t in weights]
-batch = training.collate(training.tokenize_examples(one_per_task, tok, ctx.params.training.max_length, list(weights)), tok.pad_token_id)
+one_per_task = [next(e for e in examples[key] if e.task == t) for t in weights]
+batch = training.collate(training.tokenize_examples(one_per_task, tok, settings.max_length, list(weights)), tok.pad_token_id)
 labels, task = batch["labels"][:, 1:], batch["task_ids"][:, None].expand(-1, batch["labels"].shape[1] - 1)
 with torch.no_grad():
     token_ce = F.cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
@@ -83,14 +103,15 @@ assert torch.isclose(by_hand, library, rtol=1e-4), (by_hand, library)
 {"labels = -100": int((labels == -100).sum()), **{f"L_{t}": round(float(v), 4) for t, v in terms.items()}, "by hand": round(float(by_hand), 4), "library": round(float(library), 4)}
 
 # %%
-# train every condition × student × seed (finished runs with the same config, code and weights are reused)
+# train every condition × rationale source × student × seed (finished runs with the same config, code and weights are
+# reused; BASE gets its runs.jsonl row without training)
 results = training.train_grid(ctx, examples)
 results
 
 # %%
-# loss curves, one panel per loss term
+# loss curves of the trained runs (BASE has none), one panel per loss term
 losses = training.read_losses(ctx.out)
-report.plot_loss_curves(losses, path=ctx.out / "loss_curves.png");
+training.plot_losses(losses, path=ctx.out / "loss_curves.png");
 
 # %% [markdown]
 # ## The loss terms of MT, CF and MT+CF
@@ -122,7 +143,9 @@ training.run_costs(results)
 #
 # 1. `--set "training.conditions=[MT]" --set training.alpha=0.9 --steps 04-05`, then `alpha=0.1`: in
 #    `loss_terms.png`, which term falls and which stays high? Does accuracy or CEC follow in step 05?
-# 2. `--set training.lora.r=2 --steps 04`, then `r=32`: compare `n_trainable`, wall time and the final loss in the
-#    cost table.
+# 2. `--set teacher.revise_max_questions=8 --set "training.rationale_sources=[unrevised,revised]" --steps 02-05`:
+#    compare `MT__unrevised__…` with `MT__revised__…` in `runs.jsonl` (`n_examples`: the revised run keeps only questions
+#    with a usable revision; add `--set training.rationale_filter=any` if none survives) and in step 05's accuracy.
+#    Give one condition its own settings with `--set training.overrides.MT.lora.r=32`: only the MT runs retrain.
 # 3. `--set training.max_length=96 --steps 04`: how many examples does each run truncate (`n_truncated` in
 #    `runs.jsonl`)? Check in the under-the-hood cell that the answer sentence is still in the labels.

@@ -2,11 +2,12 @@
 # # 05 · Evaluation: accuracy, explanation quality, faithfulness and ratings
 #
 # **Goals**
-# 1. Let every trained student write a rationale and an answer for each test question, in and out of distribution, and
+# 1. Let every student write a rationale and an answer for each test question, in and out of distribution, and
 #    extract the answer (unparseable outputs count as wrong and are counted separately). As a second accuracy, pick the
 #    option whose text the student finds most likely after the question (log-likelihood scoring, as
-#    lm-evaluation-harness scores multiple choice), summed and per character.
-# 2. Fill the train-set × test-set accuracy matrix of each condition (seed 002's OOD evaluation).
+#    lm-evaluation-harness scores multiple choice), summed and per character. Two rows frame the conditions: BASE, the
+#    untrained student (the floor), and TEACHER, the teacher's own answers (the ceiling).
+# 2. Fill the train-set × test-set accuracy matrix of each condition and rationale source (seed 002's OOD evaluation).
 # 3. Score each rationale against the teacher's with CEC, Causal Explanation Coherence (seed 000): forward coverage,
 #    backward faithfulness and their mean over sentence embeddings; and, beside it, BLEU, ROUGE-L and BERTScore.
 # 4. Test faithfulness (after SCOTT): does the answer change when the student's rationale is replaced by a perturbed or
@@ -20,8 +21,12 @@
 # `summary.json`, `human_sheet.csv` / `.html` / `_key.csv`, `accuracy.png`, `cec.png`.
 #
 # Every student output and option score is cached in `<run>/student_cache.sqlite`, keyed by the student's weights
-# (adapter files and base model), the item, the prompt and the generation settings: a rerun after a change elsewhere
-# generates only what it has not seen. `--force` deletes the cache.
+# (adapter files and base model), how they are loaded (`finetune`), the item, the prompt and the generation settings:
+# a rerun after a change elsewhere generates only what it has not seen. `--force` deletes the cache.
+#
+# Each student is loaded as it was trained (`finetune` in `04_training/runs.jsonl`): a LoRA adapter is merged into the
+# base weights; a QLoRA adapter is applied, unmerged, to the same 4-bit base it was trained on (merging it into 4-bit
+# weights would round the update away); full fine-tuning loads the saved weights.
 
 # %% tags=["parameters"]
 # parameters (papermill injects the resolved study params after this cell)
@@ -37,8 +42,20 @@ from lib import data, evaluation, metrics, models, ratings, report, runs, teache
 ctx = runs.open_step("05_evaluation", params, params_file, run_dir, force)
 ctx.out
 
+# %% [markdown]
+# ## The students, the floor and the ceiling
+#
+# Every row of `04_training/runs.jsonl` is evaluated from the folder its `adapter` field names. **BASE** has no
+# folder (`adapter: null`): it is the untrained student, asked with FT's prompt (the plain question and `A:`), the floor
+# every training condition must beat. **TEACHER** is no student: its rows are the teacher's own answers to the
+# in-distribution test questions, read from `02_teacher/rationales.jsonl` (with the replay teacher, PaLM-540B's). It is
+# the ceiling the students are distilled towards; it has no CEC or text metric, since its rationale is the reference,
+# and no out-of-distribution column. Every row also keeps its `rationale_source`: `unrevised` (the teacher's CoT
+# rationales) or `revised` (its critique-revised explanations; seed 001's Revised factor), so `MT` trained on either is
+# two rows of the tables below.
+
 # %%
-# generate and score every run on every test set
+# generate and score every run on every test set, and add the teacher's own answers
 items = evaluation.evaluate_grid(ctx)
 runs.write_jsonl(ctx.out / "items.jsonl", items)
 
@@ -98,7 +115,7 @@ report.plot_accuracy(evaluation.items_frame(items), path=ctx.out / "accuracy.png
 import numpy as np
 
 references = teacher.read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test", ctx.params.training.rationale_filter)
-row = next((r for r in items if r.rationale and references.get(r.item_id)), None)  # else: two teacher rationales
+row = next((r for r in items if r.rationale and references.get(r.item_id) and r.condition != "TEACHER"), None)
 gen, ref = (row.rationale, references[row.item_id]) if row else list(references.values())[:2]
 embedder = models.load_embedder(ctx.params.evaluation.embedder)
 G = embedder.encode(metrics.split_sentences(gen), normalize_embeddings=True)
@@ -120,9 +137,9 @@ assert row is None or np.isclose(row.cec, library.cec, atol=1e-4)  # the value s
 import torch
 
 decoder_runs = [r for r in runs.read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "mc" and not models.is_encoder_decoder(r["student"])]
-for run in decoder_runs[:1]:  # the first decoder-only student that answers questions (option scoring needs a causal LM)
+for run in decoder_runs[:1]:  # the first decoder-only student that answers questions (BASE: no adapter, path None)
     q = next(iter(data.read_test_sets(ctx.run_dir / "01_data").values()))[0]
-    model, tok = evaluation.load_student(run["student"], ctx.run_dir / "04_training" / run["run"] / "adapter", "cpu")
+    model, tok = evaluation.load_student(run["student"], evaluation.adapter_path(ctx, run), "cpu", run["finetune"])
     prompt = training.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
     pairs, sums = evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring), []
     for context, continuation in pairs:

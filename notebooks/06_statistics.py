@@ -2,18 +2,28 @@
 # # 06 · Statistics: are the differences between conditions real?
 #
 # **Goals**
-# 1. Accuracy and CEC per condition with 95% confidence intervals from a cluster bootstrap over test items, and paired
-#    McNemar tests on the same items, Holm-adjusted over all pairs of a test set and student.
+# 1. Accuracy and CEC per condition with 95% confidence intervals from a cluster bootstrap over test items, between
+#    the floor (BASE, the untrained student) and the ceiling (TEACHER, the teacher's own answers), and paired McNemar
+#    tests on the same items (TEACHER against every condition), Holm-adjusted over all pairs of a test set and student.
 # 2. Tukey-Kramer HSD between conditions per test set and student (unequal group sizes allowed), as in seed 001.
-# 3. Two-way ANOVA condition × student size, with Levene and Shapiro-Wilk checks, and Kruskal-Wallis with
-#    Dunn–Bonferroni as the non-parametric fallback when those checks fail.
-# 4. OLS regression of each outcome on condition dummies (standard errors clustered by item), and of judge or human
-#    ratings on condition dummies plus rationale length and rater fixed effects, with stars as in the paper.
+# 3. Two-way ANOVAs condition × student size and condition × revision (students trained on unrevised or on
+#    critique-revised teacher rationales, seed 001's Revised factor), with Levene and Shapiro-Wilk checks, and
+#    Kruskal-Wallis with Dunn–Bonferroni as the non-parametric fallback when those checks fail.
+# 4. OLS regression of each outcome on condition, revision and their interaction (standard errors clustered by item),
+#    and of judge or human ratings on the same terms plus rationale length and rater fixed effects, with stars as in
+#    the paper.
 # 5. One self-contained report of the run: every table, figure and sentence, with the manifest's provenance.
 #
 # **The unit is the test item.** Several training seeds answer the same question; their answers are not independent
 # observations, so every test works on each item's mean over seeds (and intervals resample whole items). Three seeds
 # make each item's value more precise; they do not triple the number of questions. Each section says its unit.
+#
+# **Conditions, floor and ceiling.** BASE, the untrained student, is a condition like any other: every test compares
+# it. TEACHER is the teacher's own answers to the in-distribution questions: it appears in the accuracy table and
+# McNemar pairs it with every condition on the items both answered, but it is not a training condition, so
+# Tukey-Kramer, the ANOVAs, Kruskal-Wallis and the regressions leave it out (each of those sections says so). When the
+# students were trained on both unrevised and revised rationales, a condition is compared per source (`MT:revised`
+# beside `MT:unrevised`); with one source, the sections say the revision factor has one level only.
 #
 # **Reads** `05_evaluation/items.jsonl`, the judge's `05_evaluation/judge_ratings.jsonl` and the human raters'
 # `<run>/human_ratings.jsonl` (either may be absent), `04_training/runs.jsonl` and the runs' `losses.jsonl`,
@@ -43,7 +53,7 @@ ctx.out
 # %%
 # read the per-item results of step 05, with each student's size from step 04
 tables = stats.load_run_tables(ctx.run_dir)
-tables.items.groupby(["test_set", "student_size", "condition"]).size()
+tables.items.groupby(["test_set", "student_size", "condition", "rationale_source"]).size()
 
 # %%
 # run every analysis (a test the data cannot support becomes a note) and write the tables and findings
@@ -73,9 +83,11 @@ report.show_sections(analysis, "faithfulness")
 
 # %% [markdown]
 # **Tukey-Kramer, ANOVA and the fallback.** Tukey-Kramer compares every pair of conditions while keeping the chance
-# of any false alarm at alpha. The two-way ANOVA asks whether condition, student size, or their combination matter;
-# it assumes equal variances (Levene) and normal residuals (Shapiro-Wilk). Right/wrong outcomes rarely satisfy the
-# second, so Kruskal-Wallis with Dunn–Bonferroni compares the conditions by ranks instead.
+# of any false alarm at alpha. The first two-way ANOVA asks whether condition, student size, or their combination
+# matter; the second whether condition, revision (`rationale_source`: unrevised or revised teacher rationales), or
+# their combination matter, over the conditions trained on both sources (BASE, FT and CFD, trained on one, are left
+# out and named). Both assume equal variances (Levene) and normal residuals (Shapiro-Wilk). Right/wrong outcomes rarely
+# satisfy the second, so Kruskal-Wallis with Dunn–Bonferroni compares the conditions by ranks instead.
 
 # %%
 # Tukey-Kramer HSD per test set and student
@@ -94,9 +106,9 @@ report.show_sections(analysis, "tukey")
 import numpy as np
 from scipy.stats import studentized_range
 
-unit = stats.over_seeds(tables.items, ["correct", "cec"])  # one row per test item of a condition and student
+unit = stats.over_seeds(stats.compared_conditions(tables.items), ["correct", "cec"])  # as Tukey sees them: no TEACHER
 value, first = next((v, g) for v in ("correct", "cec") for _, g in unit.groupby(["test_set", "student"])
-                    if g.groupby("condition")[v].std().gt(0).any())  # the first subset with spread to test
+                    if g["condition"].nunique() > 1 and g.groupby("condition")[v].std().gt(0).any())  # with spread
 groups = {c: g[value].dropna().to_numpy(float) for c, g in first.groupby("condition")}
 (a, ya), (b, yb) = list(groups.items())[:2]
 k, n = len(groups), sum(len(y) for y in groups.values())
@@ -108,7 +120,7 @@ assert np.isclose(yb.mean() - ya.mean(), row.meandiff) and np.isclose(p, row.p_a
 {"outcome": value, "pair": f"{a} vs {b}", "q": round(float(q), 3), "p by hand": round(float(p), 4), "p statsmodels": round(float(row.p_adj), 4)}
 
 # %%
-# two-way ANOVA condition x student size, with its assumption checks
+# two-way ANOVAs condition x student size and condition x revision, with their assumption checks
 report.show_sections(analysis, "anova")
 
 # %%
@@ -118,12 +130,15 @@ report.show_sections(analysis, "kruskal")
 # %% [markdown]
 # **Regression.** Coefficients of the condition dummies are differences from the reference condition
 # (`statistics.reference`, by default the first of `training.conditions`); standard errors are clustered by test item.
+# With two rationale sources the model is seed 001's `C(condition) * C(rationale_source)`: the condition dummies on
+# unrevised rationales, the `revised` dummy (what revision does to the reference condition) and the interactions (how
+# much more it does to another condition), over the conditions trained on both sources.
 # Rationale length stays out of the accuracy model: the condition changes how long the rationale is, so holding it
 # fixed would hide part of the condition's effect. The ratings model keeps it (as seed 001 does, since raters may
 # reward length) with one fixed effect per rater, because raters differ in how strict they are.
 
 # %%
-# OLS of outcomes on condition dummies, and of ratings on condition dummies, rationale length and raters
+# OLS of outcomes on condition (x revision), and of ratings on the same terms, rationale length and raters
 report.show_sections(analysis, "ols")
 
 # %%

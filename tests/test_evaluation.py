@@ -163,8 +163,8 @@ def test_ood_matrix_summary_and_faithfulness_tables(tmp_path):
             item("MT__s", "MT", "arc", "c", 0)]
     m = ood_matrix(rows)
     assert list(m.columns) == ["csqa", "arc"]
-    assert m.loc[("FT", "s", 0, "csqa")].tolist() == [50.0, 100.0]
-    assert m.loc[("MT", "s", 0, "csqa")].tolist() == [0.0, 0.0]
+    assert m.loc[("FT", "unrevised", "s", 0, "csqa")].tolist() == [50.0, 100.0]
+    assert m.loc[("MT", "unrevised", "s", 0, "csqa")].tolist() == [0.0, 0.0]
     s = summary_table(rows)
     mt = s[(s.condition == "MT") & (s.test_set == "csqa")].iloc[0]
     assert mt.n == 2 and mt.answer_change_perturbed == 0.5 and mt.loglik_accuracy == 1.0
@@ -232,6 +232,16 @@ def test_cec_of_a_missing_rationale_is_zero_where_a_reference_exists():
     assert rows[2].cec == pytest.approx(1.0)
 
 
+def run_info(condition: str, source: str = "unrevised", finetune: str = "lora", trained: bool = True) -> dict:
+    """A row of 04_training/runs.jsonl for the tiny Gemma (BASE: trained=False, no adapter)."""
+    from lib.models import TINY_GEMMA
+
+    run = f"{condition}__{source}__tiny__seed0"
+    return {"run": run, "condition": condition, "rationale_source": source, "student": TINY_GEMMA, "seed": 0,
+            "finetune": finetune, "task": "causal" if condition == "CAUSAL" else "mc",
+            "adapter": f"{run}/adapter" if trained else None}
+
+
 def make_adapter(folder, seed: int) -> None:
     """A LoRA adapter (random, non-zero) on the tiny Gemma, saved with its tokenizer as step 04 saves a run."""
     import torch
@@ -265,7 +275,7 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
 
     adapter, cache = tmp_path / "adapter", tmp_path / "student_cache.sqlite"
     make_adapter(adapter, seed=0)
-    info = {"run": "MT__tiny", "condition": "MT", "student": TINY_GEMMA, "seed": 0}
+    info = run_info("MT")
     tests = {"csqa": [q(1), q(2), q(3)]}
     first = evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
     assert generated == [3, 3] and len(loads) == 1  # MT: the answer and the rationale task
@@ -297,9 +307,9 @@ def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):
     adapter = tmp_path / "adapter"
     make_adapter(adapter, seed=0)
     params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"evaluation.max_new_tokens": 8})
-    info = {"run": "CAUSAL__tiny", "condition": "CAUSAL", "student": TINY_GEMMA, "seed": 0}
-    pairs = [{"id": f"c{i}", "claim": "Ice melts.", "evidence": "It is warm.", "claim_label": "SUPPORTS",
-              "explanation": "Warmth melts ice.", "failure": None} for i in range(2)]
+    info = run_info("CAUSAL")
+    pairs = [{"id": f"c{i}", "claim": "Ice melts.", "evidence": "It is warm.", "evidence_label": "SUPPORTS",
+              "claim_label": "SUPPORTS", "explanation": "Warmth melts ice.", "failure": None} for i in range(2)]
     first = evaluate_causal_run(info, adapter, pairs, params, "cpu", cache=tmp_path / "student_cache.sqlite")
     again = evaluate_causal_run(info, adapter, pairs, params, "cpu", cache=tmp_path / "student_cache.sqlite")
     assert generated == [2] and [r.rationale for r in again] == [r.rationale for r in first]
@@ -317,3 +327,132 @@ def test_force_discards_the_student_cache_and_a_plain_rerun_keeps_it(tmp_path):
     assert not discard_student_cache(ctx) and student_cache_path(ctx).exists()
     ctx.force = True
     assert discard_student_cache(ctx) and not student_cache_path(ctx).exists()
+
+
+def counting_generation(monkeypatch) -> list[list[str]]:
+    """Record the prompts of every batch the students generate for."""
+    import lib.models
+
+    prompts, real = [], lib.models.generate_texts
+
+    def generate(model, tokenizer, batch, *args, **kwargs):
+        prompts.append(list(batch))
+        return real(model, tokenizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(lib.models, "generate_texts", generate)
+    return prompts
+
+
+def test_base_is_the_untrained_student_asked_like_ft_and_cached(tmp_path, monkeypatch):
+    import lib.evaluation as ev
+    from lib.models import TINY_GEMMA, model_provenance
+    from lib.runs import sha256_json
+    from lib.training import eval_prompts
+
+    prompts, loads, real_load = counting_generation(monkeypatch), [], ev.load_student
+    monkeypatch.setattr(ev, "load_student", lambda *a: loads.append(a) or real_load(*a))
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"evaluation.max_new_tokens": 8,
+                                                                   "evaluation.score_max_items": 2})
+    tests, cache = {"csqa": [q(1), q(2)]}, tmp_path / "student_cache.sqlite"
+    rows = evaluate_run(run_info("BASE", trained=False), None, tests, params, "cpu", cache=cache)
+    assert loads == [(TINY_GEMMA, None, "cpu", "lora")]  # the base model itself, no adapter
+    assert prompts == [[eval_prompts("FT", x, "")["answer"] for x in tests["csqa"]]]
+    assert {(r.condition, r.train_set, r.rationale_source) for r in rows} == {("BASE", "", "unrevised")}
+    assert rows[0].loglik_pred is not None
+    again = evaluate_run(run_info("BASE", trained=False), None, tests, params, "cpu", cache=cache)
+    assert len(prompts) == 1 and len(loads) == 1 and [r.output for r in again] == [r.output for r in rows]
+    assert ev.student_weights_hash(TINY_GEMMA, None) == sha256_json({"base": model_provenance(TINY_GEMMA)})
+
+
+def test_a_qlora_student_is_evaluated_on_its_4bit_base_without_merging(tmp_path, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.nn import Linear4bit
+    from peft import PeftModel
+
+    from lib.evaluation import load_student
+    from lib.models import TINY_GEMMA
+
+    adapter = tmp_path / "adapter"
+    make_adapter(adapter, seed=0)
+    qlora, _ = load_student(TINY_GEMMA, adapter, "cpu", "qlora")
+    assert isinstance(qlora, PeftModel) and any(isinstance(m, Linear4bit) for m in qlora.modules())
+    assert any("lora_A" in name for name, _ in qlora.named_parameters())  # applied, not merged away
+    lora, _ = load_student(TINY_GEMMA, adapter, "cpu", "lora")
+    assert not isinstance(lora, PeftModel) and not any(isinstance(m, Linear4bit) for m in lora.modules())
+    base, _ = load_student(TINY_GEMMA, None, "cpu", "qlora")  # a QLoRA study's BASE: the same 4-bit base
+    assert any(isinstance(m, Linear4bit) for m in base.modules())
+    prompts = counting_generation(monkeypatch)
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"evaluation.max_new_tokens": 8,
+                                                                   "evaluation.loglik": False})
+    cache, tests = tmp_path / "student_cache.sqlite", {"csqa": [q(1)]}
+    for finetune in ("lora", "qlora", "qlora"):
+        evaluate_run(run_info("FT", finetune=finetune), adapter, tests, params, "cpu", cache=cache)
+    assert len(prompts) == 2  # the same adapter loaded another way is another student in the cache
+
+
+def test_teacher_rows_are_the_teachers_answers_to_the_in_distribution_questions():
+    from lib.evaluation import TEACHER, teacher_rows
+
+    qs = [q(1, answer=1), q(2, answer=0), q(3, answer=2), q(4)]
+    rationale = {"view": "cot", "backend": "replay", "model": "PaLM-540B", "template": "t", "template_sha256": "",
+                 "prompt_tokens": 0, "completion_tokens": 3}
+    recorded = [dict(rationale, id="q1", split="test", rationale="Because b.", answer=1, correct=True, failure=None,
+                     raw="Because b. So the answer is (b)."),
+                dict(rationale, id="q2", split="test", rationale="Hmm.", answer=None, correct=False,
+                     failure="unparseable", raw="Hmm."),
+                dict(rationale, id="q3", split="test", rationale="", answer=None, correct=False,
+                     failure="not recorded", raw=""),
+                dict(rationale, id="q4", split="train", rationale="x", answer=0, correct=True, failure=None, raw="x"),
+                dict(rationale, id="zz", split="test", rationale="x", answer=0, correct=True, failure=None, raw="x")]
+    rows = teacher_rows(recorded, "csqa", qs)
+    assert [(r.item_id, r.prediction, r.correct, r.unparseable, r.gold) for r in rows] == \
+           [("q1", 1, 1, 0, 1), ("q2", None, 0, 1, 0)]
+    first = rows[0]
+    assert (first.condition, first.student, first.seed, first.test_set, first.rationale_source) == \
+           (TEACHER, "PaLM-540B", 0, "csqa", "unrevised")
+    assert first.rationale == "Because b." and first.output.endswith("(b).") and first.rationale_len == 2
+    assert all(math.isnan(v) for v in (first.cec, first.cec_fc, first.cec_bf, first.bleu, first.seconds))
+    students = [item("MT__s", "MT", "csqa", "q1", 1), item("MT__s", "MT", "arc", "a1", 0)]
+    m = ood_matrix(students + rows)
+    assert m.loc[(TEACHER, "unrevised", "PaLM-540B", 0, "")].tolist()[0] == 50.0
+    assert math.isnan(m.loc[(TEACHER, "unrevised", "PaLM-540B", 0, ""), "arc"])  # in-distribution column only
+    assert summary_table(students + rows).set_index("condition").loc[TEACHER, "accuracy"] == 0.5
+
+
+def test_summary_and_ood_matrix_keep_the_rationale_sources_apart():
+    rows = [item("MT__unrevised__s", "MT", "csqa", "a", 1, rationale_source="unrevised"),
+            item("MT__revised__s", "MT", "csqa", "a", 0, rationale_source="revised"),
+            item("MT__revised__s", "MT", "csqa", "b", 0, rationale_source="revised")]
+    s = summary_table(rows).set_index("rationale_source")
+    assert (s.loc["unrevised", "accuracy"], s.loc["revised", "n"]) == (1.0, 2)
+    m = ood_matrix(rows)
+    assert m.loc[("MT", "revised", "s", 0, "csqa"), "csqa"] == 0.0 and len(m) == 2
+    assert items_frame(rows)["rationale_source"].tolist() == ["unrevised", "revised", "revised"]
+
+
+def test_evaluate_grid_reads_each_runs_adapter_field_and_adds_base_and_teacher(tmp_path, monkeypatch):
+    from lib.data import Splits, write_splits
+    from lib.evaluation import evaluate_grid
+    from lib.runs import StepContext, write_jsonl
+
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml",
+                         {"evaluation.max_new_tokens": 8, "evaluation.score_max_items": 2, "data.ood": [],
+                          "evaluation.text_metrics": False, "evaluation.faithfulness": False})
+    questions = [q(1), q(2, answer=1)]
+    write_splits(tmp_path / "01_data", Splits(train=[q(9)], tests={"csqa": questions}, sources={}), [])
+    trained = run_info("MT")
+    make_adapter(tmp_path / "04_training" / "elsewhere" / "adapter", seed=0)  # not <run>/adapter
+    write_jsonl(tmp_path / "04_training" / "runs.jsonl",
+                [dict(trained, adapter="elsewhere/adapter"), run_info("BASE", trained=False)])
+    write_jsonl(tmp_path / "02_teacher" / "rationales.jsonl",
+                [{"id": x.id, "split": "test", "view": "cot", "rationale": "It is so.", "answer": 1,
+                  "correct": x.answer == 1, "failure": None, "raw": "It is so. So the answer is (b).",
+                  "backend": "local", "model": "teacher-lm", "template": "cot", "template_sha256": "",
+                  "prompt_tokens": 1, "completion_tokens": 1} for x in questions])
+    ctx = StepContext("05_evaluation", params, tmp_path)
+    rows = evaluate_grid(ctx)
+    by_condition = {c: [r for r in rows if r.condition == c] for c in ("MT", "BASE", "TEACHER")}
+    assert {c: len(v) for c, v in by_condition.items()} == {"MT": 2, "BASE": 2, "TEACHER": 2}
+    assert [r.correct for r in by_condition["TEACHER"]] == [0, 1]
+    assert all(not math.isnan(r.cec) for r in by_condition["MT"] + by_condition["BASE"])  # scored against the teacher
+    assert all(math.isnan(r.cec) for r in by_condition["TEACHER"])  # the reference itself

@@ -106,4 +106,64 @@ def test_a_reference_outside_the_conditions_is_refused_before_any_work():
     smoke = PROJECT_ROOT / "params" / "smoke.yaml"
     assert load_params(smoke, ["statistics.reference=MT"]).statistics.reference == "MT"
     with pytest.raises(ParamsError, match="statistics.reference 'CF' is not one of training.conditions"):
-        load_params(smoke, ["statistics.reference=CF"])
+        load_params(smoke, ["statistics.reference=CF", "training.conditions=[FT,MT]"])
+
+
+def test_base_is_a_condition():
+    assert load_params(QUICKSTART, ["training.conditions=[BASE, FT]"]).training.conditions == ["BASE", "FT"]
+
+
+def test_the_smoke_study_trains_every_condition_on_both_rationale_sources():
+    smoke = load_params(PROJECT_ROOT / "params" / "smoke.yaml")
+    assert smoke.training.conditions == ["BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL"]
+    assert smoke.training.rationale_sources == ["unrevised", "revised"] and smoke.training.max_steps == 2
+    assert smoke.teacher.revise_max_questions >= 2 and smoke.training.rationale_filter == "any"
+    assert smoke.counterfactual.cf_rationale_questions is None or smoke.counterfactual.cf_rationale_questions >= 2
+    assert load_params(QUICKSTART).training.rationale_sources == ["unrevised"]  # the default: today's behaviour
+
+
+def test_rationale_sources_are_checked(tmp_path):
+    with pytest.raises(ParamsError, match=r"'training.rationale_sources.1'.*'unrevised' or 'revised'.*'revisd'"):
+        load_params(write(tmp_path, BASE + "training: {rationale_sources: [unrevised, revisd]}\n"))
+    with pytest.raises(ParamsError, match="listed twice"):
+        load_params(write(tmp_path, BASE + "training: {rationale_sources: [revised, revised]}\n"))
+    with pytest.raises(ParamsError, match="at least one rationale source"):
+        load_params(write(tmp_path, BASE + "training: {rationale_sources: []}\n"))
+
+
+def test_overrides_name_a_trained_condition_of_the_study(tmp_path):
+    text = BASE + "training:\n  conditions: [FT, CAUSAL]\n  overrides:\n    NAME: {lr: 2.0e-5}\n"
+    path = write(tmp_path, text.replace("NAME", "CASUAL"))
+    with pytest.raises(ParamsError, match=rf"{path}:5: 'training.overrides': unknown condition 'CASUAL' in "
+                                          r"training.overrides; did you mean 'CAUSAL'\?"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="training.overrides.MT: MT is not one of training.conditions "
+                                          r"\(FT, CAUSAL\); add it there or remove this override"):
+        load_params(write(tmp_path, text.replace("NAME", "MT")))
+    with pytest.raises(ParamsError, match="BASE is the untrained student"):
+        load_params(write(tmp_path, text.replace("[FT, CAUSAL]", "[BASE, FT]").replace("NAME", "BASE")))
+    bad_value = BASE + "training:\n  conditions: [FT, CAUSAL]\n  overrides:\n    CAUSAL:\n      lr: -1\n"
+    with pytest.raises(ParamsError, match=r":7: 'training.overrides.CAUSAL.lr'.*greater than 0"):
+        load_params(write(tmp_path, bad_value))
+    with pytest.raises(ParamsError, match="unknown key 'training.overrides.CAUSAL.students'"):
+        load_params(write(tmp_path, text.replace("NAME", "CAUSAL").replace("{lr: 2.0e-5}", "{students: [x]}")))
+
+
+def test_an_override_applies_to_its_condition_only():
+    p = load_params(QUICKSTART, ["training.conditions=[MT, CAUSAL]", "training.lora={r: 8, alpha: 32}",
+                                 "training.overrides={CAUSAL: {finetune: qlora, epochs: 10, lr: 2.0e-5, batch_size: 8, "
+                                 "lora: {r: 16}, max_steps: null}}"]).training
+    causal = p.for_condition("CAUSAL")
+    assert (causal.finetune, causal.epochs, causal.lr, causal.batch_size) == ("qlora", 10, 2e-5, 8)
+    assert (causal.lora.r, causal.lora.alpha, causal.max_steps) == (16, 32, p.max_steps)  # unnamed keys stay
+    assert p.for_condition("MT") == p and p.for_condition("MT").finetune == "lora"
+
+
+def test_the_quickstart_documents_the_causal_papers_settings():
+    lines = QUICKSTART.read_text().splitlines()
+    example = [line.strip().removeprefix("#").strip() for line in lines if line.strip().startswith("#   CAUSAL:")]
+    assert example, "params/quickstart.yaml shows the causal paper's CAUSAL settings as a commented override"
+    override = yaml.safe_load(example[0])["CAUSAL"]
+    assert override == {"finetune": "qlora", "epochs": 10, "lr": 2e-5, "batch_size": 8}
+    p = load_params(QUICKSTART, {"training.conditions": ["CAUSAL"], "training.overrides": {"CAUSAL": override}})
+    assert p.training.for_condition("CAUSAL").lr == 2e-5

@@ -315,3 +315,45 @@ def test_accuracy_figure_draws_the_cluster_bootstrap_intervals(tmp_path):
                    for seg in c.lines[2][0].get_segments())
     expected = zip(table["ci_low"] * 100, table["ci_high"] * 100)
     assert drawn == sorted(tuple(np.round([lo, hi], 6)) for lo, hi in expected)
+
+
+def frame_the_conditions(run_dir: Path) -> None:
+    """Turn a make_run folder into one with BASE, TEACHER and MT / CF trained on unrevised and revised rationales."""
+    from lib.runs import read_jsonl
+
+    items = [dict(r, rationale_source="unrevised") for r in read_jsonl(run_dir / "05_evaluation" / "items.jsonl")]
+    rng = np.random.default_rng(1)
+    revised = [dict(r, run=r["run"].replace("__", "__revised__", 1), rationale_source="revised",
+                    correct=int(rng.random() < 0.5)) for r in items if r["condition"] in ("MT", "CF")]
+    base = [dict(r, run=r["run"].replace("FT-CoT", "BASE"), condition="BASE", correct=int(rng.random() < 0.2))
+            for r in items if r["condition"] == "FT-CoT" and r["seed"] == 0]
+    teacher = [dict(r, run="TEACHER__unrevised__PaLM-540B__seed0", condition="TEACHER", student="PaLM-540B",
+                    train_set="", correct=int(rng.random() < 0.9), cec=None, cec_fc=None, cec_bf=None)
+               for r in items if r["condition"] == "MT" and r["student"] == "gpt2" and r["test_set"] == "csqa"]
+    write_jsonl(run_dir / "05_evaluation" / "items.jsonl", items + revised + base + teacher)
+    runs = read_jsonl(run_dir / "04_training" / "runs.jsonl")
+    revised_runs = [dict(r, run=r["run"].replace("__", "__revised__", 1)) for r in runs if r["condition"] != "FT-CoT"]
+    base_runs = [dict(r, run=r["run"].replace("FT-CoT", "BASE"), condition="BASE") for r in runs
+                 if r["condition"] == "FT-CoT"]
+    write_jsonl(run_dir / "04_training" / "runs.jsonl", runs + revised_runs + base_runs)
+
+
+def test_report_shows_base_teacher_and_the_revision_factor(tmp_path):
+    from lib import report, stats
+
+    run_dir = make_run(tmp_path, n_items=20, with_optional=False)
+    frame_the_conditions(run_dir)
+    tables = stats.load_run_tables(run_dir)
+    fig = report.plot_accuracy(tables.items, n_boot=100)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["BASE", "CF:revised", "CF:unrevised",
+                                                                     "FT-CoT", "MT:revised", "MT:unrevised", "TEACHER"]
+    heat = report.plot_ood_heatmap(tables.items)
+    labels = [t.get_text() for t in heat.axes[0].texts]
+    assert "nan" not in " ".join(labels) and len(labels) == 7 * 2 - 1  # TEACHER: the in-distribution set only
+    page = report.build_run_report(run_dir, tmp_path / "r.html").read_text()
+    for phrase in ("Two-way ANOVA on correct: condition x revision", "left out of the condition x revision design: "
+                   "BASE, FT-CoT", "MT x revised", "TEACHER (the teacher&#x27;s own answers) is left out",
+                   "[csqa, PaLM-540B] TEACHER:"):
+        assert phrase in page, phrase
+    # McNemar pairs the teacher with the conditions of every student and seed
+    assert re.search(r"\[csqa, gpt2-medium, 0\] (TEACHER|MT:revised) (beats|vs) (MT:revised|TEACHER)", page)

@@ -459,7 +459,8 @@ def test_analyse_full_inputs_runs_everything():
 
     items = synthetic_items(300)
     items["student"] = np.where(np.arange(300) % 2, "gpt2", "gpt2-medium")
-    items["run"] = items["condition"] + "-" + items["student"]
+    items["rationale_source"] = np.where(np.arange(300) % 4 < 2, "unrevised", "revised")
+    items["run"] = items["condition"] + "-" + items["rationale_source"] + "-" + items["student"]
     items["item_id"] = [f"q{i // 6}" for i in range(300)]
     for m in ("bleu", "rouge_l", "bertscore"):
         items[m] = items["cec"] * 0.5 + np.random.default_rng(2).random(300) * 0.1
@@ -474,8 +475,9 @@ def test_analyse_full_inputs_runs_everything():
     tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": "gpt2", "seed": 0, "item_id": ["c1", "c2"],
                                   "cec": [0.5, 0.7], "cec_fc": [0.4, 0.6], "cec_bf": [0.6, 0.8]})
     sections = analyse(tables, n_boot=200)
-    expected = {"accuracy", "faithfulness", "mcnemar", "tukey_correct", "anova_correct", "kruskal_correct", "ols_correct",
-                "tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_rating_completeness",
+    expected = {"accuracy", "faithfulness", "mcnemar", "tukey_correct", "anova_correct", "anova_revision_correct",
+                "kruskal_correct", "ols_correct", "tukey_cec", "anova_cec", "anova_revision_cec", "kruskal_cec",
+                "ols_cec", "ols_rating_completeness",
                 "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics", "causal_explanations"}
     assert set(sections) == expected
     assert all(sections[k].ran for k in expected), {k: s.notes for k, s in sections.items() if not s.ran}
@@ -750,3 +752,126 @@ def test_accuracy_section_headlines_the_per_character_loglik_accuracy():
     assert {"loglik_norm_accuracy", "loglik_accuracy"} <= set(section.table.columns)
     assert section.table["loglik_norm_accuracy"].gt(0).all() and (section.table["loglik_accuracy"] == 0).all()
     assert all("log-likelihood accuracy per character" in s for s in section.sentences)
+
+
+# --- BASE and TEACHER rows, the revision factor -------------------------------------------------------------------
+
+def with_teacher(items: pd.DataFrame, rng_seed: int = 9) -> pd.DataFrame:
+    """The items plus TEACHER rows: the teacher's answers to every csqa item (its own student name, seed 0)."""
+    rng = np.random.default_rng(rng_seed)
+    ids = items.loc[items["test_set"] == "csqa", "item_id"].drop_duplicates()
+    teacher = pd.DataFrame({"run": "TEACHER__unrevised__teacher-lm__seed0", "condition": "TEACHER",
+                            "student": "teacher-lm", "seed": 0, "test_set": "csqa", "item_id": ids,
+                            "correct": (rng.random(len(ids)) < 0.9).astype(int), "cec": np.nan, "rationale_len": 30})
+    return pd.concat([items, teacher], ignore_index=True)
+
+
+def test_teacher_is_in_the_accuracy_table_and_mcnemar_but_not_in_the_tests_between_conditions():
+    from lib.stats import analyse
+
+    items, ratings = shared_items((0,), n=20)
+    plain, framed = analyse(tables_of(items, ratings), n_boot=100), analyse(tables_of(with_teacher(items), ratings),
+                                                                            n_boot=100)
+    teacher = with_teacher(items).query("condition == 'TEACHER'")
+    acc = framed["accuracy"].table.set_index(["test_set", "student", "condition"])
+    assert acc.loc[("csqa", "teacher-lm", "TEACHER"), "accuracy"] == pytest.approx(teacher["correct"].mean())
+    assert ("arc", "teacher-lm", "TEACHER") not in acc.index  # the in-distribution set only
+    mcn = framed["mcnemar"].table
+    vs_teacher = mcn[(mcn["group1"] == "TEACHER") | (mcn["group2"] == "TEACHER")]
+    assert len(vs_teacher) == 2 * 3 and set(vs_teacher["student"]) == {"gpt2", "gpt2-medium"}  # every condition
+    row = vs_teacher.set_index(["student", "group1"]).loc[("gpt2", "MT")]
+    mt = items.query("condition == 'MT' and student == 'gpt2' and test_set == 'csqa'").set_index("item_id")["correct"]
+    right = teacher.set_index("item_id")["correct"]
+    assert row["n_pairs"] == 20 and row["only2"] == int(((right == 1) & (mt == 0)).sum())
+    assert "TEACHER" in framed["mcnemar"].explanation
+    for key in ("tukey_correct", "anova_correct", "kruskal_correct", "ols_correct", "tukey_cec", "ols_cec"):
+        pd.testing.assert_frame_equal(framed[key].table, plain[key].table)  # TEACHER changes none of them
+        assert "TEACHER (the teacher's own answers) is left out" in framed[key].explanation, key
+        assert "TEACHER" not in plain[key].explanation
+
+
+def revision_items(n: int = 60, rng_seed: int = 4) -> pd.DataFrame:
+    """One student on one test set: MT and CF trained on unrevised and revised rationales, BASE (unrevised only)."""
+    rng = np.random.default_rng(rng_seed)
+    p_right = {("MT", "unrevised"): 0.7, ("MT", "revised"): 0.5, ("CF", "unrevised"): 0.4, ("CF", "revised"): 0.45,
+               ("BASE", "unrevised"): 0.2}
+    return pd.DataFrame([{"run": f"{c}__{s}__tiny__seed0", "condition": c, "rationale_source": s, "student": "tiny",
+                          "seed": 0, "test_set": "csqa", "item_id": f"q{i}", "correct": int(rng.random() < p),
+                          "cec": float(rng.uniform(0.4, 0.9)), "rationale_len": int(rng.integers(5, 40))}
+                         for (c, s), p in p_right.items() for i in range(n)])
+
+
+def test_with_arms_names_a_condition_per_source_only_when_it_has_two():
+    from lib.stats import with_arms
+
+    arms = with_arms(revision_items(3))
+    assert sorted(arms["condition"].unique()) == ["BASE", "CF:revised", "CF:unrevised", "MT:revised", "MT:unrevised"]
+    one = revision_items(3).query("rationale_source == 'unrevised'")
+    assert with_arms(one).equals(one)
+
+
+def test_revision_factor_two_way_anova_and_interaction_regression():
+    from lib.stats import analyse, join_ratings, two_way_anova
+
+    items = revision_items()
+    ratings = items[["run", "item_id"]].assign(rater="judge:x", completeness=np.arange(len(items)) % 7 + 1,
+                                               contrastiveness=(np.arange(len(items)) * 3) % 7 + 1,
+                                               soundness=(np.arange(len(items)) * 5) % 7 + 1)
+    tables = tables_of(items, ratings)
+    assert set(join_ratings(ratings, tables.items)["rationale_source"]) == {"unrevised", "revised"}
+    sections = analyse(tables, n_boot=100, conditions=["CF", "MT", "BASE"])
+    crossed = items[items["condition"] != "BASE"]
+    anova = sections["anova_revision_correct"]
+    assert anova.ran and set(anova.table["source"]) == {"condition", "rationale_source",
+                                                         "condition x rationale_source", "residual"}
+    expected = two_way_anova(crossed, b="rationale_source")
+    np.testing.assert_allclose(anova.table["F"].to_numpy(dtype=float), expected["F"].to_numpy(dtype=float))
+    assert any("left out of the condition x revision design: BASE" in n for n in anova.notes)
+    # saturated 2 x 2 (one student, one test set): the coefficients are differences of the cell means
+    cell = crossed.groupby(["condition", "rationale_source"])["correct"].mean()
+    ols = sections["ols_correct"].table.set_index("term")["coef"]
+    assert ols["Intercept"] == pytest.approx(cell[("CF", "unrevised")])
+    assert ols["condition[T.MT]"] == pytest.approx(cell[("MT", "unrevised")] - cell[("CF", "unrevised")])
+    assert ols["rationale_source[T.revised]"] == pytest.approx(cell[("CF", "revised")] - cell[("CF", "unrevised")])
+    assert ols["condition[T.MT]:rationale_source[T.revised]"] == pytest.approx(
+        cell[("MT", "revised")] - cell[("MT", "unrevised")] - cell[("CF", "revised")] + cell[("CF", "unrevised")])
+    assert "* C(rationale_source, reference='unrevised')" in sections["ols_correct"].table.attrs["formula"]
+    assert any(s.startswith("MT x revised (how much more revised rationales change MT than CF)")
+               for s in sections["ols_correct"].sentences)
+    assert "condition[T.MT]:rationale_source[T.revised]" in sections["ols_rating_soundness"].table["term"].tolist()
+    groups = set(sections["tukey_correct"].table[["group1", "group2"]].stack())
+    assert groups == {"BASE", "CF:revised", "CF:unrevised", "MT:revised", "MT:unrevised"}  # BASE takes part
+    assert "MT:revised" in set(sections["accuracy"].table["condition"])
+
+
+def test_one_rationale_source_gives_the_models_of_before_and_says_so():
+    from lib.stats import analyse
+
+    items = revision_items().query("rationale_source == 'unrevised'")
+    sections = analyse(tables_of(items, items[["run", "item_id"]].assign(rater="h1", soundness=3)), n_boot=100)
+    assert not sections["anova_revision_correct"].ran
+    assert "rationale_source has one level only (unrevised)" in sections["anova_revision_correct"].notes[0]
+    ols = sections["ols_correct"]
+    assert ols.ran and not ols.table["term"].str.contains("rationale_source").any()
+    assert any("one level only" in n for n in ols.notes)
+    assert set(sections["accuracy"].table["condition"]) == {"BASE", "CF", "MT"}
+
+
+def test_ols_regression_with_a_crossed_factor_matches_lstsq():
+    rng = np.random.default_rng(3)
+    n = 200
+    data = pd.DataFrame({"condition": rng.choice(["CF", "MT", "MT+CF"], n),
+                         "rationale_source": rng.choice(["unrevised", "revised"], n)})
+    data["y"] = (data["condition"] == "MT") * 0.5 + (data["rationale_source"] == "revised") * 0.2 + rng.normal(0, 1, n)
+    out = ols_regression(data, outcome="y", reference="MT", factor="rationale_source", factor_reference="unrevised")
+    rev = (data["rationale_source"] == "revised").to_numpy(float)
+    dummies = [(data["condition"] == c).to_numpy(float) for c in ("CF", "MT+CF")]
+    X = np.column_stack([np.ones(n), *dummies, rev, *(d * rev for d in dummies)])
+    beta = np.linalg.lstsq(X, data["y"].to_numpy(float), rcond=None)[0]
+    assert out["term"].tolist() == ["Intercept", "condition[T.CF]", "condition[T.MT+CF]", "rationale_source[T.revised]",
+                                    "condition[T.CF]:rationale_source[T.revised]",
+                                    "condition[T.MT+CF]:rationale_source[T.revised]"]
+    np.testing.assert_allclose(out["coef"], beta, rtol=1e-8, atol=1e-10)
+    empty = data[~((data["condition"] == "CF") & (data["rationale_source"] == "revised"))]
+    with pytest.raises(TooFewObservations, match="CF x revised has none"):
+        ols_regression(empty, outcome="y", factor="rationale_source")

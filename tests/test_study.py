@@ -55,7 +55,8 @@ def test_smoke_study_runs_all_notebooks(smoke_run):
     assert (run_dir / "06_statistics" / "accuracy.csv").exists()
     assert (run_dir / "06_statistics" / "accuracy_by_condition.png").stat().st_size > 1000
     items = [json.loads(line) for line in (run_dir / "05_evaluation" / "items.jsonl").read_text().splitlines()]
-    assert {i["condition"] for i in items} == {"FT", "FT-CoT", "MT", "CFD"}
+    assert {i["condition"] for i in items} == {"BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "TEACHER"}
+    assert {i["rationale_source"] for i in items if i["condition"] == "MT"} == {"unrevised", "revised"}
     assert {i["test_set"] for i in items} == {"csqa-sample", "arc-sample"}  # in and out of distribution
     assert {i["student"] for i in items} == {"tiny-random-gemma3", "tiny-random-t5"}
     t5 = [i for i in items if i["student"] == "tiny-random-t5"]
@@ -91,8 +92,8 @@ def _adapter_hashes(run_dir: Path) -> dict[str, str]:
     from lib.runs import read_jsonl, sha256_file
 
     train = run_dir / "04_training"
-    return {r["run"]: sha256_file(next((train / r["run"] / "adapter").glob("*.safetensors")))
-            for r in read_jsonl(train / "runs.jsonl")}
+    return {r["run"]: sha256_file(next((train / r["adapter"]).glob("*.safetensors")))
+            for r in read_jsonl(train / "runs.jsonl") if r["adapter"]}
 
 
 def test_a_changed_lr_retrains_every_run_and_a_dropped_ood_set_is_not_evaluated(smoke_run):
@@ -110,6 +111,7 @@ def test_a_changed_lr_retrains_every_run_and_a_dropped_ood_set_is_not_evaluated(
     assert _adapter_hashes(run_dir) == after  # same examples, same config: the trained runs are reused
     items = read_jsonl_rows(run_dir / "05_evaluation" / "items.jsonl")
     assert {i["test_set"] for i in items} == {"csqa-sample"}
+    assert {i["condition"] for i in items} >= {"BASE", "TEACHER"}
     assert [p.name for p in (run_dir / "01_data" / "tests").iterdir()] == ["csqa-sample.jsonl"]
 
 

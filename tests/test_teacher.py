@@ -1,5 +1,6 @@
 """The teacher engine against a fake OpenAI-compatible server that injects faults; cache, resume, budget, secrets."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -328,3 +329,55 @@ def test_split_rationale_removes_only_a_concluding_answer_sentence(text, rationa
     from lib.teacher import split_rationale
 
     assert split_rationale(text) == rationale
+
+
+class ScriptedEngine:
+    """A teacher engine that answers each stage from a script: template name -> (text, failure)."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[str, tuple[str, str | None]]):
+        self.script, self.prompts = script, []
+
+    def ask(self, asks: list[Ask], desc: str = "") -> list:
+        from lib.teacher_engine import Answer
+
+        self.prompts.extend((a.template, a.prompt) for a in asks)
+        out = []
+        for a in asks:
+            text, failure = self.script[a.template]
+            out.append(Answer(Completion(text, "length" if failure == "truncated" else "stop", 1, 1), failure, 1, 0))
+        return out
+
+
+def test_a_truncated_stage_still_goes_to_the_next_and_the_first_failure_is_recorded():
+    engine = ScriptedEngine({"explain": ("Boxes hold things and", "truncated"), "critique": ("Say why not sky.", None),
+                             "revise": ("Boxes hold things; the sky holds none", "truncated")})
+    (rev,) = critique_revisions(questions(1), TeacherParams(revise_max_questions=1), engine)
+    assert (rev.initial, rev.critique, rev.revised) == ("Boxes hold things and", "Say why not sky.",
+                                                        "Boxes hold things; the sky holds none")
+    assert rev.failure == "explain: truncated"
+    critique_prompt = dict(engine.prompts)["critique"]
+    assert "Explanation: Boxes hold things and" in critique_prompt
+    empty = ScriptedEngine({"explain": ("", "empty"), "critique": ("x", None), "revise": ("y", None)})
+    (rev,) = critique_revisions(questions(1), TeacherParams(revise_max_questions=1), empty)
+    assert (rev.revised, rev.failure) == ("", "explain: empty") and [t for t, _ in empty.prompts] == ["explain"]
+
+
+def test_teacher_and_student_see_one_claim_evidence_block_with_the_evidence_label():
+    from lib.prompts import causal_prompt, causal_student_prompt, claim_evidence_text, load_template
+
+    pair = ClaimEvidence(id="c1:0", claim_id="c1", claim="Seas rise.", claim_label="DISPUTED",
+                         evidence="Ice sheets are growing.", evidence_label="REFUTES", article="A")
+    block = claim_evidence_text(pair)
+    assert block == "Claim: Seas rise.\nEvidence: Ice sheets are growing.\nEvidence label: REFUTES"
+    head = load_template("causal").text.rsplit("\n\n", 1)[0].replace("{{", "{").replace("}}", "}")
+    assert causal_prompt(pair) == head + "\n\n" + block + "\nExplanation:"  # the worked example, then this pair
+    engine = ScriptedEngine({"causal": ('{"cause": "a", "mechanism": "b", "effect": "c"}', None)})
+    (row,) = causal_explanations({"train": [pair]}, TeacherParams(), engine)
+    written = json.loads(json.dumps(dataclasses.asdict(row)))  # a row of 02_teacher/causal.jsonl
+    assert written["evidence_label"] == "REFUTES" and written["claim_label"] == "DISPUTED"
+    assert causal_student_prompt(written) == causal_student_prompt(pair) == block + "\nExplanation:"
+    assert dict(engine.prompts)["causal"] == causal_prompt(written)
+    with pytest.raises(ValueError, match="lacks evidence_label.*rerun step 02_teacher"):
+        causal_student_prompt({k: v for k, v in written.items() if k != "evidence_label"})

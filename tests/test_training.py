@@ -14,10 +14,12 @@ from lib.models import (
     TINY_GEMMA, TINY_T5, generate_texts, load_causal_lm, load_seq2seq_lm, load_student_lm, load_tokenizer,
 )
 from lib.params import CounterfactualParams, RunParams, TrainingParams
+from lib.prompts import causal_student_prompt, claim_evidence_text
 from lib.runs import read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from lib.training import (
-    Example, StudentRun, add_special_tokens, causal_prompt, collate, condition_examples, eval_prompts, lora_model,
-    read_losses, task_weights, tokenize_examples, train_grid, train_run, training_code_sha256, weighted_target_loss,
+    Example, StudentRun, add_special_tokens, collate, condition_examples, eval_prompts, grid, lora_model, read_losses,
+    revised_rationales, run_config, task_weights, tokenize_examples, train_grid, train_run, training_code_sha256,
+    weighted_target_loss,
 )
 
 STRATEGY = {"positive": "[Direct election]", "negative": "[Elimination method]"}
@@ -101,12 +103,13 @@ def test_mt_cf_weights_nest_alpha():
 def test_causal_format_uses_train_rows_without_failure():
     ex = all_examples("CAUSAL")
     assert [e.qid for e in ex] == ["c0", "c1"] and {e.task for e in ex} == {"explanation"}
-    assert ex[0].prompt == "Claim: Ice melts.\nEvidence: Warming raises temperature.\nLabel: SUPPORTS\nExplanation:"
+    assert ex[0].prompt == ("Claim: Ice melts.\nEvidence: Warming raises temperature.\nEvidence label: SUPPORTS\n"
+                            "Explanation:")
     assert ex[0].target == " Warming causes melting."
-    assert causal_prompt(CAUSAL_ROWS[3]).startswith("Claim: CO2 warms.")
+    assert causal_student_prompt(CAUSAL_ROWS[3]).startswith("Claim: CO2 warms.")
     with pytest.raises(ValueError, match="step 02_teacher"):
         condition_examples("CAUSAL", [], {}, causal_rows=CAUSAL_ROWS[2:3])
-    with pytest.raises(ValueError, match="causal_prompt"):
+    with pytest.raises(ValueError, match="causal_student_prompt"):
         eval_prompts("CAUSAL", questions()[0], "[Direct election]")
 
 
@@ -304,6 +307,8 @@ def test_every_condition_trains_and_logs_its_loss_terms(condition, student, tmp_
     assert result["steps"] == 2 and (tmp_path / condition / "adapter" / "adapter_config.json").exists()
     assert result["task"] == ("causal" if condition == "CAUSAL" else "mc")
     assert result["architecture"] == ("encoder-decoder" if student == TINY_T5 else "decoder-only")
+    assert result["adapter"] == f"{condition}/adapter" and result["finetune"] == "lora"
+    assert result["rationale_source"] == "unrevised"
     from lib.runs import read_jsonl
 
     terms = {r["term"] for r in read_jsonl(tmp_path / condition / "losses.jsonl")}
@@ -432,8 +437,9 @@ def test_train_grid_passes_force_down(tmp_path, monkeypatch):
                         {"run": run.name})
     params = SimpleNamespace(run=RunParams(device="cpu"), counterfactual=CounterfactualParams(),
                              training=TrainingParams(students=[TINY_GEMMA], conditions=["FT"], seeds=[0, 1]))
-    train_grid(SimpleNamespace(params=params, out=tmp_path, force=True), {"FT": all_examples("FT")})
-    train_grid(SimpleNamespace(params=params, out=tmp_path), {"FT": all_examples("FT")})  # a context without force
+    examples = {("FT", "unrevised"): all_examples("FT")}
+    train_grid(SimpleNamespace(params=params, out=tmp_path, force=True), examples)
+    train_grid(SimpleNamespace(params=params, out=tmp_path), examples)  # a context without force
     assert calls == [True, True, False, False]
 
 
@@ -545,7 +551,7 @@ def test_cfd_run_adds_and_trains_its_strategy_tokens(student, finetune, untied_g
         assert ("output" in stored) == (student == untied_gemma)  # a tied head shares the input rows
         stored.setdefault("output", stored["input"])
 
-    model, tok = load_student(student, adapter, "cpu")
+    model, tok = load_student(student, adapter, "cpu", finetune=finetune)
     prompt = eval_prompts("CFD", questions()[0], NEW_STRATEGY["positive"])["answer"]
     out = generate_texts(model, tok, [prompt], max_new_tokens=4, progress=False)
     assert len(out) == 1 and out[0][0].completion_tokens <= 4 and out[0][0].prompt_tokens > 0
@@ -560,3 +566,152 @@ def test_cfd_run_adds_and_trains_its_strategy_tokens(student, finetune, untied_g
         for s, i in zip(strings, ids):
             initial = base_layer.weight[base_tok(s, add_special_tokens=False)["input_ids"]].mean(0).float()
             assert (layer.weight[i].float() - initial).abs().max() > 1e-4, f"{s}: row {i} was not trained"
+
+
+# ---------------------------------------------------------------- the Revised factor, BASE, per-condition settings
+
+EVERY_CONDITION = ["BASE", *ALL_CONDITIONS]
+
+
+def test_grid_crosses_the_rationale_sources_with_the_rationale_conditions_only():
+    params = TrainingParams(students=["s"], conditions=EVERY_CONDITION, seeds=[0, 1],
+                            rationale_sources=["unrevised", "revised"])
+    names = [r.name for r in grid(params)]
+    assert StudentRun("MT", "gemma3-270m-gguf", 0, "revised").name == "MT__revised__gemma3-270m-gguf__seed0"
+    for c in ("FT-CoT", "MT", "CF", "MT+CF"):  # targets with teacher rationales: both sources, every seed
+        assert {n for n in names if n.startswith(c + "__")} == {f"{c}__{src}__s__seed{k}" for src in ("unrevised", "revised")
+                                                                for k in (0, 1)}
+    for c in ("FT", "CFD", "CAUSAL"):  # one run per seed, recorded as unrevised
+        assert {n for n in names if n.startswith(c + "__")} == {f"{c}__unrevised__s__seed0", f"{c}__unrevised__s__seed1"}
+    assert [n for n in names if n.startswith("BASE")] == ["BASE__unrevised__s__seed0"]  # untrained: no seed to vary
+    assert len(names) == len(set(names)) == 4 * 4 + 3 * 2 + 1
+    only_revised = grid(params.model_copy(update={"rationale_sources": ["revised"], "seeds": [0]}))
+    assert {(r.condition, r.rationale_source) for r in only_revised} >= {("MT", "revised"), ("FT", "unrevised")}
+
+
+REVISIONS = [{"id": "q0", "split": "train", "revised": "Boxes are made to keep things. So the answer is (a) box.",
+              "failure": None},
+             {"id": "q1", "split": "train", "revised": "The sky is where birds fly", "failure": "revise: truncated"},
+             {"id": "q2", "split": "train", "revised": "", "failure": "explain: empty"}]
+
+
+def test_revised_rationales_keep_rows_without_failure_and_any_keeps_failed_text():
+    assert revised_rationales(REVISIONS) == {"q0": "Boxes are made to keep things."}  # concluding sentence removed
+    assert revised_rationales(REVISIONS, "correct") == {"q0": "Boxes are made to keep things."}
+    assert revised_rationales(REVISIONS, "any") == {"q0": "Boxes are made to keep things.",
+                                                     "q1": "The sky is where birds fly"}
+
+
+def _write_run(tmp_path):
+    """Steps 01-03's artifacts for the three test questions, as a step context of the smoke params."""
+    from lib.params import PROJECT_ROOT, load_params
+    from lib.runs import StepContext
+
+    write_jsonl(tmp_path / "01_data" / "train.jsonl", [dataclasses.asdict(q) for q in questions()])
+    write_jsonl(tmp_path / "02_teacher" / "rationales.jsonl",
+                [{"id": q, "split": "train", "rationale": text, "failure": None, "correct": True}
+                 for q, text in RATIONALES.items()])
+    write_jsonl(tmp_path / "02_teacher" / "revisions.jsonl", REVISIONS)
+    write_jsonl(tmp_path / "02_teacher" / "causal.jsonl", CAUSAL_ROWS)
+    write_jsonl(tmp_path / "03_counterfactuals" / "cf_rationales.jsonl", CF_RATIONALES)
+    write_jsonl(tmp_path / "03_counterfactuals" / "multiview.jsonl", VIEWS)
+    write_jsonl(tmp_path / "03_counterfactuals" / "cf_questions.jsonl", [])
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"training.rationale_filter": "parsed"})
+    return StepContext("04_training", params, tmp_path)
+
+
+def test_load_condition_examples_builds_each_condition_and_source(tmp_path, caplog):
+    from lib.training import load_condition_examples
+
+    with caplog.at_level(logging.INFO, logger="lib.training"):
+        examples = load_condition_examples(_write_run(tmp_path))
+    assert set(examples) == {("FT", "unrevised"), ("CFD", "unrevised"), ("CAUSAL", "unrevised")} | {
+        (c, s) for c in ("FT-CoT", "MT", "CF", "MT+CF") for s in ("unrevised", "revised")}  # BASE is not trained
+    assert [e.target for e in examples[("FT-CoT", "revised")]] == [" Boxes are made to keep things. So the answer is (a) box."]
+    assert [e.target for e in examples[("FT-CoT", "unrevised")]][0] == " Things are kept in boxes. So the answer is (a) box."
+    assert {e.qid for e in examples[("MT", "revised")]} == {"q0"}  # q1, q2 have no usable revision: left out entirely
+    assert len(examples[("MT", "revised")]) == 2 and len(examples[("MT", "unrevised")]) == 6
+    cf = examples[("CF", "revised")]
+    assert [(e.task, e.target) for e in cf] == [("factual", " Boxes are made to keep things. So the answer is (a) box."),
+                                                ("counterfactual", " Things float up to the sky. So the answer is (b) sky.")]
+    assert "MT (revised): 1 of 3 training questions have a revised explanation; the other 2 are left out" in caplog.text
+    assert examples[("CAUSAL", "unrevised")][0].prompt.endswith("Evidence label: SUPPORTS\nExplanation:")
+
+
+def test_a_revised_run_without_any_usable_revision_says_what_to_change(tmp_path):
+    from lib.training import load_condition_examples
+
+    ctx = _write_run(tmp_path)
+    write_jsonl(tmp_path / "02_teacher" / "revisions.jsonl", REVISIONS[1:])
+    with pytest.raises(ValueError, match="FT-CoT \\(revised\\): no training question.*rationale_filter: any"):
+        load_condition_examples(ctx)
+
+
+def test_causal_student_prompt_shows_the_evidence_label_the_teacher_saw():
+    row = {**CAUSAL_ROWS[0], "claim_label": "DISPUTED", "evidence_label": "REFUTES"}
+    (ex,) = condition_examples("CAUSAL", [], {}, causal_rows=[row])
+    assert ex.prompt == claim_evidence_text(row) + "\nExplanation:" and "Evidence label: REFUTES" in ex.prompt
+    assert "DISPUTED" not in ex.prompt
+
+
+def test_base_is_asked_like_ft_and_has_no_training_examples():
+    q = questions()[0]
+    assert eval_prompts("BASE", q, "[Direct election]") == eval_prompts("FT", q, "[Direct election]")
+    assert list(eval_prompts("BASE", q, "x")) == ["answer"] and eval_prompts("BASE", q, "x")["answer"].endswith("\nA:")
+    assert task_weights("BASE", 0.5) == {}
+    with pytest.raises(ValueError, match="untrained"):
+        condition_examples("BASE", questions(), RATIONALES)
+
+
+def test_train_grid_writes_a_base_row_and_every_row_names_its_adapter(tmp_path):
+    params = SimpleNamespace(run=RunParams(device="cpu"), counterfactual=CounterfactualParams(),
+                             training=TrainingParams(students=[TINY_GEMMA], conditions=["BASE", "FT", "MT"], seeds=[0],
+                                                     rationale_sources=["unrevised", "revised"], max_steps=1,
+                                                     batch_size=4, max_length=128, save_steps=0))
+    revised = {q: f"Revised: {t}" for q, t in RATIONALES.items()}
+    examples = {("FT", "unrevised"): all_examples("FT"), ("MT", "unrevised"): all_examples("MT"),
+                ("MT", "revised"): condition_examples("MT", questions()[:2], revised)}
+    train_grid(SimpleNamespace(params=params, out=tmp_path), examples)
+    rows = read_jsonl(tmp_path / "runs.jsonl")
+    assert [r["run"] for r in rows] == [f"BASE__unrevised__{TINY_GEMMA}__seed0", f"FT__unrevised__{TINY_GEMMA}__seed0",
+                                        f"MT__unrevised__{TINY_GEMMA}__seed0", f"MT__revised__{TINY_GEMMA}__seed0"]
+    base, ft, mt, mt_revised = rows
+    assert (base["condition"], base["task"], base["steps"], base["adapter"]) == ("BASE", "mc", 0, None)
+    assert base["finetune"] == "lora" and base["n_trainable"] == 0 and base["n_params"] == ft["n_params"] > 0
+    assert not (tmp_path / base["run"]).exists()  # no folder, no adapter
+    for r in (ft, mt, mt_revised):
+        assert r["adapter"] == f"{r['run']}/adapter" and (tmp_path / r["adapter"] / "adapter_config.json").exists()
+        assert r["finetune"] == "lora" and r["steps"] == 1
+    assert [r["rationale_source"] for r in rows] == ["unrevised", "unrevised", "unrevised", "revised"]
+    assert mt_revised["n_examples"] == 4 and mt["n_examples"] == 6  # the revised run keeps its 2 questions only
+    assert set(read_losses(tmp_path)["run"]) == {ft["run"], mt["run"], mt_revised["run"]}  # BASE has no losses
+
+
+def test_an_override_changes_its_condition_only_and_is_recorded(tmp_path):
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["FT", "CAUSAL"], max_steps=2, batch_size=4,
+                            max_length=128, save_steps=0, overrides={"CAUSAL": {"max_steps": 1, "lr": 1e-3,
+                                                                                "lora": {"r": 4}}})
+    ft, causal = StudentRun("FT", TINY_GEMMA, 0), StudentRun("CAUSAL", TINY_GEMMA, 0)
+    ft_config, causal_config = run_config(ft, all_examples("FT"), params), run_config(causal, all_examples("CAUSAL"), params)
+    assert causal_config["training"]["lr"] == 1e-3 and causal_config["training"]["lora"]["r"] == 4
+    assert causal_config["training"]["lora"]["alpha"] == params.lora.alpha and ft_config["training"]["lr"] == params.lr
+    assert "overrides" not in ft_config["training"] and "conditions" not in ft_config["training"]
+    changed = params.model_copy(update={"overrides": {"CAUSAL": params.overrides["CAUSAL"].model_copy(
+        update={"lr": 2e-3})}})
+    assert run_config(ft, all_examples("FT"), changed) == ft_config  # another condition's override: same config
+    assert run_config(causal, all_examples("CAUSAL"), changed) != causal_config
+    result = train_run(causal, all_examples("CAUSAL"), params, tmp_path / "CAUSAL", "cpu")
+    assert result["steps"] == 1 and result["training"]["max_steps"] == 1 and result["training"]["lr"] == 1e-3
+    assert read_json(tmp_path / "CAUSAL" / "config.json")["training"] == result["training"]
+    assert read_json(tmp_path / "CAUSAL" / "done.json")["training"]["lora"]["r"] == 4
+
+
+def test_read_losses_skips_base_rows(tmp_path):
+    write_jsonl(tmp_path / "FT__unrevised__m__seed0" / "losses.jsonl",
+                [{"run": "FT__unrevised__m__seed0", "step": 1, "term": "total", "loss": 1.0}])
+    write_jsonl(tmp_path / "runs.jsonl", [{"run": "BASE__unrevised__m__seed0", "condition": "BASE", "adapter": None},
+                                          {"run": "FT__unrevised__m__seed0", "condition": "FT",
+                                           "adapter": "FT__unrevised__m__seed0/adapter"}])
+    assert set(read_losses(tmp_path)["run"]) == {"FT__unrevised__m__seed0"}
+    write_jsonl(tmp_path / "runs.jsonl", [{"run": "BASE__unrevised__m__seed0", "condition": "BASE", "adapter": None}])
+    assert read_losses(tmp_path).empty
