@@ -359,6 +359,17 @@ def student_weights_hash(base_spec: str, adapter_dir: Path | None) -> str:
     return sha256_json({"base": model_provenance(base_spec), "files": files})
 
 
+def output_code_sha256() -> str:
+    """sha256 of the code a cached student output depends on: loading, generation, the LM head and option scoring."""
+    import inspect
+
+    from lib.runs import sha256_file, sha256_json
+
+    here = Path(__file__).resolve().parent
+    return sha256_json({"files": {name: sha256_file(here / name) for name in ("models.py", "head_loss.py")},
+                        "functions": [inspect.getsource(f) for f in (load_student, continuation_logliks)]})
+
+
 def cached_scorer(score: Scorer, cache: ResponseCache | None, identity: dict[str, Any]) -> Scorer:
     """`score` behind the cache: only pairs never scored for `identity` (weights hash, device) reach the model."""
     if cache is None:
@@ -440,7 +451,7 @@ def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyPara
     load = functools.cache(functools.partial(load_student, run_info["student"], adapter_dir, device, finetune))
     # finetune decides how the weights are loaded (a 4-bit base for qlora), so it is part of what an output depends on
     identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "finetune": finetune,
-                "device": device}
+                "device": device, "code": output_code_sha256()}
     score = cached_scorer(lambda pairs: continuation_logliks(*load(), pairs, ev.batch_size), cache, identity)
     return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
                     settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": GENERATION_STOP},

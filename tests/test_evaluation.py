@@ -289,6 +289,9 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
     make_adapter(adapter, seed=1)
     evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
     assert generated == [3, 3, 3, 3, 3, 3]  # other weights: everything is generated again
+    monkeypatch.setattr(ev, "output_code_sha256", lambda: "a fix to generate_texts")
+    evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
+    assert generated == [3] * 8  # other generation or scoring code: generated again
 
 
 def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):
