@@ -257,7 +257,6 @@ def make_adapter(folder, seed: int) -> None:
 def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
     import lib.evaluation as ev
     import lib.models
-    from lib.models import TINY_GEMMA
 
     generated, loads = [], []
     real_generate, real_load = lib.models.generate_texts, ev.load_student
@@ -297,7 +296,6 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
 def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):
     import lib.models
     from lib.evaluation import evaluate_causal_run
-    from lib.models import TINY_GEMMA
 
     generated = []
     real_generate = lib.models.generate_texts

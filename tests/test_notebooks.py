@@ -1,7 +1,6 @@
 """The committed notebooks: clean, in sync with their jupytext .py pairs, parameters papermill can read, no logic."""
 
 import ast
-import json
 
 import nbformat
 import pytest
