@@ -1,7 +1,7 @@
 """Does log-likelihood scoring favour one option letter? The untrained Gemma 3 270M on CommonsenseQA dev.
 
 Reads the first `--n` questions of the CommonsenseQA dev file, asks them with the FT student's prompt
-(`lib.training.eval_prompts("FT", q, ...)["answer"]`: the question, its lettered options and "A:") and
+(`lib.conditions.eval_prompts("FT", q, ...)["answer"]`: the question, its lettered options and "A:") and
 scores every option with each scoring of `lib.evaluation.LOGLIK_SCORINGS`. For each scoring it prints
 the accuracy of the summed log-likelihood (lm-evaluation-harness's `acc`) and of the log-likelihood per
 character of the continuation (`acc_norm`), how often each letter was picked, and the largest share of
@@ -67,11 +67,12 @@ def main() -> None:
 
     import torch
 
-    from lib.data import load_multiple_choice, option_letters
+    from lib.data import load_multiple_choice
+    from lib.questions import option_letters
     from lib.evaluation import LOGLIK_SCORINGS, continuation_logliks, loglik_choices
     from lib.models import GEMMA_GGUF, load_causal_lm, load_tokenizer
     from lib.params import StrategyTokens
-    from lib.training import eval_prompts
+    from lib.conditions import eval_prompts
 
     if args.threads:
         torch.set_num_threads(args.threads)

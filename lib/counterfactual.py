@@ -44,12 +44,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lib.data import MCQuestion
+from lib.questions import MCQuestion
 from lib.metrics import extract_answer
 from lib.models import Completion
 from lib.params import CounterfactualParams
 from lib.prompts import cot_prompt, load_template, view_prompt
-from lib.runs import read_jsonl
+from lib.files import read_jsonl
 from lib.teacher import Teacher, split_rationale
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ questions that are also training questions).
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import json
 import logging
@@ -34,70 +33,18 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
+from lib.files import DataError, read_text
+from lib.questions import CLAIM_LABELS, ClaimEvidence, EVIDENCE_LABELS, MC_FORMATS, MCQuestion, option_letters
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-MC_FORMATS = ("commonsenseqa", "arc", "qasc", "openbookqa", "quarel")
-CLAIM_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO", "DISPUTED")
-EVIDENCE_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO")
 PALM_BATCH = 1000  # completions per llm/<split>_CoT_<k>.json file, as in upstream `load_llm_preds`
 _LOCAL_SUFFIXES = {".json", ".jsonl"}
-_WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends a file opened in text mode splits on
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a test-set name is also its file name in 01_data/tests/
-
-
-class DataError(ValueError):
-    """A data file or set the study cannot use; the message says what is wrong, where, and what to do."""
-
-
-@dataclasses.dataclass
-class MCQuestion:
-    """One multiple-choice question; `answer` indexes `choices` (-1 = no answer key)."""
-
-    id: str
-    question: str
-    choices: list[str]
-    labels: list[str]
-    answer: int
-    concept: str | None = None
-    source: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MCQuestion:
-        """Rebuild a question written with `write_jsonl`; extra keys are ignored."""
-        return _from_dict(cls, d)
-
-
-@dataclasses.dataclass
-class ClaimEvidence:
-    """One Climate-FEVER claim-evidence pair."""
-
-    id: str
-    claim_id: str
-    claim: str
-    claim_label: str
-    evidence: str
-    evidence_label: str
-    article: str
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClaimEvidence:
-        """Rebuild a pair written with `write_jsonl`; extra keys are ignored."""
-        return _from_dict(cls, d)
-
-
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    """Construct dataclass `cls` from a dict, naming any missing required field."""
-    fields = dataclasses.fields(cls)
-    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in d]
-    if missing:
-        raise ValueError(f"{cls.__name__}.from_dict: missing field(s) {', '.join(missing)} in {sorted(d)}")
-    return cls(**{f.name: d[f.name] for f in fields if f.name in d})
 
 
 # ---------------------------------------------------------------- sources
@@ -114,23 +61,6 @@ def _is_local(source: str) -> bool:
         raise FileNotFoundError(f"data file not found: {source} "
                                 f"(relative paths start at the working directory {Path.cwd()})")
     return False
-
-
-def read_text(path: str | Path) -> str:
-    """A data file's text, decoded as UTF-8 with or without a byte-order mark; other bytes are a DataError with the line."""
-    raw = Path(path).read_bytes()
-    if raw.startswith(_WIDE_BOMS):
-        raise DataError(f"{path}:1: the file is UTF-16 or UTF-32 (it starts with that byte-order mark); "
-                        "re-save it as UTF-8")
-    raw = raw.removeprefix(codecs.BOM_UTF8)  # Excel and Windows editors start UTF-8 files with one
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - raw.rfind(b"\n", 0, exc.start)
-        raise DataError(f"{path}:{line}: byte 0x{raw[exc.start]:02x} at byte {column} of the line is not UTF-8; "
-                        "re-save the file as UTF-8 (an editor's 'Save with encoding: UTF-8', Excel's 'CSV UTF-8', "
-                        "or `iconv -f cp1252 -t utf-8 OLD > NEW`)") from exc
 
 
 def _read_json(path: str | Path) -> Any:
@@ -444,19 +374,6 @@ def validate_questions(questions: list[MCQuestion]) -> list[str]:
 # ---------------------------------------------------------------- display
 
 
-def option_letters(n: int) -> list[str]:
-    """Positional option letters used in prompts: ["a", "b", ...]."""
-    if not 0 <= n <= 26:
-        raise ValueError(f"can letter 0 to 26 options, got {n}")
-    return [chr(ord("a") + i) for i in range(n)]
-
-
-def format_question(q: MCQuestion) -> str:
-    """The distilling-step-by-step few-shot CoT layout: "Q: ...\\nAnswer Choices:\\n(a) ...\\n(b) ..."."""
-    options = "\n".join(f"({letter}) {text}" for letter, text in zip(option_letters(len(q.choices)), q.choices))
-    return f"Q: {q.question}\nAnswer Choices:\n{options}"
-
-
 def questions_to_frame(questions: list[MCQuestion]) -> pd.DataFrame:
     """One row per question for notebook display: id, text, option count, answer letter and text, concept, source."""
     import pandas as pd  # noqa: F811 - imported here so lib.data stays light for the prompt and training code
@@ -561,7 +478,7 @@ def check_disjoint(train: list[MCQuestion], test: list[MCQuestion], train_where:
 
 def _where(src: Any, key: str) -> str:
     """A params data source in messages: its params key, name and resolved file (or hub id and split)."""
-    from lib.params import resolve_path
+    from lib.files import resolve_path
 
     local = resolve_path(src.source)
     place = str(local) if local.exists() else f"hub {src.source} [split {getattr(src, 'split', 'test')}]"
@@ -578,7 +495,7 @@ def _check_set_name(name: str, key: str) -> None:
 
 def _load_source(src: Any, key: str, limit: int | None = None) -> list[MCQuestion]:
     """Load one params data source (`key`, e.g. data.ood[0]): checked, keyed, non-empty, capped at `limit`."""
-    from lib.params import resolve_path
+    from lib.files import resolve_path
 
     local = resolve_path(src.source)
     where = _where(src, key)
@@ -636,7 +553,7 @@ def split_table(splits: Splits) -> pd.DataFrame:
 
 def load_claims(params: Any) -> list[ClaimEvidence]:
     """The claim-evidence pairs named by the params `data.claims` (empty when none are configured)."""
-    from lib.params import resolve_path
+    from lib.files import resolve_path
 
     if params.claims is None:
         return []
@@ -675,7 +592,7 @@ def _remove_stale_tests(folder: Path, names: set[str]) -> None:
 def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence], test_fraction: float = 0.3,
                  seed: int = 0) -> list[str]:
     """Write train.jsonl, tests/<name>.jsonl, claims_{train,test}.jsonl and summary.json, and remove old test files."""
-    from lib.runs import write_json, write_jsonl
+    from lib.files import write_json, write_jsonl
 
     for name, qs in [("train", splits.train), *splits.tests.items()]:
         check_not_empty(qs, f"set {name!r}", "questions to write")

@@ -43,14 +43,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.data import MCQuestion
+from lib.questions import MCQuestion
 from lib.metrics import cec_batch, extract_answer, rationale_length, split_sentences
 from lib.params import StudyParams
 from lib.prompts import answer_sentence
 from lib.response_cache import ResponseCache, request_key
-from lib.stats import TEACHER
+from lib.conditions import TEACHER
 from lib.teacher import split_rationale
-from lib.training import eval_prompts
+from lib.conditions import eval_prompts
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ def faithfulness(score: Scorer, prompts: list[str], questions: list[MCQuestion],
 
 def read_cf_rationales(path: Path | None) -> dict[str, tuple[int, str]]:
     """Question id -> (option index, counterfactual rationale) from 03_counterfactuals/cf_rationales.jsonl (first per id)."""
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     if path is None or not Path(path).exists():
         return {}
@@ -347,7 +347,7 @@ def student_weights_hash(base_spec: str, adapter_dir: Path | None) -> str:
     """sha256 over the base model's provenance and every file of a run's saved folder (adapter or full weights,
     tokenizer); without a saved folder (BASE), of the base model's provenance alone."""
     from lib.models import model_provenance
-    from lib.runs import sha256_file, sha256_json
+    from lib.files import sha256_file, sha256_json
 
     if adapter_dir is None:
         return sha256_json({"base": model_provenance(base_spec)})
@@ -363,7 +363,7 @@ def output_code_sha256() -> str:
     """sha256 of the code a cached student output depends on: loading, generation, the LM head and option scoring."""
     import inspect
 
-    from lib.runs import sha256_file, sha256_json
+    from lib.files import sha256_file, sha256_json
 
     here = Path(__file__).resolve().parent
     return sha256_json({"files": {name: sha256_file(here / name) for name in ("models.py", "head_loss.py")},
@@ -615,7 +615,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     """
     from lib.data import read_test_sets
     from lib.models import pick_device
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
     from lib.teacher import read_rationales
 
     ev = ctx.params.evaluation
@@ -694,7 +694,7 @@ def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], pa
 def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     """Every CAUSAL run of step 04 explains the test pairs of 02_teacher/causal.jsonl, scored against the teacher."""
     from lib.models import pick_device
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     ev = ctx.params.evaluation
     causal_runs = [r for r in read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "causal"]
@@ -715,11 +715,20 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     return rows
 
 
+def causal_table(causal: Any) -> Any:
+    """Per CAUSAL run: explanations, how many had a teacher reference, and the mean length and metrics."""
+    metrics = [c for c in ("rationale_len", "cec", "cec_fc", "cec_bf", "bleu", "rouge_l", "bertscore")
+               if c in causal.columns]
+    import pandas as pd
+
+    df = causal.assign(**{c: pd.to_numeric(causal[c], errors="coerce") for c in metrics})
+    return (df.groupby(["condition", "student", "seed"], as_index=False, dropna=False)
+              .agg(n=("item_id", "size"), n_scored=("cec", "count"), **{c: (c, "mean") for c in metrics}))
+
+
 def causal_summary(rows: Sequence[ExplanationResult]) -> Any:
     """Per CAUSAL run: pairs explained and scored, mean explanation length and the metrics against the teacher."""
     import pandas as pd
-
-    from lib.stats import causal_table
 
     return causal_table(pd.DataFrame([dataclasses.asdict(r) for r in rows],
                                      columns=[f.name for f in dataclasses.fields(ExplanationResult)]))
@@ -799,7 +808,7 @@ def pick_distribution(rows: Sequence[ItemResult], column: str = "loglik_norm_pre
     """
     import pandas as pd
 
-    from lib.data import option_letters
+    from lib.questions import option_letters
 
     df = items_frame(rows).dropna(subset=[column, "gold"])
     letters = option_letters(int(max(df[column].max(), df["gold"].max())) + 1) if len(df) else []
@@ -855,7 +864,7 @@ def metric_correlations(rows: Sequence[ItemResult], ratings: Sequence[Any]) -> A
 
 def write_summary(out: Path, rows: Sequence[ItemResult], ratings: Sequence[Any]) -> Path:
     """summary.json: accuracy per run and test set, the OOD matrices, faithfulness and the judge's failures."""
-    from lib.runs import write_json
+    from lib.files import write_json
 
     matrix = ood_matrix(rows)
     summary = {

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.params import PROJECT_ROOT, resolve_path
-from lib.runs import sha256_json
+from lib.files import PROJECT_ROOT, resolve_path
+from lib.files import sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def model_provenance(spec: str) -> dict[str, Any]:
         return {"spec": spec, "source": "random init from config", "sha256": sha256_json(_tiny_t5_config_dict())}
     local = resolve_path(spec)
     if local.is_dir():
-        from lib.runs import sha256_file
+        from lib.files import sha256_file
 
         weights = sorted(local.glob("*.safetensors")) or sorted(local.glob("*.bin"))
         return {"spec": spec, "source": str(local), "sha256": {w.name: sha256_file(w) for w in weights}}

@@ -15,7 +15,7 @@ import logging
 from typing import Any, Callable
 
 from lib.response_cache import ResponseCache
-from lib.runs import sha256_json
+from lib.files import sha256_json
 
 log = logging.getLogger(__name__)
 

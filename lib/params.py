@@ -15,15 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from lib.data import MC_FORMATS
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")  # BASE: the untrained student
-# Conditions whose training data the current pipeline produces; the others are accepted names
-# from METHOD.md whose data steps have not been built yet, and are refused with that reason.
-IMPLEMENTED_CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")
-
+from lib.questions import MC_FORMATS
+from lib.conditions import CONDITIONS
+from lib.files import PROJECT_ROOT, resolve_path
 
 class ParamsError(ValueError):
     """A params file or override that cannot be used; the message says where and what to do."""
@@ -41,7 +35,7 @@ class RunParams(_Section):
 
 class DataSource(_Section):
     name: str  # short name used in tables (e.g. csqa, arc_easy)
-    format: str  # one of lib.data.MC_FORMATS: commonsenseqa, arc, qasc, openbookqa
+    format: str  # one of lib.questions.MC_FORMATS: commonsenseqa, arc, qasc, openbookqa
     source: str  # local file in the original format (relative to the project root) or a hub dataset id
     split: str = "train"  # hub split; ignored for local files
 
@@ -199,7 +193,7 @@ class TrainingParams(_Section):
     @field_validator("conditions")
     @classmethod
     def _known_conditions(cls, v: list[str]) -> list[str]:
-        """Condition names must be METHOD.md's, and their data must be buildable today."""
+        """Condition names must be METHOD.md's (lib.conditions.CONDITIONS), each listed once."""
         for name in v:
             if name not in CONDITIONS:
                 hint = difflib.get_close_matches(name, CONDITIONS, n=1, cutoff=0.4)
@@ -207,11 +201,6 @@ class TrainingParams(_Section):
                     f"unknown condition {name!r}"
                     + (f"; did you mean {hint[0]!r}?" if hint else "")
                     + f" Known: {', '.join(CONDITIONS)}"
-                )
-            if name not in IMPLEMENTED_CONDITIONS:
-                raise ValueError(
-                    f"condition {name!r} needs teacher data this pipeline does not produce yet "
-                    f"(counterfactual rationales / causal explanations); use one of {', '.join(IMPLEMENTED_CONDITIONS)}"
                 )
         if len(set(v)) != len(v):
             raise ValueError("conditions are listed twice")
@@ -315,12 +304,6 @@ def check_local_source(value: str, must_exist: bool = False) -> str:
     if looks_local and not resolve_path(value).exists():
         raise ValueError(f"file not found: {value} (resolved to {resolve_path(value)}); relative paths start at {PROJECT_ROOT}")
     return value
-
-
-def resolve_path(value: str | Path) -> Path:
-    """Resolve a params path: absolute as given, relative to the project root otherwise."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def key_lines(text: str) -> dict[str, int]:

@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib.data import MCQuestion, format_question, option_letters, read_text
+from lib.files import read_text
+from lib.questions import format_question, MCQuestion, option_letters
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def export_sheet(items: Sequence[Any], questions: dict[str, MCQuestion], folder:
     Up to `n_items` explanations (items with a rationale), shuffled with `seed` and stripped of run and
     condition, so raters cannot tell which student wrote which. The key file maps sheet rows back.
     """
-    from lib.runs import atomic_write_text
+    from lib.files import atomic_write_text
 
     pool = [it for it in items if it.rationale.strip() and it.item_id in questions]
     chosen = random.Random(seed).sample(pool, min(n_items, len(pool)))
@@ -304,7 +305,7 @@ def import_sheet(sheet: str | Path, key: str | Path, rater: str | None = None) -
 
 def read_ratings(path: str | Path) -> list[Rating]:
     """Rows of a ratings file (judge_ratings.jsonl, human_ratings.jsonl)."""
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     names = {f.name for f in dataclasses.fields(Rating)}
     return [Rating(**{k: v for k, v in r.items() if k in names}) for r in read_jsonl(path)]
@@ -312,7 +313,7 @@ def read_ratings(path: str | Path) -> list[Rating]:
 
 def add_ratings(path: str | Path, new: Sequence[Rating]) -> Path:
     """Append ratings (e.g. an imported human sheet) to a ratings file; a (run, item, rater) already there is an error."""
-    from lib.runs import write_jsonl
+    from lib.files import write_jsonl
 
     path = Path(path)
     old = read_ratings(path) if path.exists() else []

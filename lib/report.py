@@ -27,7 +27,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lib.runs import atomic_write_bytes
+from lib.files import atomic_write_bytes
+from lib.training import multi_term_losses
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,21 @@ def plot_loss_curves(losses: pd.DataFrame, path: str | Path | None = None) -> Fi
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), title="Run")
     fig.suptitle("Training loss curves")
     return _finish(fig, path)
+
+
+def plot_losses(losses: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Loss curves of the trained runs, one panel per loss term; a figure with a note when none was trained (BASE only)."""
+    if len(losses):
+        return plot_loss_curves(losses, path=path)
+    return _finish(_note_figure("Loss curves", "No trained run in this study (BASE is untrained)."), path)
+
+
+def plot_term_losses(losses: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Loss curves per term of the MT / CF / MT+CF runs; a figure with a note when none was trained."""
+    multi = multi_term_losses(losses)
+    if len(multi):
+        return plot_loss_curves(multi, path=path)
+    return _finish(_note_figure("Loss terms", "No MT, CF or MT+CF run in this study: no loss terms to compare."), path)
 
 
 def plot_cec(items: pd.DataFrame, path: str | Path | None = None) -> Figure:
@@ -360,7 +376,7 @@ def figure_html(fig: Figure | str, caption: str) -> str:
 
 def _read_manifest(run_dir: Path) -> dict:
     """The run's manifest.json, or {} when absent."""
-    from lib.runs import read_json
+    from lib.files import read_json
 
     path = run_dir / "manifest.json"
     return read_json(path) if path.exists() else {}
@@ -445,7 +461,7 @@ def render_run_report(run_dir: str | Path, sections: dict, figures: dict[str, Fi
 def write_run_report(run_dir: str | Path, sections: dict, figures: dict[str, Figure | str],
                      path: str | Path | None = None) -> Path:
     """Write the run's report (default run_dir/06_statistics/report.html) atomically; returns its path."""
-    from lib.runs import atomic_write_text
+    from lib.files import atomic_write_text
 
     run_dir = Path(run_dir)
     path = Path(path) if path is not None else run_dir / "06_statistics" / "report.html"
@@ -455,7 +471,7 @@ def write_run_report(run_dir: str | Path, sections: dict, figures: dict[str, Fig
 def _statistics_params(run_dir: Path) -> dict:
     """The statistics params a run was made with (params.json, else the manifest) with defaults, its run.seed and
     training.conditions (None when unknown)."""
-    from lib.runs import read_json
+    from lib.files import read_json
 
     params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else \
         _read_manifest(run_dir).get("params", {})
@@ -598,7 +614,7 @@ def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: one run folder rebuilds its report; several write a comparison."""
-    from lib.runs import atomic_write_text
+    from lib.files import atomic_write_text
 
     parser = argparse.ArgumentParser(prog="python -m lib.report", description="Build a run's report.html, or "
                                      "compare several run folders side by side.")

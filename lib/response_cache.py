@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lib.runs import sha256_json
+from lib.files import sha256_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (

@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from lib.conditions import TEACHER
+from lib.evaluation import causal_table
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ def _clean(items: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFra
 
 # one test item of one condition x rationale source x student
 UNIT_KEYS = ("test_set", "student", "student_size", "condition", "rationale_source", "item_id")
-TEACHER = "TEACHER"  # the condition of the teacher's own answers (lib.evaluation.teacher_rows)
 SOURCE = "rationale_source"  # the revision factor: "unrevised" or "revised" teacher rationales
 UNREVISED = "unrevised"  # its reference level
 
@@ -731,7 +732,7 @@ def _size_label(n: float) -> str:
 
 def read_table(path: Path) -> pd.DataFrame | None:
     """A jsonl file as a table; None when it is absent or has no rows (an optional part of the study is off)."""
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     rows = read_jsonl(path) if path.exists() else []
     return pd.DataFrame(rows) if rows else None
@@ -744,7 +745,7 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
     run folder, outside every step folder so that no rerun erases them), concatenated.
     """
     from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
-    from lib.runs import read_json
+    from lib.files import read_json
 
     run_dir = Path(run_dir)
     items_path = run_dir / "05_evaluation" / "items.jsonl"
@@ -1250,15 +1251,6 @@ def metrics_section(tables: RunTables) -> Section:
     return section
 
 
-def causal_table(causal: pd.DataFrame) -> pd.DataFrame:
-    """Per CAUSAL run: explanations, how many had a teacher reference, and the mean length and metrics."""
-    metrics = [c for c in ("rationale_len", "cec", "cec_fc", "cec_bf", "bleu", "rouge_l", "bertscore")
-               if c in causal.columns]
-    df = causal.assign(**{c: pd.to_numeric(causal[c], errors="coerce") for c in metrics})
-    return (df.groupby(["condition", "student", "seed"], as_index=False, dropna=False)
-              .agg(n=("item_id", "size"), n_scored=("cec", "count"), **{c: (c, "mean") for c in metrics}))
-
-
 def causal_section(tables: RunTables) -> Section:
     """How close the CAUSAL students' explanations of held-out claims come to the teacher's (CEC and text metrics)."""
     section = Section("causal_explanations", "CAUSAL students: explanations of held-out claims",
@@ -1307,7 +1299,7 @@ def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alp
 
 def write_analysis(sections: dict[str, Section], out: Path) -> list[str]:
     """Write <key>.csv for each section with a table (removing a stale one otherwise) and findings.md; returns paths."""
-    from lib.runs import atomic_write_text
+    from lib.files import atomic_write_text
 
     paths = [atomic_write_text(Path(out) / f"{k}.csv", s.table.to_csv(index=False)) for k, s in sections.items() if s.ran]
     for key in [k for k, s in sections.items() if not s.ran]:  # a table from an earlier execution would mislead

@@ -23,9 +23,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lib.params import PROJECT_ROOT, ParamsError, StudyParams, load_params, resolve_path
+from lib.files import PROJECT_ROOT, resolve_path
+from lib.params import load_params, ParamsError, StudyParams
 from lib.ratings import HUMAN_RATINGS
-from lib.runs import STEPS, atomic_write_text, read_json, sha256_file, sha256_json, write_json
+from lib.files import atomic_write_text, read_json, sha256_file, sha256_json, write_json
+from lib.runs import STEPS
 
 log = logging.getLogger("lib.study")
 

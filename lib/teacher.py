@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from lib.data import ClaimEvidence, MCQuestion, load_cose, load_palm_rationales
+from lib.data import load_cose, load_palm_rationales
+from lib.questions import ClaimEvidence, MCQuestion
 from lib.metrics import extract_answer
 from lib.models import Completion, generate_texts, load_causal_lm, load_tokenizer, pick_device
-from lib.params import TeacherParams, resolve_path
+from lib.files import resolve_path
+from lib.params import TeacherParams
 from lib.prompts import causal_prompt, cot_prompt, load_template, revision_prompt
-from lib.runs import read_jsonl
+from lib.files import read_jsonl
 
 log = logging.getLogger(__name__)
 

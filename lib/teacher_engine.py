@@ -36,7 +36,8 @@ from typing import Any, Callable
 from lib.models import Completion
 from lib.params import TeacherParams
 from lib.response_cache import ResponseCache, request_key
-from lib.runs import seed_everything, sha256_json
+from lib.files import sha256_json
+from lib.runs import seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -27,20 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lib.data import MCQuestion, format_question
+from lib.questions import MCQuestion
 from lib.params import TrainingParams
 from lib.prompts import answer_sentence, causal_student_prompt
-from lib.runs import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from lib.files import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
+from lib.conditions import ANSWER_PREFIX, condition_sources, condition_task, COUNTERFACTUAL_PREFIX, FACTUAL_PREFIX, MC_CONDITIONS, qa_prompt, RATIONALE_PREFIX, task_weights, UNTRAINED
 
 log = logging.getLogger(__name__)
 
-ANSWER_PREFIX, RATIONALE_PREFIX = "[answer]", "[rationale]"
-FACTUAL_PREFIX, COUNTERFACTUAL_PREFIX = "[factual]", "[counterfactual]"
-MC_CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD")  # students asked multiple-choice questions
-UNTRAINED = ("BASE",)  # conditions without a training run: the student as loaded, asked like FT
-# Conditions whose targets hold teacher rationales: each is trained once per training.rationale_sources level (CF: its
-# factual rationale; its counterfactual rationales are the same in both). The others are trained once, as "unrevised".
-RATIONALE_CONDITIONS = ("FT-CoT", "MT", "CF", "MT+CF")
 # training keys that describe the grid, not one run: left out of a run's recorded settings and config hash
 GRID_KEYS = frozenset({"students", "conditions", "seeds", "rationale_sources", "overrides"})
 
@@ -77,32 +71,6 @@ class StudentRun:
         return f"{self.condition}__{self.rationale_source}__{slug}__seed{self.seed}"
 
 
-def task_weights(condition: str, alpha: float) -> dict[str, float]:
-    """The loss weight of each task of a condition."""
-    return {
-        "BASE": {},  # not trained
-        "FT": {"answer": 1.0},
-        "FT-CoT": {"cot": 1.0},
-        "MT": {"answer": alpha, "rationale": 1.0 - alpha},
-        "CF": {"factual": 1.0, "counterfactual": 1.0},
-        "MT+CF": {"answer": alpha * alpha, "rationale": alpha * (1.0 - alpha),
-                  "factual": 1.0 - alpha, "counterfactual": 1.0 - alpha},
-        "CFD": {"cfd": 1.0},
-        "CAUSAL": {"explanation": 1.0},
-    }[condition]
-
-
-def condition_task(condition: str) -> str:
-    """What a student of `condition` is asked at test time: `mc` (questions) or `causal` (claim-evidence pairs)."""
-    return "causal" if condition == "CAUSAL" else "mc"
-
-
-
-def condition_sources(condition: str, sources: list[str]) -> list[str]:
-    """The rationale sources a condition is trained on: `sources` for RATIONALE_CONDITIONS, else `["unrevised"]`."""
-    return list(sources) if condition in RATIONALE_CONDITIONS else ["unrevised"]
-
-
 def revised_rationales(rows: list[dict], keep: str = "parsed") -> dict[str, str]:
     """Question id -> revised explanation from the rows of 02_teacher/revisions.jsonl (training split).
 
@@ -117,11 +85,6 @@ def revised_rationales(rows: list[dict], keep: str = "parsed") -> dict[str, str]
         if text and r.get("split", "train") == "train" and (not r.get("failure") or keep == "any"):
             out[str(r["id"])] = text
     return out
-
-
-def qa_prompt(q: MCQuestion, prefix: str = "") -> str:
-    """The student's input: an optional task or strategy prefix, the question and `A:`."""
-    return f"{prefix + ' ' if prefix else ''}{format_question(q)}\nA:"
 
 
 def _answer_example(prompt: str, rationale: str, answer: str, task: str, qid: str) -> Example:
@@ -213,24 +176,6 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
             condition, "02_teacher (02_teacher/rationales.jsonl; check training.rationale_filter)")
         raise ValueError(f"condition {condition} has no training examples: step {step} produced too few usable rows")
     return ex
-
-
-def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[str, str]:
-    """The prompts a student trained under `condition` is asked with at test time, by role (answer / rationale).
-
-    BASE (the untrained student) is asked like FT: the plain question and `A:`.
-    """
-    if condition == "MT":
-        return {"answer": qa_prompt(q, ANSWER_PREFIX), "rationale": qa_prompt(q, RATIONALE_PREFIX)}
-    if condition == "CFD":
-        return {"answer": qa_prompt(q, strategy_positive)}
-    if condition in ("CF", "MT+CF"):
-        return {"answer": qa_prompt(q, FACTUAL_PREFIX)}
-    if condition == "CAUSAL":
-        raise ValueError("CAUSAL students answer claim-evidence pairs, not questions: use "
-                         "lib.prompts.causal_student_prompt(row) on the test rows of 02_teacher/causal.jsonl "
-                         "(runs.jsonl task == 'causal')")
-    return {"answer": qa_prompt(q)}
 
 
 def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str],
@@ -816,43 +761,11 @@ def read_losses(train_dir: Path) -> Any:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "term", "loss"])
 
 
-def _note_figure(text: str, path: Path | None) -> Any:
-    """A small figure that only says `text` (saved to `path` when given)."""
-    import matplotlib.pyplot as plt
-
-    from lib import report
-
-    fig = plt.figure(figsize=(6, 1.5))
-    fig.text(0.5, 0.5, text, ha="center", va="center")
-    if path is not None:
-        report.save_png(fig, path)
-    return fig
-
-
-def plot_losses(losses: Any, path: Path | None = None) -> Any:
-    """Loss curves of the trained runs, one panel per loss term; a figure with a note when none was trained (BASE only)."""
-    from lib import report
-
-    if len(losses):
-        return report.plot_loss_curves(losses, path=path)
-    return _note_figure("No trained run in this study (BASE is untrained): no loss curves.", path)
-
-
 def multi_term_losses(losses: Any) -> Any:
     """The per-term loss rows of runs whose condition has several terms (MT, CF, MT+CF), for the term plots."""
     runs = losses["run"].astype(str)
     multi = runs.str.split("__").str[0].isin([c for c in ("MT", "CF", "MT+CF")])
     return losses[multi].reset_index(drop=True)
-
-
-def plot_term_losses(losses: Any, path: Path | None = None) -> Any:
-    """Loss curves per term of the MT / CF / MT+CF runs; a figure with a note when none was trained."""
-    from lib import report
-
-    multi = multi_term_losses(losses)
-    if len(multi):
-        return report.plot_loss_curves(multi, path=path)
-    return _note_figure("No MT, CF or MT+CF run in this study: no loss terms to compare.", path)
 
 
 def run_costs(results: Any) -> Any:

@@ -28,7 +28,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import data, metrics, prompts, report, runs, teacher
+from lib import data, files, metrics, prompts, questions, report, runs, teacher
 
 ctx = runs.open_step("02_teacher", params, params_file, run_dir, force)
 ctx.out
@@ -62,9 +62,9 @@ print(prompts.cot_prompt(splits.train[0], ctx.params.teacher.n_shots))
 import re
 
 q, n_shots = splits.train[0], ctx.params.teacher.n_shots
-shots = "".join(f"{data.format_question(s)}\nA: {r} So the answer is ({'abcdefgh'[s.answer]}) {s.choices[s.answer]}.\n\n"
+shots = "".join(f"{questions.format_question(s)}\nA: {r} So the answer is ({'abcdefgh'[s.answer]}) {s.choices[s.answer]}.\n\n"
                 for s, r in prompts.few_shot_examples()[:n_shots])
-by_hand = prompts.load_template("cot").text.replace("{shots}", shots).replace("{question}", data.format_question(q))
+by_hand = prompts.load_template("cot").text.replace("{shots}", shots).replace("{question}", questions.format_question(q))
 assert by_hand == prompts.cot_prompt(q, n_shots)
 response = f" Think of where it belongs. So the answer is ({'abcdefgh'[1]}) {q.choices[1]}."
 letter = re.search(r"answer is \(([a-h])\)", response).group(1)
@@ -89,7 +89,7 @@ engine = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run
 # %%
 # ask the teacher for a rationale per question (train and in-distribution test)
 rows = teacher.cot_rationales(splits.teacher_questions(), ctx.params.teacher, ctx.params.run.device, engine)
-runs.write_jsonl(ctx.out / "rationales.jsonl", rows)
+files.write_jsonl(ctx.out / "rationales.jsonl", rows)
 
 # %% [markdown]
 # ## How good is the teacher?
@@ -101,7 +101,7 @@ runs.write_jsonl(ctx.out / "rationales.jsonl", rows)
 # %%
 # teacher accuracy, failures and lengths per split
 summary = teacher.summarize(rows)
-runs.write_json(ctx.out / "summary.json", summary)
+files.write_json(ctx.out / "summary.json", summary)
 report.frame_of(summary)
 
 # %%
@@ -123,7 +123,7 @@ teacher.examples_frame(rows, n=3)
 # %%
 # initial explanation, critique and revision per training question
 revisions = teacher.critique_revisions(splits.train, ctx.params.teacher, engine)
-runs.write_jsonl(ctx.out / "revisions.jsonl", revisions)
+files.write_jsonl(ctx.out / "revisions.jsonl", revisions)
 teacher.revisions_frame(revisions, n=3)
 
 # %% [markdown]
@@ -141,7 +141,7 @@ pairs = teacher.read_claim_pairs(ctx.artifact("01_data", "claims_train.jsonl"), 
 # %%
 # ask for a structured causal explanation per claim-evidence pair
 causal = teacher.causal_explanations(pairs, ctx.params.teacher, engine)
-runs.write_jsonl(ctx.out / "causal.jsonl", causal)
+files.write_jsonl(ctx.out / "causal.jsonl", causal)
 teacher.causal_frame(causal, n=3)
 
 # %% [markdown]
@@ -157,7 +157,7 @@ teacher.failures_frame(rows, revisions, causal)
 
 # %%
 # tokens and cost per task, as written to accounting.json
-runs.write_json(ctx.out / "accounting.json", teacher.accounting(engine))
+files.write_json(ctx.out / "accounting.json", teacher.accounting(engine))
 engine.usage_frame()
 
 # %%

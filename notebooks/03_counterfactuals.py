@@ -31,7 +31,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import counterfactual, data, prompts, report, runs, teacher
+from lib import counterfactual, data, files, prompts, report, runs, teacher
 
 ctx = runs.open_step("03_counterfactuals", params, params_file, run_dir, force)
 ctx.out
@@ -63,7 +63,7 @@ refiller = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.r
 # build counterfactual questions
 cfs = counterfactual.build_counterfactuals(splits.train, refiller, ctx.params.counterfactual,
                                            ctx.params.teacher.n_shots, ctx.params.run.seed)
-runs.write_jsonl(ctx.out / "counterfactuals.jsonl", cfs)
+files.write_jsonl(ctx.out / "counterfactuals.jsonl", cfs)
 
 # %% [markdown]
 # ### Under the hood: one counterfactual by hand
@@ -96,7 +96,7 @@ report.show_markdown_table(counterfactual.side_by_side(cfs))
 # %%
 # acceptance rate and rejection reasons
 acceptance = counterfactual.acceptance_summary(cfs, splits.train)
-runs.write_json(ctx.out / "acceptance.json", acceptance)
+files.write_json(ctx.out / "acceptance.json", acceptance)
 report.plot_acceptance(acceptance, path=ctx.out / "acceptance.png");
 
 # %% [markdown]
@@ -111,7 +111,7 @@ report.show_markdown_table([{"voted": acceptance["voted"], **acceptance["accepta
 # %%
 # keep the accepted counterfactuals as training questions
 cf_questions = counterfactual.accepted_questions(cfs, splits.train)
-runs.write_jsonl(ctx.out / "cf_questions.jsonl", cf_questions)
+files.write_jsonl(ctx.out / "cf_questions.jsonl", cf_questions)
 len(cf_questions)
 
 # %% [markdown]
@@ -129,13 +129,13 @@ len(cf_questions)
 # build positive and negative views, and keep the dropped ones with their reasons
 views, dropped_views = counterfactual.build_views(splits.train, cf_questions, step02_rows, refiller,
                                                   ctx.params.counterfactual, ctx.params.run.seed)
-runs.write_jsonl(ctx.out / "multiview.jsonl", views)
-runs.write_jsonl(ctx.out / "multiview_dropped.jsonl", dropped_views)
+files.write_jsonl(ctx.out / "multiview.jsonl", views)
+files.write_jsonl(ctx.out / "multiview_dropped.jsonl", dropped_views)
 
 # %%
 # views kept and dropped, by origin, strategy and reason
 view_counts = counterfactual.views_summary(views, dropped_views)
-runs.write_json(ctx.out / "multiview_summary.json", view_counts)
+files.write_json(ctx.out / "multiview_summary.json", view_counts)
 report.show_markdown_table(view_counts["outcomes"])
 
 # %%
@@ -154,7 +154,7 @@ counterfactual.views_frame(views).groupby(["origin", "strategy"]).head(2)
 # write a counterfactual rationale (for a random wrong option) per training and in-distribution test question
 cf_rationales = counterfactual.build_cf_rationales(splits.teacher_questions(), refiller, ctx.params.counterfactual,
                                                    ctx.params.run.seed)
-runs.write_jsonl(ctx.out / "cf_rationales.jsonl", cf_rationales)
+files.write_jsonl(ctx.out / "cf_rationales.jsonl", cf_rationales)
 counterfactual.views_frame(cf_rationales, counterfactual.CounterfactualRationale).head(3)
 
 # %%

@@ -59,7 +59,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import models, runs, training
+from lib import conditions, models, report, runs, training
 
 ctx = runs.open_step("04_training", params, params_file, run_dir, force)
 ctx.out
@@ -88,7 +88,7 @@ import torch, torch.nn.functional as F
 
 key = ("MT", "unrevised") if ("MT", "unrevised") in examples else next(iter(examples))  # (condition, rationale source)
 settings = ctx.params.training.for_condition(key[0])  # the training section with this condition's overrides
-weights = training.task_weights(key[0], settings.alpha)
+weights = conditions.task_weights(key[0], settings.alpha)
 tok = models.load_tokenizer(ctx.params.training.students[0], padding_side="right")
 lm = models.load_student_lm(ctx.params.training.students[0], "cpu")
 one_per_task = [next(e for e in examples[key] if e.task == t) for t in weights]
@@ -111,7 +111,7 @@ results
 # %%
 # loss curves of the trained runs (BASE has none), one panel per loss term
 losses = training.read_losses(ctx.out)
-training.plot_losses(losses, path=ctx.out / "loss_curves.png");
+report.plot_losses(losses, path=ctx.out / "loss_curves.png");
 
 # %% [markdown]
 # ## The loss terms of MT, CF and MT+CF
@@ -121,7 +121,7 @@ training.plot_losses(losses, path=ctx.out / "loss_curves.png");
 
 # %%
 # per-term loss curves of the multi-term conditions (a note when none was trained)
-training.plot_term_losses(losses, path=ctx.out / "loss_terms.png");
+report.plot_term_losses(losses, path=ctx.out / "loss_terms.png");
 
 # %% [markdown]
 # ## What each run cost

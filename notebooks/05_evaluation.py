@@ -37,7 +37,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import data, evaluation, metrics, models, ratings, report, runs, teacher, training
+from lib import conditions, data, evaluation, files, metrics, models, ratings, report, runs, teacher
 
 ctx = runs.open_step("05_evaluation", params, params_file, run_dir, force)
 ctx.out
@@ -57,7 +57,7 @@ ctx.out
 # %%
 # generate and score every run on every test set, and add the teacher's own answers
 items = evaluation.evaluate_grid(ctx)
-runs.write_jsonl(ctx.out / "items.jsonl", items)
+files.write_jsonl(ctx.out / "items.jsonl", items)
 
 # %% [markdown]
 # ## Accuracy in and out of distribution
@@ -73,19 +73,19 @@ runs.write_jsonl(ctx.out / "items.jsonl", items)
 # %%
 # accuracy, unparseable share, explanation metrics and faithfulness per run and test set
 summary = evaluation.summary_table(items)
-runs.atomic_write_text(ctx.out / "summary.csv", summary.to_csv(index=False))
+files.atomic_write_text(ctx.out / "summary.csv", summary.to_csv(index=False))
 summary
 
 # %%
 # how the log-likelihood picks spread over the option letters, against the gold answers of the same items
 picks = evaluation.pick_distribution(items)
-runs.atomic_write_text(ctx.out / "picks.csv", picks.to_csv(index=False))
+files.atomic_write_text(ctx.out / "picks.csv", picks.to_csv(index=False))
 picks
 
 # %%
 # the train-set x test-set accuracy matrix of each condition (%)
 ood = evaluation.ood_matrix(items)
-runs.atomic_write_text(ctx.out / "ood_matrix.csv", ood.to_csv())
+files.atomic_write_text(ctx.out / "ood_matrix.csv", ood.to_csv())
 ood
 
 # %%
@@ -136,11 +136,11 @@ assert row is None or np.isclose(row.cec, library.cec, atol=1e-4)  # the value s
 # the log-probability of each option's text after the prompt, summed and per character, against the library's picks
 import torch
 
-decoder_runs = [r for r in runs.read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "mc" and not models.is_encoder_decoder(r["student"])]
+decoder_runs = [r for r in files.read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "mc" and not models.is_encoder_decoder(r["student"])]
 for run in decoder_runs[:1]:  # the first decoder-only student that answers questions (BASE: no adapter, path None)
     q = next(iter(data.read_test_sets(ctx.run_dir / "01_data").values()))[0]
     model, tok = evaluation.load_student(run["student"], evaluation.adapter_path(ctx, run), "cpu", run["finetune"])
-    prompt = training.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
+    prompt = conditions.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
     pairs, sums = evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring), []
     for context, continuation in pairs:
         ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
@@ -174,7 +174,7 @@ evaluation.items_frame(items).dropna(subset=["cec"]).groupby("condition").head(2
 # %%
 # answer-change rate per run
 faith = evaluation.faithfulness_table(items)
-runs.atomic_write_text(ctx.out / "faithfulness.csv", faith.to_csv(index=False))
+files.atomic_write_text(ctx.out / "faithfulness.csv", faith.to_csv(index=False))
 faith
 
 # %% [markdown]
@@ -190,7 +190,7 @@ faith
 # %%
 # the LLM judge's ratings
 judged = evaluation.judge_grid(ctx, items)
-runs.write_jsonl(ctx.out / ratings.JUDGE_RATINGS, judged)
+files.write_jsonl(ctx.out / ratings.JUDGE_RATINGS, judged)
 ratings.ratings_summary(judged, items)
 
 # %%
@@ -204,7 +204,7 @@ evaluation.export_human_sheet(ctx, items)
 # %%
 # how each metric correlates with the ratings (Spearman; NaN below 3 rated explanations)
 correlations = evaluation.metric_correlations(items, judged)
-runs.atomic_write_text(ctx.out / "correlations.csv", correlations.to_csv(index=False))
+files.atomic_write_text(ctx.out / "correlations.csv", correlations.to_csv(index=False))
 correlations
 
 # %% [markdown]
@@ -217,7 +217,7 @@ correlations
 # %%
 # explain the held-out claim-evidence pairs with every CAUSAL run
 causal_items = evaluation.evaluate_causal_grid(ctx)
-runs.write_jsonl(ctx.out / "causal_items.jsonl", causal_items)
+files.write_jsonl(ctx.out / "causal_items.jsonl", causal_items)
 evaluation.causal_summary(causal_items)
 
 # %%

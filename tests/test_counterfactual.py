@@ -12,7 +12,7 @@ from lib.counterfactual import (
     new_option_problem, non_overlapping, pick_new_target, positive_rationale, read_step02_rows, refill_problem,
     refill_prompt, side_by_side, split_fills, view_text, views_summary, vote, wrong_options,
 )
-from lib.data import MCQuestion
+from lib.questions import MCQuestion
 from lib.models import Completion
 from lib.params import CounterfactualParams
 from lib.prompts import view_prompt

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lib import data
-from lib.data import (ClaimEvidence, MCQuestion, format_question, load_climate_fever, load_cose,
-                      load_multiple_choice, load_palm_rationales, option_letters, questions_to_frame,
-                      split_questions, validate_questions)
-from lib.runs import read_jsonl, write_jsonl
+from lib import data, files
+from lib.data import load_climate_fever, load_cose, load_multiple_choice, load_palm_rationales, questions_to_frame, split_questions, validate_questions
+from lib.questions import ClaimEvidence, format_question, MCQuestion, option_letters
+from lib.files import read_jsonl, write_jsonl
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -444,7 +443,7 @@ def test_readers_refuse_an_old_or_changed_01_data_folder(tmp_path):
         data.read_test_sets(out)
     del summary["test_sets"]  # as an older step 01 wrote it
     (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    with pytest.raises(data.DataError, match=r"no 'test_sets' index.*Rerun step 01"):
+    with pytest.raises(files.DataError, match=r"no 'test_sets' index.*Rerun step 01"):
         data.read_splits(out)
 
 

@@ -5,7 +5,7 @@ import tomllib
 
 import yaml
 
-from lib.params import PROJECT_ROOT
+from lib.files import PROJECT_ROOT
 
 
 def pins_from_pyproject() -> dict[str, str]:

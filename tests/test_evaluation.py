@@ -7,12 +7,14 @@ import math
 
 import pytest
 
-from lib.data import MCQuestion, load_multiple_choice
+from lib.data import load_multiple_choice
+from lib.questions import MCQuestion
 from lib.evaluation import (LOGLIK_SCORINGS, ItemResult, OptionPick, add_cec, clean_rationale, continuation_logliks,
                             evaluate_run, faithfulness, faithfulness_table, items_frame, loglik_choices,
                             option_continuations, ood_matrix, perturbed_rationales, pick_distribution,
                             read_cf_rationales, summary_table, write_summary)
-from lib.params import PROJECT_ROOT, EvaluationParams, load_params
+from lib.files import PROJECT_ROOT
+from lib.params import EvaluationParams, load_params
 
 
 def q(i: int, n: int = 3, answer: int = 0) -> MCQuestion:
@@ -347,8 +349,8 @@ def counting_generation(monkeypatch) -> list[list[str]]:
 def test_base_is_the_untrained_student_asked_like_ft_and_cached(tmp_path, monkeypatch):
     import lib.evaluation as ev
     from lib.models import TINY_GEMMA, model_provenance
-    from lib.runs import sha256_json
-    from lib.training import eval_prompts
+    from lib.files import sha256_json
+    from lib.conditions import eval_prompts
 
     prompts, loads, real_load = counting_generation(monkeypatch), [], ev.load_student
     monkeypatch.setattr(ev, "load_student", lambda *a: loads.append(a) or real_load(*a))
@@ -434,7 +436,8 @@ def test_summary_and_ood_matrix_keep_the_rationale_sources_apart():
 def test_evaluate_grid_reads_each_runs_adapter_field_and_adds_base_and_teacher(tmp_path, monkeypatch):
     from lib.data import Splits, write_splits
     from lib.evaluation import evaluate_grid
-    from lib.runs import StepContext, write_jsonl
+    from lib.files import write_jsonl
+    from lib.runs import StepContext
 
     params = load_params(PROJECT_ROOT / "params" / "smoke.yaml",
                          {"evaluation.max_new_tokens": 8, "evaluation.score_max_items": 2, "data.ood": [],

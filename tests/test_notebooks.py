@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from papermill.translators import PythonTranslator
 
-from lib.params import PROJECT_ROOT
+from lib.files import PROJECT_ROOT
 from lib.runs import STEPS
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.params import PROJECT_ROOT, ParamsError, key_lines, load_params
+from lib.files import PROJECT_ROOT
+from lib.params import key_lines, load_params, ParamsError
 
 QUICKSTART = PROJECT_ROOT / "params" / "quickstart.yaml"
 

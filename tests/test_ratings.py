@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib.data import MCQuestion
+from lib.questions import MCQuestion
 from lib.evaluation import ItemResult
 from lib.ratings import (DIMENSIONS, SheetError, export_sheet, import_sheet, judge_prompt, judge_ratings,
                          parse_judgement, ratings_frame, ratings_summary)

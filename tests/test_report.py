@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
-from lib.runs import write_json, write_jsonl
+from lib.files import write_json, write_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONDITIONS = ("CF", "MT", "FT-CoT")
@@ -203,7 +203,7 @@ def test_ratings_without_usable_scores_are_reported_as_absent(tmp_path):
 
 def switch_off(run_dir: Path, part: str) -> list[str]:
     """Make a full run folder look like one made with `part` off; returns what the report must say instead."""
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     items_path = run_dir / "05_evaluation" / "items.jsonl"
     items = read_jsonl(items_path)
@@ -273,7 +273,7 @@ def test_ratings_are_read_from_the_judge_file_and_the_human_file_of_the_run_fold
 def test_compare_runs_combines_runs_that_differ_only_in_seeds(tmp_path):
     from lib import stats
     from lib.report import compare_runs
-    from lib.runs import read_json
+    from lib.files import read_json
 
     sweep = [make_run(tmp_path, f"seed{s}", n_items=15, with_optional=False, rng_seed=s, run_seed=s) for s in (0, 1)]
     other = make_run(tmp_path, "lr", n_items=15, with_optional=False, rng_seed=2, run_seed=2)
@@ -319,7 +319,7 @@ def test_accuracy_figure_draws_the_cluster_bootstrap_intervals(tmp_path):
 
 def frame_the_conditions(run_dir: Path) -> None:
     """Turn a make_run folder into one with BASE, TEACHER and MT / CF trained on unrevised and revised rationales."""
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     items = [dict(r, rationale_source="unrevised") for r in read_jsonl(run_dir / "05_evaluation" / "items.jsonl")]
     rng = np.random.default_rng(1)

@@ -1,6 +1,6 @@
 """Run folders: a step that opens replaces what it wrote before, except the training runs it reuses by config."""
 
-from lib.params import PROJECT_ROOT
+from lib.files import PROJECT_ROOT
 from lib.runs import open_step
 
 SMOKE = str(PROJECT_ROOT / "params" / "smoke.yaml")

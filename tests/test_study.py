@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.params import PROJECT_ROOT, ParamsError
-from lib.runs import STEPS, read_json
+from lib.files import PROJECT_ROOT
+from lib.params import ParamsError
+from lib.files import read_json
+from lib.runs import STEPS
 from lib.study import parse_steps
 
 SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
@@ -89,7 +91,7 @@ def test_rerun_is_cached_and_a_changed_param_reruns_downstream(smoke_run):
 
 def _adapter_hashes(run_dir: Path) -> dict[str, str]:
     """sha256 of each current run's adapter weights, by run name."""
-    from lib.runs import read_jsonl, sha256_file
+    from lib.files import read_jsonl, sha256_file
 
     train = run_dir / "04_training"
     return {r["run"]: sha256_file(next((train / r["adapter"]).glob("*.safetensors")))

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lib.data import ClaimEvidence, MCQuestion
+from lib.questions import ClaimEvidence, MCQuestion
 from lib.models import Completion
-from lib.params import PROJECT_ROOT, TeacherParams, load_params
+from lib.files import PROJECT_ROOT
+from lib.params import load_params, TeacherParams
 from lib.response_cache import ResponseCache
 from lib.teacher import (REPLAY_ONLY, causal_explanations, causal_failure, cot_rationales, critique_revisions,
                          make_teacher, parse_causal)

@@ -9,18 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lib.data import MCQuestion
+from lib.questions import MCQuestion
 from lib.models import (
     TINY_GEMMA, TINY_T5, generate_texts, load_causal_lm, load_seq2seq_lm, load_student_lm, load_tokenizer,
 )
 from lib.params import CounterfactualParams, RunParams, TrainingParams
 from lib.prompts import causal_student_prompt, claim_evidence_text
-from lib.runs import read_json, read_jsonl, sha256_file, write_json, write_jsonl
-from lib.training import (
-    Example, StudentRun, add_special_tokens, collate, condition_examples, eval_prompts, grid, lora_model, read_losses,
-    revised_rationales, run_config, task_weights, tokenize_examples, train_grid, train_run, training_code_sha256,
-    weighted_target_loss,
-)
+from lib.files import read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from lib.conditions import eval_prompts, task_weights
+from lib.training import add_special_tokens, collate, condition_examples, Example, grid, lora_model, read_losses, revised_rationales, run_config, StudentRun, tokenize_examples, train_grid, train_run, training_code_sha256, weighted_target_loss
 
 STRATEGY = {"positive": "[Direct election]", "negative": "[Elimination method]"}
 
@@ -309,7 +306,7 @@ def test_every_condition_trains_and_logs_its_loss_terms(condition, student, tmp_
     assert result["architecture"] == ("encoder-decoder" if student == TINY_T5 else "decoder-only")
     assert result["adapter"] == f"{condition}/adapter" and result["finetune"] == "lora"
     assert result["rationale_source"] == "unrevised"
-    from lib.runs import read_jsonl
+    from lib.files import read_jsonl
 
     terms = {r["term"] for r in read_jsonl(tmp_path / condition / "losses.jsonl")}
     assert terms == set(task_weights(condition, 0.5)) | {"total"}
@@ -604,7 +601,8 @@ def test_revised_rationales_keep_rows_without_failure_and_any_keeps_failed_text(
 
 def _write_run(tmp_path):
     """Steps 01-03's artifacts for the three test questions, as a step context of the smoke params."""
-    from lib.params import PROJECT_ROOT, load_params
+    from lib.files import PROJECT_ROOT
+    from lib.params import load_params
     from lib.runs import StepContext
 
     write_jsonl(tmp_path / "01_data" / "train.jsonl", [dataclasses.asdict(q) for q in questions()])
