@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 from lib.files import DataError, read_text
-from lib.questions import CLAIM_LABELS, ClaimEvidence, EVIDENCE_LABELS, MC_FORMATS, MCQuestion, option_letters
+from lib.questions import CLAIM_LABELS, ClaimEvidence, EVIDENCE_LABELS, MC_FORMATS, MCQuestion, NEXT_QUESTION, option_letters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -320,7 +320,7 @@ def load_palm_rationales(folder: str, split: str) -> dict[str, str]:
     if duplicates:
         raise DataError(f"{questions_file}: {len(duplicates)} ids appear more than once, e.g. {duplicates[0]!r}")
     # PaLM kept writing invented few-shot examples after the answer; upstream cuts at the first "\n\nQ:"
-    rationales = {qid: text.split("\n\nQ:", 1)[0].strip() for qid, text in zip(ids, completions)}
+    rationales = {qid: text.split(NEXT_QUESTION, 1)[0].strip() for qid, text in zip(ids, completions)}
     log.info("%s: %d PaLM %s rationales", root, len(rationales), split)
     return rationales
 

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.questions import MCQuestion
+from lib.questions import MCQuestion, NEXT_QUESTION
 from lib.metrics import cec_batch, extract_answer, rationale_length, split_sentences
 from lib.params import StudyParams
 from lib.prompts import answer_sentence
@@ -51,10 +51,10 @@ from lib.response_cache import ResponseCache, request_key
 from lib.conditions import TEACHER
 from lib.teacher import split_rationale
 from lib.conditions import eval_prompts
+from lib.models import bos_ids
 
 log = logging.getLogger(__name__)
 
-GENERATION_STOP = "\n\nQ:"  # students go on with an invented next question; generation stops there
 FAITHFULNESS_COLUMNS = ("faithfulness_perturbed", "faithfulness_counterfactual", "faithfulness_cf_follows")
 
 
@@ -179,7 +179,7 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)
     encoded = [(bos + tokenizer(c, add_special_tokens=False)["input_ids"], tokenizer(t, add_special_tokens=False)["input_ids"])
                for c, t in pairs]
     order = sorted(range(len(pairs)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
@@ -454,7 +454,7 @@ def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyPara
                 "device": device, "code": output_code_sha256()}
     score = cached_scorer(lambda pairs: continuation_logliks(*load(), pairs, ev.batch_size), cache, identity)
     return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
-                    settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": GENERATION_STOP},
+                    settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": NEXT_QUESTION},
                     train_set="" if adapter_dir is None else params.data.train.name)
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.files import PROJECT_ROOT, resolve_path
-from lib.files import sha256_json
+from lib.files import PROJECT_ROOT, resolve_path, sha256_json
+from lib.questions import NEXT_QUESTION
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +333,12 @@ class Completion:
 _STOP_CRITERIA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def bos_ids(tokenizer: Any) -> list[int]:
+    """The token a sequence starts with when the tokenizer adds one (Gemma's <bos>), as a list; [] for T5 and the like."""
+    add = getattr(tokenizer, "add_bos_token", True)
+    return [tokenizer.bos_token_id] if add and tokenizer.bos_token_id is not None else []
+
+
 def stop_string_criteria(tokenizer: Any, stop: str) -> Any:
     """transformers' `StopStringCriteria` for `stop`, built once per tokenizer and vocabulary size.
 
@@ -349,7 +355,7 @@ def stop_string_criteria(tokenizer: Any, stop: str) -> Any:
 
 
 def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
-                   temperature: float = 0.0, n: int = 1, stop: str | None = "\n\nQ:", desc: str = "generating",
+                   temperature: float = 0.0, n: int = 1, stop: str | None = NEXT_QUESTION, desc: str = "generating",
                    progress: bool = True) -> list[list[Completion]]:
     """Batched generation: `n` completions per prompt, greedy when temperature is 0, cut at `stop`."""
     import torch

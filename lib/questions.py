@@ -10,6 +10,9 @@ from typing import Any
 MC_FORMATS = ("commonsenseqa", "arc", "qasc", "openbookqa", "quarel")  # the multiple-choice files lib.data reads
 CLAIM_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO", "DISPUTED")  # Climate-FEVER's verdicts on a claim
 EVIDENCE_LABELS = ("SUPPORTS", "REFUTES", "NOT_ENOUGH_INFO")  # and on one piece of evidence
+# Where a question ends: models asked in the few-shot "Q: ... A: ..." layout go on with an invented next question;
+# generation stops at this string and recorded completions are cut at it.
+NEXT_QUESTION = "\n\nQ:"
 
 
 @dataclasses.dataclass

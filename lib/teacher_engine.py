@@ -38,10 +38,10 @@ from lib.params import TeacherParams
 from lib.response_cache import ResponseCache, request_key
 from lib.files import sha256_json
 from lib.runs import seed_everything
+from lib.questions import NEXT_QUESTION
 
 log = logging.getLogger(__name__)
 
-STOP = "\n\nQ:"  # few-shot prompts go on with an invented next question; cut there (as lib.models does)
 BACKOFF_CAP_S = 60.0
 RETRY_AFTER_CAP_S = 600.0
 
@@ -59,7 +59,7 @@ class Ask:
     template: str = ""  # template name (provenance; its hash is part of the cache key)
     template_sha256: str = ""
     validate: Validator | None = None  # returns None when the completion is usable, else the failure reason
-    stop: str = STOP  # generation stops at this string (free-text tasks stop at a blank line)
+    stop: str = NEXT_QUESTION  # generation stops at this string (free-text tasks stop at a blank line)
 
 
 @dataclasses.dataclass
@@ -235,7 +235,7 @@ class OpenAIBackend:
         return AsyncOpenAI(api_key=self._key or "no-key", base_url=self.params.base_url,
                            timeout=self.params.request_timeout_s, max_retries=0)
 
-    def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = STOP) -> dict[str, Any]:
+    def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = NEXT_QUESTION) -> dict[str, Any]:
         """The body of one request (without the model; no credentials)."""
         body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "stop": [stop]}
         if self.params.endpoint == "chat":
@@ -316,7 +316,7 @@ def parse_response(resp: Any, endpoint: str, body: dict[str, Any]) -> Completion
     prompt_text = body.get("prompt") or "".join(m["content"] for m in body.get("messages", []))
     prompt_tokens = usage.get("prompt_tokens") or estimate_tokens(prompt_text)
     completion_tokens = usage.get("completion_tokens") or estimate_tokens(text)
-    stop = (body.get("stop") or [STOP])[0]
+    stop = (body.get("stop") or [NEXT_QUESTION])[0]
     return Completion(text=text.split(stop)[0].strip(), finish_reason=str(choice.get("finish_reason") or "stop"),
                       prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
 
@@ -338,7 +338,7 @@ class LocalBackend:
         """Nothing secret in a local model's messages."""
         return text
 
-    def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = STOP) -> dict[str, Any]:
+    def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = NEXT_QUESTION) -> dict[str, Any]:
         """The generation settings of one request."""
         return {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "stop": [stop]}
 

@@ -32,6 +32,7 @@ from lib.params import TrainingParams
 from lib.prompts import answer_sentence, causal_student_prompt
 from lib.files import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from lib.conditions import ANSWER_PREFIX, condition_sources, condition_task, COUNTERFACTUAL_PREFIX, FACTUAL_PREFIX, MC_CONDITIONS, qa_prompt, RATIONALE_PREFIX, task_weights, UNTRAINED
+from lib.models import bos_ids
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, 
     keeps its special tokens and the end of the prompt, the labels keep the closing sentence and EOS.
     """
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)
     rows = []
     for e in examples:
         body, closing = _split_target(tokenizer, e.target, e.closing)
