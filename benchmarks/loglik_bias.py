@@ -67,12 +67,12 @@ def main() -> None:
 
     import torch
 
+    from lib.conditions import eval_prompts
     from lib.data import load_multiple_choice
-    from lib.questions import option_letters
-    from lib.evaluation import LOGLIK_SCORINGS, continuation_logliks, loglik_choices
     from lib.models import GEMMA_GGUF, load_causal_lm, load_tokenizer
     from lib.params import StrategyTokens
-    from lib.conditions import eval_prompts
+    from lib.questions import option_letters
+    from lib.scoring import continuation_logliks, loglik_choices, LOGLIK_SCORINGS
 
     if args.threads:
         torch.set_num_threads(args.threads)

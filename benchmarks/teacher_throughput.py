@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib.questions import MCQuestion
 from lib.params import TeacherParams  # noqa: E402
+from lib.questions import MCQuestion
 from lib.teacher import cot_rationales, make_teacher  # noqa: E402
 from tests.fake_openai_server import FakeOpenAI  # noqa: E402
 

@@ -55,8 +55,9 @@ log = logging.getLogger("train_throughput")
 
 def load_examples(data: Path, n: int) -> list:
     """The first `n` CommonsenseQA training questions with a PaLM rationale, as FT-CoT examples."""
-    from lib.data import load_multiple_choice, load_palm_rationales
-    from lib.training import condition_examples
+    from lib.data import load_multiple_choice
+    from lib.examples import condition_examples
+    from lib.recorded import load_palm_rationales
 
     questions = load_multiple_choice(str(data / "commonsenseqa/train_rand_split.jsonl"), "commonsenseqa")
     rationales = load_palm_rationales(str(data / "teacher_rationales/distilling_step_by_step_cqa"), "train")
@@ -81,11 +82,12 @@ def train_one(kind: str, student: str, data: str, n: int, steps: int, batch_size
     import tempfile
 
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorForSeq2Seq, set_seed, Trainer, TrainingArguments
 
+    from lib.examples import collate, tokenize_examples
     from lib.models import load_causal_lm, load_tokenizer
     from lib.params import LoraParams, TrainingParams
-    from lib.training import _trainer_class, collate, lora_model, tokenize_examples
+    from lib.training import _trainer_class, lora_model
 
     torch.set_num_threads(threads)
     set_seed(0)

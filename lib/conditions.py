@@ -6,7 +6,7 @@ teacher rationales; params validation, training, evaluation and the statistics a
 
 from __future__ import annotations
 
-from lib.questions import MCQuestion, format_question
+from lib.questions import format_question, MCQuestion
 
 CONDITIONS = ("BASE", "FT", "FT-CoT", "MT", "CF", "MT+CF", "CFD", "CAUSAL")  # BASE: the untrained student
 TEACHER = "TEACHER"  # the row of the teacher's own answers, beside the conditions in every comparison
@@ -20,10 +20,12 @@ RATIONALE_CONDITIONS = ("FT-CoT", "MT", "CF", "MT+CF")
 
 
 def task_weights(condition: str, alpha: float) -> dict[str, float]:
-    """The loss weight of each task of a condition."""
+    """The loss weight of each task (loss term, `term` in losses.jsonl) of a condition."""
     return {
         "BASE": {},  # not trained
         "FT": {"answer": 1.0},
+        # two targets, two names: FT-CoT's `cot` target is the rationale and then the answer sentence; MT's `rationale`
+        # target (prompt `[rationale]`) is the rationale alone, its answer learnt apart under `answer`
         "FT-CoT": {"cot": 1.0},
         "MT": {"answer": alpha, "rationale": 1.0 - alpha},
         "CF": {"factual": 1.0, "counterfactual": 1.0},

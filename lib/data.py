@@ -1,4 +1,4 @@
-"""Datasets: multiple-choice questions, Climate-FEVER claim-evidence pairs, CoS-E and recorded PaLM rationales.
+"""Datasets and step 01's splits: multiple-choice questions and Climate-FEVER claim-evidence pairs.
 
 Every loader reads either a local file in the dataset's ORIGINAL published format or a Hugging Face hub id
 (through `datasets.load_dataset`), and maps rows to the small dataclasses below. Local files are UTF-8, with or
@@ -20,7 +20,11 @@ Multiple-choice formats (`MC_FORMATS`); the local file is always the AI2-style j
   Hub: `allenai/quarel` (same fields).
 A hub id may carry its config after a colon (`name:config`). Missing or empty answerKey means no key: answer = -1
 (the loaders keep such questions; step 01, `prepare_splits`, refuses them, as it refuses empty sets and test
-questions that are also training questions).
+questions that are also training questions: the checks are `lib.question_checks`).
+
+Step 01 loads, checks and splits the sets the params name (`prepare_splits`), writes them (`write_splits`), and
+later steps read them back (`read_splits`, `read_test_sets`). The recorded teacher outputs (CoS-E, PaLM) are read
+by `lib.recorded`, with this module's file readers (`numbered_jsonl`, `read_data_json`, `get_field`).
 """
 
 from __future__ import annotations
@@ -32,19 +36,20 @@ import random
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
-from lib.files import DataError, read_text
-from lib.questions import CLAIM_LABELS, ClaimEvidence, EVIDENCE_LABELS, MC_FORMATS, MCQuestion, NEXT_QUESTION, option_letters
+from typing import Any, Iterator, TYPE_CHECKING
+
+from lib.files import DataError, read_text, resolve_path, write_json, write_jsonl
+from lib.question_checks import check_answer_keys, check_disjoint, check_not_empty, check_questions, check_set_name
+from lib.questions import CLAIM_LABELS, ClaimEvidence, EVIDENCE_LABELS, MC_FORMATS, MCQuestion, option_letters
+from lib.runs import MissingArtifact
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-PALM_BATCH = 1000  # completions per llm/<split>_CoT_<k>.json file, as in upstream `load_llm_preds`
 _LOCAL_SUFFIXES = {".json", ".jsonl"}
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends a file opened in text mode splits on
-_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a test-set name is also its file name in 01_data/tests/
 
 
 # ---------------------------------------------------------------- sources
@@ -63,7 +68,7 @@ def _is_local(source: str) -> bool:
     return False
 
 
-def _read_json(path: str | Path) -> Any:
+def read_data_json(path: str | Path) -> Any:
     """One JSON document from a data file; a syntax error names the file and line."""
     try:
         return json.loads(read_text(path))
@@ -71,7 +76,7 @@ def _read_json(path: str | Path) -> Any:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); fix the file") from exc
 
 
-def _numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+def numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Rows of a JSON-lines file with their 1-based line numbers; blank lines are skipped."""
     for lineno, line in enumerate(_LINE_BREAK.split(read_text(path)), 1):
         if not line.strip():
@@ -95,7 +100,7 @@ def _load_hub(source: str, split: str) -> Any:
     return datasets.load_dataset(name, config or None, split=split)
 
 
-def _get(row: dict, dotted: str, where: str) -> Any:
+def get_field(row: dict, dotted: str, where: str) -> Any:
     """Field `a.b.c` of a row; a missing one is an error naming it and where."""
     value: Any = row
     for key in dotted.split("."):
@@ -129,13 +134,13 @@ def _build_question(qid: Any, stem: Any, labels: list[Any], texts: list[Any], an
 
 def _question_from_original(row: dict, fmt: str, where: str) -> MCQuestion:
     """Map a row of the original AI2-style jsonl (CommonsenseQA, ARC, QASC, OpenBookQA)."""
-    choices = _get(row, "question.choices", where)
+    choices = get_field(row, "question.choices", where)
     if not isinstance(choices, list):
         raise DataError(f"{where}: field 'question.choices' must be a list of {{label, text}} objects")
-    labels = [_get(c, "label", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
-    texts = [_get(c, "text", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
-    concept = _get(row, "question.question_concept", where) if fmt == "commonsenseqa" else None
-    return _build_question(_get(row, "id", where), _get(row, "question.stem", where), labels, texts,
+    labels = [get_field(c, "label", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
+    texts = [get_field(c, "text", f"{where}: question.choices[{i}]") for i, c in enumerate(choices)]
+    concept = get_field(row, "question.question_concept", where) if fmt == "commonsenseqa" else None
+    return _build_question(get_field(row, "id", where), get_field(row, "question.stem", where), labels, texts,
                            row.get("answerKey"), concept, fmt, where, "question.")
 
 
@@ -145,7 +150,7 @@ _QUAREL_OPTIONS = re.compile(r"\(([A-Z])\)\s*")
 
 def _question_from_quarel(row: dict, where: str) -> MCQuestion:
     """Map a QuaRel row (the same fields locally and on the hub): options are split out of the question text."""
-    text = _get(row, "question", where)
+    text = get_field(row, "question", where)
     if not isinstance(text, str):
         raise DataError(f"{where}: field 'question' must be a string, got {type(text).__name__}")
     marks = list(_QUAREL_OPTIONS.finditer(text))
@@ -156,16 +161,16 @@ def _question_from_quarel(row: dict, where: str) -> MCQuestion:
     index = row.get("answer_index")
     if index is not None and not (isinstance(index, int) and 0 <= index < len(labels)):
         raise DataError(f"{where}: field 'answer_index' is {index!r}, expected an option index 0..{len(labels) - 1}")
-    return _build_question(_get(row, "id", where), text[:marks[0].start()].strip(), labels, texts,
+    return _build_question(get_field(row, "id", where), text[:marks[0].start()].strip(), labels, texts,
                            None if index is None else labels[index], None, "quarel", where, "")
 
 
 def _question_from_hub(row: dict, fmt: str, where: str) -> MCQuestion:
     """Map a row of the hub version (choices as {label: [...], text: [...]})."""
-    stem = _get(row, "question_stem" if fmt == "openbookqa" else "question", where)
-    concept = _get(row, "question_concept", where) if fmt == "commonsenseqa" else None
-    return _build_question(_get(row, "id", where), stem, list(_get(row, "choices.label", where)),
-                           list(_get(row, "choices.text", where)), row.get("answerKey"), concept, fmt, where, "")
+    stem = get_field(row, "question_stem" if fmt == "openbookqa" else "question", where)
+    concept = get_field(row, "question_concept", where) if fmt == "commonsenseqa" else None
+    return _build_question(get_field(row, "id", where), stem, list(get_field(row, "choices.label", where)),
+                           list(get_field(row, "choices.text", where)), row.get("answerKey"), concept, fmt, where, "")
 
 
 def load_multiple_choice(source: str, fmt: str, split: str = "train", limit: int | None = None) -> list[MCQuestion]:
@@ -176,7 +181,7 @@ def load_multiple_choice(source: str, fmt: str, split: str = "train", limit: int
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     questions: list[MCQuestion] = []
     if _is_local(source):
-        for lineno, row in _numbered_jsonl(source):
+        for lineno, row in numbered_jsonl(source):
             if limit is not None and len(questions) >= limit:
                 break
             where = f"{source}:{lineno}"
@@ -215,10 +220,10 @@ def _class_names(feature: Any, fallback: tuple[str, ...]) -> tuple[str, ...]:
 def _pairs_from_claim(row: dict, where: str, claim_names: tuple[str, ...],
                       evidence_names: tuple[str, ...]) -> list[ClaimEvidence]:
     """The claim-evidence pairs of one Climate-FEVER claim."""
-    claim_id = str(_get(row, "claim_id", where))
-    claim = _get(row, "claim", where)
-    claim_label = _label_name(_get(row, "claim_label", where), claim_names, "claim_label", where)
-    evidences = _get(row, "evidences", where)
+    claim_id = str(get_field(row, "claim_id", where))
+    claim = get_field(row, "claim", where)
+    claim_label = _label_name(get_field(row, "claim_label", where), claim_names, "claim_label", where)
+    evidences = get_field(row, "evidences", where)
     if not isinstance(evidences, list) or not evidences:
         raise DataError(f"{where}: field 'evidences' must be a non-empty list")
     pairs = []
@@ -226,9 +231,9 @@ def _pairs_from_claim(row: dict, where: str, claim_names: tuple[str, ...],
         at = f"{where}: evidences[{i}]"
         pairs.append(ClaimEvidence(
             id=f"{claim_id}:{i}", claim_id=claim_id, claim=claim, claim_label=claim_label,
-            evidence=_get(ev, "evidence", at),
-            evidence_label=_label_name(_get(ev, "evidence_label", at), evidence_names, "evidence_label", at),
-            article=_get(ev, "article", at)))
+            evidence=get_field(ev, "evidence", at),
+            evidence_label=_label_name(get_field(ev, "evidence_label", at), evidence_names, "evidence_label", at),
+            article=get_field(ev, "article", at)))
     return pairs
 
 
@@ -244,7 +249,7 @@ def load_climate_fever(source: str, limit_claims: int | None = None) -> list[Cla
     pairs: list[ClaimEvidence] = []
     n_claims = 0
     if _is_local(source):
-        rows: Any = ((f"{source}:{lineno}", row) for lineno, row in _numbered_jsonl(source))
+        rows: Any = ((f"{source}:{lineno}", row) for lineno, row in numbered_jsonl(source))
         claim_names, evidence_names = CLAIM_LABELS, EVIDENCE_LABELS
     else:
         ds = _load_hub(source, "test")
@@ -260,72 +265,7 @@ def load_climate_fever(source: str, limit_claims: int | None = None) -> list[Cla
     return pairs
 
 
-# ---------------------------------------------------------------- rationales
-
-
-def load_cose(source: str) -> dict[str, str]:
-    """CoS-E v1.11 human explanations: question id -> open-ended explanation."""
-    explanations: dict[str, str] = {}
-    for lineno, row in _numbered_jsonl(source):
-        where = f"{source}:{lineno}"
-        qid = str(_get(row, "id", where))
-        if qid in explanations:
-            raise DataError(f"{where}: id {qid!r} appears twice; each question has one explanation")
-        explanations[qid] = _get(row, "explanation.open-ended", where)
-    log.info("%s: %d CoS-E explanations", source, len(explanations))
-    return explanations
-
-
-def _palm_completions(folder: Path, split: str) -> list[str]:
-    """All raw completions of llm/<split>_CoT_<k>.json in batch order, checked for gaps."""
-    files = {}
-    for path in (folder / "llm").glob(f"{split}_CoT_*.json"):
-        k = path.stem.rsplit("_", 1)[1]
-        if k.isdigit():
-            files[int(k)] = path
-    if not files:
-        raise FileNotFoundError(f"no {split}_CoT_<k>.json files in {folder / 'llm'}; "
-                                f"is {folder} the distilling-step-by-step cqa folder?")
-    if sorted(files) != list(range(len(files))):
-        raise DataError(f"{folder / 'llm'}: {split}_CoT files are numbered {sorted(files)}, "
-                        f"expected 0..{len(files) - 1} without gaps")
-    completions: list[str] = []
-    for k in range(len(files)):
-        batch = _read_json(files[k])
-        if not isinstance(batch, list) or not all(isinstance(c, str) for c in batch):
-            raise DataError(f"{files[k]}: expected a JSON list of completion strings")
-        # completion i of file k belongs to row k*PALM_BATCH+i, so every file but the last must be full
-        if len(batch) > PALM_BATCH or (k < len(files) - 1 and len(batch) != PALM_BATCH):
-            raise DataError(f"{files[k]}: {len(batch)} completions; "
-                            f"every file but the last must hold exactly {PALM_BATCH}")
-        completions.extend(batch)
-    return completions
-
-
-def load_palm_rationales(folder: str, split: str) -> dict[str, str]:
-    """Recorded PaLM-540B CoT rationales of distilling-step-by-step CQA: question id -> rationale."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test' (test = the CommonsenseQA dev set), got {split!r}")
-    root = Path(folder).expanduser()
-    questions_file = root / f"cqa_{split}.json"
-    if not questions_file.is_file():
-        raise FileNotFoundError(f"{questions_file} not found; the folder must hold cqa_{split}.json "
-                                f"and llm/{split}_CoT_<k>.json")
-    ids = [str(_get(row, "id", f"{questions_file}:{lineno}")) for lineno, row in _numbered_jsonl(questions_file)]
-    completions = _palm_completions(root, split)
-    if len(completions) != len(ids):
-        raise DataError(f"{root}: {len(completions)} {split} completions for {len(ids)} rows of {questions_file.name}; "
-                        "the files must come from the same release")
-    duplicates = [qid for qid, n in Counter(ids).items() if n > 1]
-    if duplicates:
-        raise DataError(f"{questions_file}: {len(duplicates)} ids appear more than once, e.g. {duplicates[0]!r}")
-    # PaLM kept writing invented few-shot examples after the answer; upstream cuts at the first "\n\nQ:"
-    rationales = {qid: text.split(NEXT_QUESTION, 1)[0].strip() for qid, text in zip(ids, completions)}
-    log.info("%s: %d PaLM %s rationales", root, len(rationales), split)
-    return rationales
-
-
-# ---------------------------------------------------------------- splitting and checks
+# ---------------------------------------------------------------- splitting
 
 
 def split_questions(questions: list[MCQuestion], test_fraction: float,
@@ -340,35 +280,6 @@ def split_questions(questions: list[MCQuestion], test_fraction: float,
         raise DataError(f"splitting {len(shuffled)} questions with test_fraction={test_fraction} leaves "
                         f"{len(shuffled) - n_test} train and {n_test} test; use more questions or another fraction")
     return shuffled[n_test:], shuffled[:n_test]
-
-
-def _normal(text: str) -> str:
-    """Text compared case- and whitespace-insensitively."""
-    return " ".join(text.split()).casefold()
-
-
-def validate_questions(questions: list[MCQuestion]) -> list[str]:
-    """Human-readable problems in a question list; an empty list means none were found."""
-    problems = []
-    for qid, n in Counter(q.id for q in questions).items():
-        if n > 1:
-            problems.append(f"id {qid!r} appears {n} times")
-    for q in questions:
-        if not q.question.strip():
-            problems.append(f"{q.id}: empty question text")
-        if len(q.choices) < 2:
-            problems.append(f"{q.id}: only {len(q.choices)} choice(s)")
-        if len(q.labels) != len(q.choices):
-            problems.append(f"{q.id}: {len(q.labels)} labels for {len(q.choices)} choices")
-        if not -1 <= q.answer < len(q.choices):
-            problems.append(f"{q.id}: answer {q.answer} out of range for {len(q.choices)} choices")
-        for i, choice in enumerate(q.choices):
-            if not choice.strip():
-                problems.append(f"{q.id}: choice {i} is empty")
-        repeated = [c for c, n in Counter(_normal(c) for c in q.choices if c.strip()).items() if n > 1]
-        if repeated:
-            problems.append(f"{q.id}: duplicate choice text {', '.join(repr(c) for c in repeated)}")
-    return problems
 
 
 # ---------------------------------------------------------------- display
@@ -410,93 +321,15 @@ class Splits:
         return {"train": self.train, "test": self.tests[self.in_distribution]}
 
 
-def check_questions(questions: list[MCQuestion], where: str) -> None:
-    """Raise on problems that break the study; log repeated option texts, which real CommonsenseQA has."""
-    problems = validate_questions(questions)
-    minor = [p for p in problems if "duplicate choice text" in p]
-    if minor:
-        log.warning("%s: %d questions repeat an option text (the gold index still decides), e.g. %s",
-                    where, len(minor), minor[0])
-    serious = [p for p in problems if p not in minor]
-    if serious:
-        shown = "\n  ".join(serious[:10])
-        raise DataError(f"{where}: {len(serious)} problems, fix the data or choose another source:\n  {shown}")
-
-
-def check_answer_keys(questions: list[MCQuestion], where: str, fmt: str = "") -> None:
-    """Refuse questions without a gold answer (an unkeyed test item scores as wrong), naming `where` and the count."""
-    unkeyed = [q.id for q in questions if q.answer < 0]
-    if unkeyed:
-        field = "answer_index" if fmt == "quarel" else "answerKey"
-        shown = ", ".join(repr(i) for i in unkeyed[:3]) + (", ..." if len(unkeyed) > 3 else "")
-        raise DataError(f"{where}: {len(unkeyed)} of {len(questions)} questions have no answer key (field {field!r}; "
-                        f"ids {shown}). Every question the study trains on or scores needs its gold answer; use a "
-                        "labelled file (official test splits such as CommonsenseQA's test_rand_split_no_answers.jsonl "
-                        "have none: use the dev split) or remove the unlabelled rows")
-
-
-def check_not_empty(questions: list[Any], where: str, what: str) -> None:
-    """Refuse an empty set, saying which set and what to do."""
-    if not questions:
-        raise DataError(f"{where}: no {what}; the file is empty, holds only blank lines, or the hub split has no rows. "
-                        "Point it at a file with questions, or remove it from the params")
-
-
-def _overlap_key(q: MCQuestion) -> tuple[str, tuple[str, ...]]:
-    """What makes two questions the same item: the normalised question text and the set of option texts."""
-    return _normal(q.question), tuple(sorted(_normal(c) for c in q.choices))
-
-
-def find_overlap(train: list[MCQuestion], test: list[MCQuestion]) -> tuple[list[str], list[str]]:
-    """Test questions that are training ones (same id, or same text and options), and those sharing only the text."""
-    ids = {q.id for q in train}
-    items = {_overlap_key(q): q.id for q in train}
-    stems = {_normal(q.question): q.id for q in train}
-    same, same_text = [], []
-    for q in test:
-        if q.id in ids:
-            same.append(f"id {q.id!r}")
-        elif _overlap_key(q) in items:
-            same.append(f"{q.id!r} = train {items[_overlap_key(q)]!r} ({q.question[:60]!r}, same options)")
-        elif _normal(q.question) in stems:
-            same_text.append(f"{q.id!r} ~ train {stems[_normal(q.question)]!r} ({q.question[:60]!r})")
-    return same, same_text
-
-
-def check_disjoint(train: list[MCQuestion], test: list[MCQuestion], train_where: str, test_where: str) -> None:
-    """Refuse a test set that shares questions with the training set; log questions that share only their text."""
-    same, same_text = find_overlap(train, test)
-    if same_text:
-        log.warning("%s: %d questions have the text of a training question but other options (kept as different "
-                    "questions), e.g. %s", test_where, len(same_text), same_text[0])
-    if same:
-        shown = "; ".join(same[:5]) + ("; ..." if len(same) > 5 else "")
-        raise DataError(f"{test_where} shares {len(same)} questions with the training set {train_where}: {shown}. "
-                        "A test question seen in training inflates its accuracy; remove those questions from one of "
-                        "the two files or choose sets that do not overlap")
-
-
 def _where(src: Any, key: str) -> str:
     """A params data source in messages: its params key, name and resolved file (or hub id and split)."""
-    from lib.files import resolve_path
-
     local = resolve_path(src.source)
     place = str(local) if local.exists() else f"hub {src.source} [split {getattr(src, 'split', 'test')}]"
     return f"{key}.source ({getattr(src, 'name', 'claims')!r}: {place})"
 
 
-def _check_set_name(name: str, key: str) -> None:
-    """A test-set name is a file name in 01_data/tests/: letters, digits, '.', '_' and '-', not starting with a dot."""
-    if not _SET_NAME.fullmatch(name):
-        hint = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
-        raise DataError(f"{key}: test-set name {name!r} must be letters, digits, '.', '_' or '-' (it names the file "
-                        f"01_data/tests/<name>.jsonl); rename it, e.g. {hint!r}")
-
-
 def _load_source(src: Any, key: str, limit: int | None = None) -> list[MCQuestion]:
     """Load one params data source (`key`, e.g. data.ood[0]): checked, keyed, non-empty, capped at `limit`."""
-    from lib.files import resolve_path
-
     local = resolve_path(src.source)
     where = _where(src, key)
     questions = load_multiple_choice(str(local) if local.exists() else src.source, src.format, src.split)
@@ -510,7 +343,7 @@ def prepare_splits(params: Any, seed: int) -> Splits:
     """Load, check and split the questions named by the params `data` section, refusing sets that give wrong numbers."""
     keys = {params.train.name: "data.train.name", **{s.name: f"data.ood[{i}].name" for i, s in enumerate(params.ood)}}
     for name, key in keys.items():
-        _check_set_name(name, key)
+        check_set_name(name, key)
     train_where = _where(params.train, "data.train")
     pool = _load_source(params.train, "data.train")
     if params.test is None:
@@ -553,8 +386,6 @@ def split_table(splits: Splits) -> pd.DataFrame:
 
 def load_claims(params: Any) -> list[ClaimEvidence]:
     """The claim-evidence pairs named by the params `data.claims` (empty when none are configured)."""
-    from lib.files import resolve_path
-
     if params.claims is None:
         return []
     local = resolve_path(params.claims.source)
@@ -592,12 +423,10 @@ def _remove_stale_tests(folder: Path, names: set[str]) -> None:
 def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence], test_fraction: float = 0.3,
                  seed: int = 0) -> list[str]:
     """Write train.jsonl, tests/<name>.jsonl, claims_{train,test}.jsonl and summary.json, and remove old test files."""
-    from lib.files import write_json, write_jsonl
-
     for name, qs in [("train", splits.train), *splits.tests.items()]:
         check_not_empty(qs, f"set {name!r}", "questions to write")
     for name in splits.tests:
-        _check_set_name(name, "test set")
+        check_set_name(name, "test set")
     paths = [write_jsonl(out / "train.jsonl", splits.train)]
     paths += [write_jsonl(out / "tests" / f"{name}.jsonl", qs) for name, qs in splits.tests.items()]
     claims_train, claims_test = split_claims(claims, test_fraction, seed)
@@ -617,7 +446,7 @@ def write_splits(out: Path, splits: Splits, claims: list[ClaimEvidence], test_fr
 def read_questions(path: str | Path) -> list[MCQuestion]:
     """Questions written by `write_splits` (or any `write_jsonl` of MCQuestion rows)."""
     questions = []
-    for lineno, row in _numbered_jsonl(path):
+    for lineno, row in numbered_jsonl(path):
         try:
             questions.append(MCQuestion.from_dict(row))
         except (TypeError, ValueError) as exc:
@@ -627,12 +456,10 @@ def read_questions(path: str | Path) -> list[MCQuestion]:
 
 def _summary(folder: Path) -> dict[str, Any]:
     """Step 01's summary.json, which indexes its test sets; a missing or old one says to rerun step 01."""
-    from lib.runs import MissingArtifact
-
     path = folder / "summary.json"
     if not path.exists():
         raise MissingArtifact(f"{folder} has no summary.json: run step 01 first (`python -m lib.study ... --steps 01`)")
-    summary = _read_json(path)
+    summary = read_data_json(path)
     if not isinstance(summary, dict) or not summary.get("test_sets"):
         raise DataError(f"{path} has no 'test_sets' index: an older step 01 wrote it. Rerun step 01 "
                         "(`python -m lib.study PARAMS.yaml --steps 01 --force`)")
@@ -641,8 +468,6 @@ def _summary(folder: Path) -> dict[str, Any]:
 
 def _read_set(path: Path, expected: int, summary: Path) -> list[MCQuestion]:
     """One set listed in summary.json, checked to be there with as many questions as listed."""
-    from lib.runs import MissingArtifact
-
     if not path.exists():
         raise MissingArtifact(f"{path} is listed in {summary} but missing: rerun step 01 (`--steps 01 --force`)")
     questions = read_questions(path)

@@ -5,31 +5,24 @@ trained on (MT answers from its `[answer]` task and explains from its `[rational
 asked with the `[Direct election]` strategy token). The answer is extracted from the text;
 unparseable outputs count as wrong and are flagged. Beside that generative accuracy:
 
-- log-likelihood accuracy, as lm-evaluation-harness scores multiple choice: each option's continuation
-  (`evaluation.loglik_scoring`, LOGLIK_SCORINGS) is scored right after the prompt (no rationale); the
-  option with the highest summed log-likelihood is `loglik_pred` (lm-eval's `acc`), the highest per
-  character `loglik_norm_pred` (`acc_norm`). Scoring the whole answer sentence ("So the answer is (b)
-  text.") let the letter decide: the untrained Gemma 3 270M picked (a) for most questions
-  (benchmarks/loglik_bias.py); `pick_distribution` shows each run's share of picks per letter;
+- log-likelihood accuracy (lib.scoring, as lm-evaluation-harness scores multiple choice): `loglik_pred` is
+  the option with the highest summed log-likelihood after the prompt (lm-eval's `acc`), `loglik_norm_pred`
+  the highest per character (`acc_norm`);
 - CEC, BLEU, ROUGE-L and BERTScore of the student's rationale against the teacher's rationale
   for the same question, where the teacher wrote one (in-distribution test questions);
-- faithfulness (after SCOTT): the student's rationale is replaced by a perturbed one (another
-  item's rationale, or its own sentences shuffled) or by a counterfactual rationale for a wrong
-  option (03_counterfactuals/cf_rationales.jsonl, when present), fed back as a forced prefix after
-  the prompt; the answer is then read by log-likelihood (the same scoring, per character) and compared
-  with the answer read the same way after the student's own rationale. The answer-change rate is the
-  faithfulness measure.
+- faithfulness (lib.scoring, after SCOTT): whether the answer read by log-likelihood changes when the student's
+  rationale is replaced by a perturbed one (another item's rationale, or its own sentences shuffled) or by a
+  counterfactual rationale for a wrong option (03_counterfactuals/cf_rationales.jsonl, when present).
 
-Generated outputs and option scores are cached in `<run_dir>/student_cache.sqlite` (lib.response_cache),
-keyed by the student's weights hash (its saved folder and base model), how they are loaded (`finetune`: a
-QLoRA student keeps the 4-bit base it was trained on), item, prompt and generation settings, so rerunning
-step 05 regenerates only what changed.
+Generated outputs and option scores are cached (lib.student_cache) under the student's weights hash and how they
+are loaded (`finetune`: a QLoRA student keeps the 4-bit base it was trained on), so rerunning step 05 regenerates
+only what changed.
 
-Every student is evaluated on every test set of step 01, so each condition gets a train-set x test-set
-accuracy matrix (`ood_matrix`). Two rows frame the conditions: BASE, the untrained student (a runs.jsonl row
-with `adapter: null`) asked with FT's prompt, is the floor; TEACHER, the teacher's own answers to the
-in-distribution test questions (02_teacher/rationales.jsonl), is the ceiling. Each row keeps the
-rationale source (unrevised or critique-revised teacher rationales) its student was trained on.
+Every student is evaluated on every test set of step 01 (the tables of step 05: lib.evaluation_tables). Two
+rows frame the conditions: BASE, the untrained student (a runs.jsonl row with `adapter: null`) asked with FT's
+prompt, is the floor; TEACHER, the teacher's own answers to the in-distribution test questions
+(02_teacher/rationales.jsonl), is the ceiling. Each row keeps the rationale source (unrevised or critique-revised
+teacher rationales) its student was trained on.
 """
 
 from __future__ import annotations
@@ -38,24 +31,28 @@ import dataclasses
 import functools
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.questions import MCQuestion, NEXT_QUESTION
-from lib.metrics import cec_batch, extract_answer, rationale_length, split_sentences
+from lib.conditions import eval_prompts, TEACHER
+from lib.metrics import cec_batch, extract_answer, rationale_length
 from lib.params import StudyParams
-from lib.prompts import answer_sentence
-from lib.response_cache import ResponseCache, request_key
-from lib.conditions import TEACHER
+from lib.precision import autocast, precision_plan
+from lib.questions import MCQuestion, NEXT_QUESTION
+from lib.response_cache import ResponseCache
+from lib.scoring import continuation_logliks, faithfulness, loglik_choices, OptionPick, perturbed_rationales, Scorer
+from lib.student_cache import (
+    cached_scorer,
+    discard_student_cache,
+    generate_cached,
+    open_cache,
+    student_cache_path,
+    student_weights_hash,
+)
 from lib.teacher import split_rationale
-from lib.conditions import eval_prompts
-from lib.models import bos_ids
 
 log = logging.getLogger(__name__)
-
-FAITHFULNESS_COLUMNS = ("faithfulness_perturbed", "faithfulness_counterfactual", "faithfulness_cf_follows")
 
 
 @dataclasses.dataclass
@@ -116,6 +113,24 @@ class ExplanationResult:
     rouge_l: float = math.nan
     bertscore: float = math.nan
 
+
+def items_frame(rows: Sequence[ItemResult]) -> Any:
+    """Per-item results as a table (the input of the statistics step)."""
+    return _frame(rows, ItemResult)
+
+
+def explanations_frame(rows: Sequence[ExplanationResult]) -> Any:
+    """CAUSAL explanations as a table (the input of `causal_table`)."""
+    return _frame(rows, ExplanationResult)
+
+
+def _frame(rows: Sequence[Any], row_type: type) -> Any:
+    """Dataclass rows as a table with one column per field of `row_type`, also when there are no rows."""
+    import pandas as pd
+
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=[f.name for f in dataclasses.fields(row_type)])
+
+
 def load_student(base_spec: str, adapter_dir: Path | None, device: str, finetune: str) -> tuple[Any, Any]:
     """A student and its tokenizer as it was trained (`finetune`: the run's training.finetune).
 
@@ -162,170 +177,6 @@ def clean_rationale(text: str) -> str:
     return split_rationale(text.split("\nQ:", 1)[0])
 
 
-# ---------------------------------------------------------------- log-likelihood scoring
-
-
-def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
-                         desc: str = "scoring options") -> list[float]:
-    """Sum of log p(continuation tokens | context) for each (context, continuation), tokenised as in training.
-
-    The LM head runs only at the continuation's positions (Gemma's 262k-token vocabulary would make
-    full logits the dominant cost on a CPU), through `lib.head_loss.target_nll`.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from lib.head_loss import target_nll
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(model.parameters()).device
-    bos = bos_ids(tokenizer)
-    encoded = [(bos + tokenizer(c, add_special_tokens=False)["input_ids"], tokenizer(t, add_special_tokens=False)["input_ids"])
-               for c, t in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    out = [0.0] * len(pairs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    model.eval()
-    for lo in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=len(order) <= batch_size):
-        idx = order[lo:lo + batch_size]
-        width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        target = torch.zeros((len(idx), width), dtype=torch.bool)  # positions whose NEXT token is a continuation token
-        for row, i in enumerate(idx):
-            ctx_ids, cont = encoded[i]
-            seq = ctx_ids + cont
-            ids[row, :len(seq)] = torch.tensor(seq)
-            mask[row, :len(seq)] = 1
-            target[row, len(ctx_ids) - 1:len(seq) - 1] = True
-        with torch.no_grad():
-            hidden = base.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            next_ids = torch.roll(ids, -1, dims=1)[target].to(device)
-            token_lp = -target_nll(hidden[target.to(device)], base.get_output_embeddings(), next_ids, cap).cpu()
-        counts = target.sum(dim=1).tolist()
-        for row, (i, piece) in enumerate(zip(idx, torch.split(token_lp, counts))):
-            out[i] = float(piece.sum())
-    return out
-
-
-Scorer = Callable[[Sequence[tuple[str, str]]], list[float]]  # (context, continuation) pairs -> summed log-likelihoods
-
-# What is scored for each option after the prompt (params evaluation.loglik_scoring):
-LOGLIK_SCORINGS = {
-    "answer_sentence": "the whole answer sentence, letter included: ' So the answer is (b) bed.'",
-    "option_text": "the option's text right after the prompt: ' bed' (lm-evaluation-harness's multiple_choice)",
-    "answer_text": "the option's text after the answer frame: context + ' So the answer is', continuation ' bed.'",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class OptionPick:
-    """The option with the highest summed log-likelihood (lm-eval `acc`) and per character (`acc_norm`)."""
-
-    total: int
-    per_char: int
-
-
-def option_continuations(context: str, q: MCQuestion, scoring: str) -> list[tuple[str, str]]:
-    """The (context, continuation) pair scored for each option of `q` under `scoring` (LOGLIK_SCORINGS)."""
-    if scoring == "answer_sentence":
-        return [(context, " " + answer_sentence(q, k)) for k in range(len(q.choices))]
-    if scoring == "option_text":
-        return [(context, " " + choice) for choice in q.choices]
-    if scoring == "answer_text":
-        return [(context + " So the answer is", f" {choice}.") for choice in q.choices]
-    raise ValueError(f"unknown log-likelihood scoring {scoring!r}; use one of {', '.join(LOGLIK_SCORINGS)} "
-                     "(params evaluation.loglik_scoring)")
-
-
-def loglik_choices(score: Scorer, contexts: Sequence[str], questions: Sequence[MCQuestion],
-                   scoring: str) -> list[OptionPick]:
-    """For each (context, question): the most likely option, by summed and by per-character log-likelihood."""
-    pairs, spans = [], []
-    for context, q in zip(contexts, questions):
-        spans.append((len(pairs), len(q.choices)))
-        pairs.extend(option_continuations(context, q, scoring))
-    scores = score(pairs)
-    picks = []
-    for start, n in spans:
-        total = scores[start:start + n]
-        per_char = [v / max(1, len(pairs[start + k][1])) for k, v in enumerate(total)]
-        picks.append(OptionPick(total=_argmax(total), per_char=_argmax(per_char)))
-    return picks
-
-
-def _argmax(values: Sequence[float]) -> int:
-    """Index of the largest value (the first on ties)."""
-    return max(range(len(values)), key=values.__getitem__)
-
-
-# ---------------------------------------------------------------- faithfulness
-
-
-def perturbed_rationales(rationales: list[str], how: str, seed: int) -> list[str]:
-    """A perturbed rationale per item: the next item's rationale (`other_item`) or its own sentences shuffled.
-
-    `shuffle` shuffles words instead when a rationale has a single sentence; an item without
-    another non-empty rationale to borrow gets "" (not measured).
-    """
-    rng = random.Random(seed)
-    if how == "other_item":
-        filled = [i for i, r in enumerate(rationales) if r]
-        out = [""] * len(rationales)
-        for k, i in enumerate(filled):
-            if len(filled) > 1:
-                out[i] = rationales[filled[(k + 1) % len(filled)]]
-        return out
-    if how != "shuffle":
-        raise ValueError(f"unknown perturbation {how!r}; use other_item or shuffle (params evaluation.perturbation)")
-    out = []
-    for r in rationales:
-        parts = split_sentences(r)
-        sep = " "
-        if len(parts) < 2:
-            parts = r.split()
-        shuffled = parts[:]
-        for _ in range(5):  # a shuffle that leaves the order unchanged perturbs nothing
-            rng.shuffle(shuffled)
-            if shuffled != parts:
-                break
-        out.append(sep.join(shuffled) if len(parts) > 1 and shuffled != parts else "")
-    return out
-
-
-def faithfulness(score: Scorer, prompts: list[str], questions: list[MCQuestion], own: list[str], perturbed: list[str],
-                 counterfactual: list[tuple[int, str] | None], scoring: str) -> list[dict[str, int | None]]:
-    """Per item: whether the answer changed with a perturbed / counterfactual rationale as a forced prefix.
-
-    Each answer is read by log-likelihood (`scoring`, per character: `OptionPick.per_char`) after
-    `prompt + " " + rationale`; the baseline is the answer read the same way after the student's own
-    rationale. Items without an own rationale are not measured.
-    """
-    jobs: list[tuple[int, str, str]] = []  # (item, kind, rationale)
-    for i, r in enumerate(own):
-        if not r:
-            continue
-        jobs.append((i, "own", r))
-        if perturbed[i]:
-            jobs.append((i, "perturbed", perturbed[i]))
-        if counterfactual[i] is not None:
-            jobs.append((i, "cf", counterfactual[i][1]))
-    contexts = [f"{prompts[i]} {r}" for i, _, r in jobs]
-    picks = loglik_choices(score, contexts, [questions[i] for i, _, _ in jobs], scoring)
-    got: dict[tuple[int, str], int] = {(i, kind): p.per_char for (i, kind, _), p in zip(jobs, picks)}
-    results = []
-    for i in range(len(own)):
-        base = got.get((i, "own"))
-        pert, cf = got.get((i, "perturbed")), got.get((i, "cf"))
-        results.append({
-            "faithfulness_perturbed": None if base is None or pert is None else int(pert != base),
-            "faithfulness_counterfactual": None if base is None or cf is None else int(cf != base),
-            "faithfulness_cf_follows": None if base is None or cf is None else int(cf == counterfactual[i][0]),
-        })
-    return results
-
-
 def read_cf_rationales(path: Path | None) -> dict[str, tuple[int, str]]:
     """Question id -> (option index, counterfactual rationale) from 03_counterfactuals/cf_rationales.jsonl (first per id)."""
     from lib.files import read_jsonl
@@ -333,30 +184,14 @@ def read_cf_rationales(path: Path | None) -> dict[str, tuple[int, str]]:
     if path is None or not Path(path).exists():
         return {}
     out: dict[str, tuple[int, str]] = {}
-    for lineno, row in enumerate(read_jsonl(path), 1):
+    for row in read_jsonl(path):
         if not isinstance(row.get("option"), int) or not str(row.get("text", "")).strip():
             continue  # a failed counterfactual rationale has no option or text; nothing to feed back
         out.setdefault(str(row["id"]), (row["option"], str(row["text"]).strip()))
     return out
 
 
-# ---------------------------------------------------------------- the student cache
-
-
-def student_weights_hash(base_spec: str, adapter_dir: Path | None) -> str:
-    """sha256 over the base model's provenance and every file of a run's saved folder (adapter or full weights,
-    tokenizer); without a saved folder (BASE), of the base model's provenance alone."""
-    from lib.models import model_provenance
-    from lib.files import sha256_file, sha256_json
-
-    if adapter_dir is None:
-        return sha256_json({"base": model_provenance(base_spec)})
-    files = {p.relative_to(adapter_dir).as_posix(): sha256_file(p) for p in sorted(Path(adapter_dir).rglob("*"))
-             if p.is_file()}
-    if not files:
-        raise FileNotFoundError(f"{adapter_dir} is empty or missing: no trained student to evaluate; rerun step "
-                                f"04_training (python -m lib.study PARAMS --steps 04 --force)")
-    return sha256_json({"base": model_provenance(base_spec), "files": files})
+# ---------------------------------------------------------------- one run
 
 
 def output_code_sha256() -> str:
@@ -368,65 +203,6 @@ def output_code_sha256() -> str:
     here = Path(__file__).resolve().parent
     return sha256_json({"files": {name: sha256_file(here / name) for name in ("models.py", "head_loss.py")},
                         "functions": [inspect.getsource(f) for f in (load_student, continuation_logliks)]})
-
-
-def cached_scorer(score: Scorer, cache: ResponseCache | None, identity: dict[str, Any]) -> Scorer:
-    """`score` behind the cache: only pairs never scored for `identity` (weights hash, device) reach the model."""
-    if cache is None:
-        return score
-
-    def scored(pairs: Sequence[tuple[str, str]]) -> list[float]:
-        requests = [{"kind": "student_loglik", **identity, "context": c, "continuation": t} for c, t in pairs]
-        keys = [request_key(r) for r in requests]
-        found = [cache.get(k) for k in keys]
-        todo = [j for j, hit in enumerate(found) if hit is None]
-        fresh = dict(zip(todo, score([pairs[j] for j in todo]) if todo else []))
-        for j, value in fresh.items():
-            cache.put(keys[j], requests[j], repr(value), "loglik", 0, 0)  # repr round-trips a float exactly
-        return [fresh[j] if hit is None else float(hit["text"]) for j, hit in enumerate(found)]
-
-    return scored
-
-
-def generate_cached(student: Callable[[], tuple[Any, Any]], prompts: list[str], item_ids: list[str],
-                    settings: dict[str, Any], batch_size: int, cache: ResponseCache | None,
-                    desc: str) -> tuple[list[str], list[float]]:
-    """Greedy outputs of a student and generation seconds per item (NaN for an output the cache already held).
-
-    `settings` (weights hash, device, max_new_tokens, stop) and the item and prompt key each output in the
-    cache; `student()` loads the model, and is called only when some prompt is missing.
-    """
-    from lib.models import generate_texts
-
-    requests = [{"kind": "student_generation", **settings, "temperature": 0.0, "item": i, "prompt": p}
-                for i, p in zip(item_ids, prompts)]
-    keys = [request_key(r) for r in requests]
-    hits = [cache.get(k) for k in keys] if cache is not None else [None] * len(keys)
-    texts: list[str | None] = [None if hit is None else hit["text"] for hit in hits]
-    seconds = [math.nan] * len(prompts)
-    todo = [j for j, t in enumerate(texts) if t is None]
-    if todo:
-        model, tokenizer = student()
-        t0 = time.perf_counter()
-        outs = generate_texts(model, tokenizer, [prompts[j] for j in todo], settings["max_new_tokens"],
-                              batch_size=batch_size, stop=settings["stop"], desc=desc)
-        per_item = round((time.perf_counter() - t0) / len(todo), 3)
-        for j, (c,) in zip(todo, outs):
-            texts[j], seconds[j] = c.text, per_item
-            if cache is not None:
-                cache.put(keys[j], requests[j], c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens)
-    log.info("%s: %d outputs generated, %d from the student cache", desc, len(todo), len(prompts) - len(todo))
-    return [t or "" for t in texts], seconds
-
-
-def open_cache(cache: ResponseCache | str | Path | None) -> tuple[ResponseCache | None, bool]:
-    """The cache to use and whether the caller opened it (and must close it): a path is opened here."""
-    if cache is None or isinstance(cache, ResponseCache):
-        return cache, False
-    return ResponseCache(cache), True
-
-
-# ---------------------------------------------------------------- one run
 
 
 @dataclasses.dataclass
@@ -443,7 +219,7 @@ class _Student:
 
 def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyParams, device: str,
                      cache: ResponseCache | None) -> _Student:
-    """Wrap one run for evaluation: lazy loading, its weights hash and its cached scorer."""
+    """Wrap one run for evaluation: lazy loading, its weights hash and its cached scorer, in run.precision's formats."""
     from lib.models import is_encoder_decoder
 
     ev = params.evaluation
@@ -452,9 +228,16 @@ def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyPara
     # finetune decides how the weights are loaded (a 4-bit base for qlora), so it is part of what an output depends on
     identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "finetune": finetune,
                 "device": device, "code": output_code_sha256()}
-    score = cached_scorer(lambda pairs: continuation_logliks(*load(), pairs, ev.batch_size), cache, identity)
+    plan = precision_plan(params.run.precision, device)
+
+    def scored(pairs: Sequence[tuple[str, str]]) -> list[float]:
+        with autocast(plan["scoring"], device):
+            return continuation_logliks(*load(), pairs, ev.batch_size)
+
+    score = cached_scorer(scored, cache, {**identity, "precision": plan["scoring"]})
     return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
-                    settings={**identity, "max_new_tokens": ev.max_new_tokens, "stop": NEXT_QUESTION},
+                    settings={**identity, "precision": plan["decoding"], "max_new_tokens": ev.max_new_tokens,
+                              "stop": NEXT_QUESTION},
                     train_set="" if adapter_dir is None else params.data.train.name)
 
 
@@ -578,32 +361,22 @@ def add_text_metrics(rows: Sequence[ItemResult | ExplanationResult], references:
 
 
 def score_against_references(rows: Sequence[ItemResult | ExplanationResult], references: dict[str, str],
-                             ev: Any, device: str) -> None:
-    """Fill CEC (and, with evaluation.text_metrics, BLEU, ROUGE-L, BERTScore) of each row against its reference."""
+                             ev: Any, device: str, fmt: str = "fp32") -> None:
+    """Fill CEC (and, with evaluation.text_metrics, BLEU, ROUGE-L, BERTScore) of each row against its reference.
+
+    `fmt` is the number format of the sentence encoders (run.precision's choice for embedding).
+    """
     from lib.models import encode_sentences, load_embedder
 
     embedder = load_embedder(ev.embedder, device)
-    add_cec(rows, references, lambda s: encode_sentences(embedder, s, ev.embed_batch_size, desc="CEC: embedding sentences"))
-    if ev.text_metrics:
-        add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
+    with autocast(fmt, device):
+        add_cec(rows, references,
+                lambda s: encode_sentences(embedder, s, ev.embed_batch_size, desc="CEC: embedding sentences"))
+        if ev.text_metrics:
+            add_text_metrics(rows, references, ev.bertscore_model, ev.bertscore_layers, device)
+
 
 # ---------------------------------------------------------------- the grid
-
-
-def student_cache_path(ctx: Any) -> Path:
-    """The run's student cache, outside the step folders so that cache hits never change a step's artifacts."""
-    return ctx.run_dir / "student_cache.sqlite"
-
-
-def discard_student_cache(ctx: Any) -> bool:
-    """With `--force` (ctx.force), delete the run's student cache so every output is generated again; True if deleted."""
-    path = student_cache_path(ctx)
-    if not getattr(ctx, "force", False) or not path.exists():
-        return False
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        p.unlink(missing_ok=True)
-    log.info("force: deleted the student cache %s; every output is generated and scored again", path)
-    return True
 
 
 def evaluate_grid(ctx: Any) -> list[ItemResult]:
@@ -614,8 +387,8 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     for students, items or generation settings it has not seen.
     """
     from lib.data import read_test_sets
-    from lib.models import pick_device
     from lib.files import read_jsonl
+    from lib.models import pick_device
     from lib.teacher import read_rationales
 
     ev = ctx.params.evaluation
@@ -631,13 +404,17 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     discard_student_cache(ctx)
     cache = ResponseCache(student_cache_path(ctx))
     try:
-        for info in (r for r in runs if r.get("task", "mc") == "mc"):  # CAUSAL runs: evaluate_causal_grid
+        mc_runs = [r for r in runs if r.get("task", "mc") == "mc"]  # CAUSAL runs: evaluate_causal_grid
+        for i, info in enumerate(mc_runs, 1):
+            t0 = time.perf_counter()
             rows.extend(evaluate_run(info, adapter_path(ctx, info), tests, ctx.params, device, cf, cache))
+            ctx.progress(f"run {i}/{len(mc_runs)} {info['run']} evaluated on {', '.join(tests)} "
+                         f"in {time.perf_counter() - t0:.0f} s")
     finally:
         cache.close()
     rationales_path = ctx.artifact("02_teacher", "rationales.jsonl")
     score_against_references(rows, read_rationales(rationales_path, "test", ctx.params.training.rationale_filter),
-                             ev, device)
+                             ev, device, precision_plan(ctx.params.run.precision, device)["embedding"])
     in_distribution, questions = next(iter(tests.items()))
     return rows + teacher_rows(read_jsonl(rationales_path), in_distribution, questions)
 
@@ -693,8 +470,8 @@ def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], pa
 
 def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     """Every CAUSAL run of step 04 explains the test pairs of 02_teacher/causal.jsonl, scored against the teacher."""
-    from lib.models import pick_device
     from lib.files import read_jsonl
+    from lib.models import pick_device
 
     ev = ctx.params.evaluation
     causal_runs = [r for r in read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "causal"]
@@ -711,7 +488,7 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     finally:
         cache.close()
     references = {r.item_id: r.reference for r in rows if r.reference}
-    score_against_references(rows, references, ev, device)
+    score_against_references(rows, references, ev, device, precision_plan(ctx.params.run.precision, device)["embedding"])
     return rows
 
 
@@ -724,14 +501,6 @@ def causal_table(causal: Any) -> Any:
     df = causal.assign(**{c: pd.to_numeric(causal[c], errors="coerce") for c in metrics})
     return (df.groupby(["condition", "student", "seed"], as_index=False, dropna=False)
               .agg(n=("item_id", "size"), n_scored=("cec", "count"), **{c: (c, "mean") for c in metrics}))
-
-
-def causal_summary(rows: Sequence[ExplanationResult]) -> Any:
-    """Per CAUSAL run: pairs explained and scored, mean explanation length and the metrics against the teacher."""
-    import pandas as pd
-
-    return causal_table(pd.DataFrame([dataclasses.asdict(r) for r in rows],
-                                     columns=[f.name for f in dataclasses.fields(ExplanationResult)]))
 
 
 def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
@@ -766,120 +535,3 @@ def export_human_sheet(ctx: Any, rows: Sequence[ItemResult]) -> dict[str, Path]:
     return export_sheet([r for r in rows if r.test_set == first and r.condition != TEACHER],
                         {q.id: q for q in tests[first]}, ctx.out, ctx.params.evaluation.human_sheet_items,
                         ctx.params.run.seed)
-
-
-# ---------------------------------------------------------------- tables
-
-
-def items_frame(rows: Sequence[ItemResult]) -> Any:
-    """Per-item results as a table (the input of the statistics step)."""
-    import pandas as pd
-
-    return pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=[f.name for f in dataclasses.fields(ItemResult)])
-
-
-def summary_table(rows: Sequence[ItemResult]) -> Any:
-    """Per condition, rationale source, student, seed and test set: n, generative and log-likelihood accuracy,
-    unparseable share, mean metrics and faithfulness.
-
-    `loglik_accuracy` is lm-evaluation-harness's `acc` (summed log-likelihood), `loglik_norm_accuracy` its
-    `acc_norm` (per character), both under evaluation.loglik_scoring, over the items scored.
-    """
-    df = items_frame(rows)
-    for c in ("loglik_correct", "loglik_norm_correct", *FAITHFULNESS_COLUMNS):
-        df[c] = df[c].astype(float)
-    return (df.groupby(["condition", "rationale_source", "student", "seed", "train_set", "test_set"], as_index=False,
-                       dropna=False)
-              .agg(n=("correct", "size"), accuracy=("correct", "mean"), loglik_accuracy=("loglik_correct", "mean"),
-                   loglik_norm_accuracy=("loglik_norm_correct", "mean"),
-                   unparseable=("unparseable", "mean"), cec=("cec", "mean"), cec_fc=("cec_fc", "mean"),
-                   cec_bf=("cec_bf", "mean"), bleu=("bleu", "mean"), rouge_l=("rouge_l", "mean"),
-                   bertscore=("bertscore", "mean"), answer_change_perturbed=("faithfulness_perturbed", "mean"),
-                   answer_change_counterfactual=("faithfulness_counterfactual", "mean"),
-                   rationale_words=("rationale_len", "mean"), seconds_per_item=("seconds", "mean")))
-
-
-def pick_distribution(rows: Sequence[ItemResult], column: str = "loglik_norm_pred") -> Any:
-    """Per run and test set: the share of each option letter among the picks in `column`, beside gold's shares.
-
-    `column` is loglik_norm_pred, loglik_pred or prediction; only items with a pick count (gold over the same
-    items). Two rows per run and test set, `of` = the column and `gold`, with `n` and `max_share` (the
-    largest share of one letter): a scorer far above gold's max_share favours that letter.
-    """
-    import pandas as pd
-
-    from lib.questions import option_letters
-
-    df = items_frame(rows).dropna(subset=[column, "gold"])
-    letters = option_letters(int(max(df[column].max(), df["gold"].max())) + 1) if len(df) else []
-    out = []
-    for (run, test_set), g in df.groupby(["run", "test_set"], sort=False):
-        for of in (column, "gold"):
-            shares = g[of].astype(int).value_counts(normalize=True)
-            out.append({"run": run, "condition": g["condition"].iloc[0], "test_set": test_set, "of": of, "n": len(g),
-                        **{f"({x})": float(shares.get(k, 0.0)) for k, x in enumerate(letters)},
-                        "max_share": float(shares.max())})
-    return pd.DataFrame(out, columns=["run", "condition", "test_set", "of", "n", *[f"({x})" for x in letters],
-                                      "max_share"])
-
-
-def ood_matrix(rows: Sequence[ItemResult], value: str = "correct") -> Any:
-    """Accuracy (%) per condition, rationale source, student and seed: one row per training set, one column per test
-    set (TEACHER answered the in-distribution set only)."""
-    df = items_frame(rows)
-    df[value] = df[value].astype(float) * 100
-    table = df.pivot_table(index=["condition", "rationale_source", "student", "seed", "train_set"], columns="test_set",
-                           values=value, aggfunc="mean", sort=False)
-    order = list(dict.fromkeys(df["test_set"]))  # in-distribution first, as step 01 wrote them
-    table = table[[c for c in order if c in table.columns]].round(1)
-    table.columns.name = f"{value} (%) on test set"
-    return table
-
-
-def faithfulness_table(rows: Sequence[ItemResult]) -> Any:
-    """Answer-change rate per run when the rationale is perturbed or counterfactual, with the items measured."""
-    df = items_frame(rows)
-    out = []
-    for run, g in df.groupby("run", sort=False):
-        row = {"run": run, "condition": g["condition"].iloc[0]}
-        for col, label in (("faithfulness_perturbed", "perturbed"), ("faithfulness_counterfactual", "counterfactual")):
-            vals = g[col].dropna().astype(float)
-            row[f"n_{label}"] = len(vals)
-            row[f"answer_change_{label}"] = float(vals.mean()) if len(vals) else math.nan
-        cf = g["faithfulness_cf_follows"].dropna().astype(float)
-        row["follows_counterfactual"] = float(cf.mean()) if len(cf) else math.nan
-        out.append(row)
-    import pandas as pd
-
-    return pd.DataFrame(out)
-
-
-def metric_correlations(rows: Sequence[ItemResult], ratings: Sequence[Any]) -> Any:
-    """Spearman correlation of CEC (and its parts), BLEU, ROUGE-L and BERTScore with each rating dimension."""
-    from lib.metrics import metric_rating_correlations
-    from lib.ratings import ratings_frame
-
-    return metric_rating_correlations(items_frame(rows), ratings_frame(ratings))
-
-
-def write_summary(out: Path, rows: Sequence[ItemResult], ratings: Sequence[Any]) -> Path:
-    """summary.json: accuracy per run and test set, the OOD matrices, faithfulness and the judge's failures."""
-    from lib.files import write_json
-
-    matrix = ood_matrix(rows)
-    summary = {
-        "runs": sorted({r.run for r in rows}),
-        "test_sets": list(dict.fromkeys(r.test_set for r in rows)),
-        "ood_matrix": [{**dict(zip(matrix.index.names, idx)), **{k: _num(v) for k, v in vals.items()}}
-                       for idx, vals in zip(matrix.index, matrix.to_dict("records"))],
-        "faithfulness": [{k: _num(v) for k, v in r.items()} for r in faithfulness_table(rows).to_dict("records")],
-        "ratings": {"n": len(ratings), "failed": sum(getattr(r, "failure", None) is not None for r in ratings)},
-    }
-    return write_json(out / "summary.json", summary)
-
-
-def _num(v: Any) -> Any:
-    """A JSON-safe scalar: NaN becomes None, numpy numbers become Python numbers."""
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v.item() if hasattr(v, "item") else v

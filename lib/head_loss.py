@@ -13,7 +13,9 @@ hidden states, (softmax - onehot) W, is accumulated in the same pass and kept (t
 small); backward only scales it. Memory is one block of logits instead of all of them.
 
 It is used where it is exact and faster: a bias-free `nn.Linear` head with a float32 weight on the
-CPU that needs no gradient (LoRA and QLoRA students; scoring under `torch.no_grad`). Elsewhere
+CPU that needs no gradient (LoRA and QLoRA students; scoring under `torch.no_grad`). Under a bf16
+`torch.autocast` (run.precision, lib.precision) its two matrix products take bf16 operands, as autocast
+would, while the online softmax and the sums stay in float32. Elsewhere
 (full fine-tuning, where the head's own weight needs a gradient; GPUs) the plain form is used.
 
 Generation needs the head's full logits, but for a few rows at a time (one per sequence in the batch
@@ -41,7 +43,8 @@ def target_nll(hidden: torch.Tensor, head: Any, labels: torch.Tensor, softcap: f
     """Per-token -log p(labels | hidden) under the LM head `head` (hidden: (n, d), labels: (n,)), optionally softcapped."""
     weight = getattr(head, "weight", None)
     if _fusable(hidden, head, weight):
-        return _HeadNLL.apply(hidden, weight, labels, softcap, rows)
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return _HeadNLL.apply(hidden.float(), weight, labels, softcap, rows, bf16)
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -52,7 +55,8 @@ def _fusable(hidden: torch.Tensor, head: Any, weight: Any) -> bool:
     """Whether the blockwise path computes exactly what `head` would: a plain float32 CPU Linear needing no gradient."""
     return (type(head) is torch.nn.Linear and head.bias is None
             and not (weight.requires_grad and torch.is_grad_enabled())
-            and hidden.device.type == "cpu" and hidden.dtype == weight.dtype == torch.float32)
+            and hidden.device.type == "cpu" and weight.dtype == torch.float32
+            and hidden.dtype in (torch.float32, torch.bfloat16))
 
 
 class _HeadNLL(torch.autograd.Function):
@@ -66,8 +70,9 @@ class _HeadNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                softcap: float | None, rows: int) -> torch.Tensor:
+                softcap: float | None, rows: int, bf16: bool = False) -> torch.Tensor:
         need_grad = ctx.needs_input_grad[0]
+        operand = _bf16_copy(weight) if bf16 else weight
         nll = hidden.new_empty(hidden.shape[0])
         grad = hidden.new_empty(hidden.shape) if need_grad else None
         for lo in range(0, hidden.shape[0], rows):
@@ -76,9 +81,13 @@ class _HeadNLL(torch.autograd.Function):
             total = h.new_zeros(len(y))
             acc = h.new_zeros(h.shape) if need_grad else None
             buffer = h.new_empty(VOCAB_BLOCK, len(y))
+            h_op = h.to(torch.bfloat16) if bf16 else h
             for v in range(0, weight.shape[0], VOCAB_BLOCK):
-                w = weight[v:v + VOCAB_BLOCK]
-                z = torch.mm(w, h.t(), out=buffer[:len(w)])  # (block, rows): measured faster on CPU than h @ w.T
+                w = operand[v:v + VOCAB_BLOCK]
+                if bf16:
+                    z = torch.mm(w, h_op.t()).float()
+                else:  # (block, rows): measured faster on CPU than h @ w.T
+                    z = torch.mm(w, h.t(), out=buffer[:len(w)])
                 if softcap:
                     z.div_(softcap).tanh_().mul_(softcap)
                 new_top = torch.maximum(top, z.amax(0))
@@ -87,7 +96,12 @@ class _HeadNLL(torch.autograd.Function):
                 z.sub_(new_top).exp_()
                 total.mul_(rescale).add_(z.sum(0))
                 if need_grad:
-                    acc.mul_(rescale[:, None]).addmm_((z if slope is None else z.mul_(slope)).t(), w)
+                    scaled = (z if slope is None else z.mul_(slope)).t()
+                    acc.mul_(rescale[:, None])
+                    if bf16:
+                        acc.add_(torch.mm(scaled.to(torch.bfloat16), w).float())
+                    else:
+                        acc.addmm_(scaled, w)
                 top = new_top
             picked = (weight[y] * h).sum(1)
             if softcap:
@@ -102,7 +116,19 @@ class _HeadNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_nll: torch.Tensor) -> tuple:
         (grad,) = ctx.saved_tensors
-        return grad * grad_nll[:, None], None, None, None, None
+        return grad * grad_nll[:, None], None, None, None, None, None
+
+
+_BF16_COPY: dict[tuple[int, int], torch.Tensor] = {}  # the frozen head weight in bf16, keyed by storage and version
+
+
+def _bf16_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A bf16 copy of a frozen head weight, made once per weight version (not again at every step)."""
+    key = (weight.data_ptr(), weight._version)
+    if key not in _BF16_COPY:
+        _BF16_COPY.clear()  # one head at a time: the copy of Gemma's is 335 MB
+        _BF16_COPY[key] = weight.detach().to(torch.bfloat16)
+    return _BF16_COPY[key]
 
 
 class _VocabularyMajorLinear(torch.nn.Linear):

@@ -135,7 +135,7 @@ def _tiny_gemma(target: Path) -> Path:
     if (target / "config.json").exists():
         return target
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import decoders, models, pre_tokenizers, Tokenizer, trainers
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
     cfg = _tiny_gemma_config_dict()
@@ -292,9 +292,9 @@ def _tiny_minilm(target: Path) -> Path:
     if (target / "modules.json").exists():
         return target
     import torch
-    from sentence_transformers import SentenceTransformer, models
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from sentence_transformers import models, SentenceTransformer
     from tokenizers import models as tok_models
+    from tokenizers import normalizers, pre_tokenizers, Tokenizer, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     wp = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))

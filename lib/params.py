@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator, ValidationError, ValidationInfo
 
-from lib.questions import MC_FORMATS
 from lib.conditions import CONDITIONS
 from lib.files import PROJECT_ROOT, resolve_path
+from lib.questions import MC_FORMATS
+
 
 class ParamsError(ValueError):
     """A params file or override that cannot be used; the message says where and what to do."""
@@ -31,6 +32,9 @@ class RunParams(_Section):
     name: str = "quickstart"  # folder name under outputs/
     seed: int = 0  # seeds data splits, sampling and training
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    # number format of training, scoring, embedding and decoding: fp32, bf16, or auto = bf16 for each operation where
+    # the device computes bf16 natively and it measured faster (CUDA; CPUs with AVX512-BF16 or AMX), fp32 elsewhere
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class DataSource(_Section):

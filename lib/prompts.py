@@ -7,8 +7,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from lib.questions import ClaimEvidence, format_question, MCQuestion, option_letters
 from lib.files import sha256_text
+from lib.questions import ClaimEvidence, format_question, MCQuestion, option_letters
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib.files import read_text
+from lib.files import atomic_write_text, read_jsonl, read_text, write_jsonl
+from lib.prompts import load_template
 from lib.questions import format_question, MCQuestion, option_letters
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ class Rating:
 
 def judge_prompt(q: MCQuestion, prediction: int | None, explanation: str) -> str:
     """The judge prompt for one explanation of the student's chosen answer."""
-    from lib.prompts import load_template
-
     if prediction is None or not 0 <= prediction < len(q.choices):
         answer = "(no answer given)"
     else:
@@ -108,8 +107,6 @@ def judge_ratings(items: Sequence[Any], questions: dict[str, MCQuestion], teache
 
     `items` are ItemResult rows; rows without a rationale are not judged. One batched call for all.
     """
-    from lib.prompts import load_template
-
     chosen, per_run = [], {}
     for it in items:
         if it.rationale.strip() and it.item_id in questions and per_run.get(it.run, 0) < max_items:
@@ -168,8 +165,6 @@ def export_sheet(items: Sequence[Any], questions: dict[str, MCQuestion], folder:
     Up to `n_items` explanations (items with a rationale), shuffled with `seed` and stripped of run and
     condition, so raters cannot tell which student wrote which. The key file maps sheet rows back.
     """
-    from lib.files import atomic_write_text
-
     pool = [it for it in items if it.rationale.strip() and it.item_id in questions]
     chosen = random.Random(seed).sample(pool, min(n_items, len(pool)))
     rows, key = [], []
@@ -305,16 +300,12 @@ def import_sheet(sheet: str | Path, key: str | Path, rater: str | None = None) -
 
 def read_ratings(path: str | Path) -> list[Rating]:
     """Rows of a ratings file (judge_ratings.jsonl, human_ratings.jsonl)."""
-    from lib.files import read_jsonl
-
     names = {f.name for f in dataclasses.fields(Rating)}
     return [Rating(**{k: v for k, v in r.items() if k in names}) for r in read_jsonl(path)]
 
 
 def add_ratings(path: str | Path, new: Sequence[Rating]) -> Path:
     """Append ratings (e.g. an imported human sheet) to a ratings file; a (run, item, rater) already there is an error."""
-    from lib.files import write_jsonl
-
     path = Path(path)
     old = read_ratings(path) if path.exists() else []
     have = {(r.run, r.item_id, r.rater) for r in old}

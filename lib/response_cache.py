@@ -102,6 +102,7 @@ class ResponseCache:
             return [json.loads(r) for (r,) in self._db.execute("SELECT request FROM responses ORDER BY created")]
 
     def __len__(self) -> int:
+        """How many responses are stored."""
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 

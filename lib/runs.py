@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ STEPS = ("01_data", "02_teacher", "03_counterfactuals", "04_training", "05_evalu
 # Steps whose folder keeps costly work between executions, and what decides its reuse. Every other step's
 # folder is emptied when the step opens, so nothing an earlier configuration wrote can be read as new.
 KEEPS_ITS_FOLDER = {"04_training": "trained runs, reused only when done.json matches config, code and weights"}
+PROGRESS_LOG = "progress.log"  # <run>/progress.log: one timestamped line per milestone of a long step (`tail -f` it)
 
 
 class MissingArtifact(FileNotFoundError):
@@ -47,6 +49,10 @@ class StepContext:
             )
         return path
 
+    def progress(self, text: str) -> None:
+        """Append one line to the run's progress log: what a long step has done so far."""
+        note_progress(self.run_dir, self.step, text)
+
 
 def open_step(step: str, params: dict, params_file: str, run_dir: str, force: bool = False) -> StepContext:
     """Validate a notebook's parameters and prepare its run folder, logging and seeds."""
@@ -66,6 +72,13 @@ def open_step(step: str, params: dict, params_file: str, run_dir: str, force: bo
         empty_folder(ctx.run_dir / step)
     ctx.out  # noqa: B018 - creates the folder
     return ctx
+
+
+def note_progress(run_dir: Path, step: str, text: str) -> None:
+    """Append `<time> <step> <text>` to <run>/progress.log (a log, not an artifact: appended, never rewritten)."""
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    with open(Path(run_dir) / PROGRESS_LOG, "a", encoding="utf-8") as fh:
+        fh.write(f"{stamp} {step} {text}\n")
 
 
 def empty_folder(folder: Path) -> None:

@@ -1,37 +1,24 @@
 """Statistics over per-item results: cluster-bootstrap CIs, Tukey-Kramer, ANOVA, Kruskal-Wallis/Dunn, McNemar, OLS.
 
-Input everywhere is the per-item table of step 05 (`items`): one row per (run, test item) with
-columns run, condition, student, seed, test_set, item_id, correct (0/1), cec (may be NaN) and
-rationale_len. A run is one condition x student x training seed, so every test item appears once per
-seed: the seeds of an item are not independent observations. The unit of every test is therefore the
-test item: intervals resample items with all their seeds (a cluster bootstrap), Tukey-Kramer, ANOVA,
-Kruskal-Wallis, the correlations and the regressions use per-item means over seeds (`over_seeds`), the
-regressions cluster their standard errors by item, and McNemar pairs items within one seed and
-Holm-corrects its p values. `analyse` runs every analysis of a run and returns `Section`s (a table, plain
-sentences and notes on what could not be tested). scipy and statsmodels are imported inside the
-functions that use them, so importing this module stays light.
-
-Two rows frame the conditions: BASE (the untrained student) is a condition like any other; TEACHER (the
-teacher's own answers to the in-distribution questions) takes part in the accuracy table and in McNemar
-against every condition, but not in the tests between training conditions (Tukey-Kramer, ANOVA,
-Kruskal-Wallis, OLS). When the students were trained on both unrevised and critique-revised teacher
-rationales (`rationale_source`), each condition is compared per source ("MT:revised"), a two-way ANOVA
-condition x revision is fitted, and the regressions get condition, revision and their interaction.
+Input everywhere is a per-item table like step 05's (`items`): one row per (run, test item) with columns run,
+condition, student, seed, test_set, item_id, correct (0/1), cec (may be NaN) and rationale_len. A run is one
+condition x student x training seed, so every test item appears once per seed: the seeds of an item are not
+independent observations. The unit of every test is therefore the test item: intervals resample items with all
+their seeds (a cluster bootstrap), Tukey-Kramer, ANOVA, Kruskal-Wallis, the correlations and the regressions use
+per-item means over seeds (`over_seeds`), the regressions cluster their standard errors by item, and McNemar pairs
+items within one seed and Holm-corrects its p values. Each function takes tables and returns a table or numbers; a
+test the data cannot support raises TooFewObservations, saying why. lib.findings puts the results into words.
+scipy and statsmodels are imported inside the functions that use them, so importing this module stays light.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from lib.conditions import TEACHER
-from lib.evaluation import causal_table
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +27,7 @@ class TooFewObservations(ValueError):
     """The data cannot support the requested test (too few groups, items or too little variation)."""
 
 
-def _require_columns(items: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(items: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     """Raise when `items` lacks a column the analysis needs."""
     missing = [c for c in columns if c not in items.columns]
     if missing:
@@ -50,19 +37,19 @@ def _require_columns(items: pd.DataFrame, columns: Sequence[str], what: str) -> 
         )
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     """'1 item', '3 items'."""
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _group_counts(counts: pd.Series) -> str:
     """'CF: 5 items, MT: 1 item' for a Series of counts indexed by group."""
-    return ", ".join(f"{g}: {_plural(int(n), 'item')}" for g, n in counts.items())
+    return ", ".join(f"{g}: {plural(int(n), 'item')}" for g, n in counts.items())
 
 
 def _clean(items: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
     """The rows of `items` where all `columns` are present, logging how many were dropped."""
-    _require_columns(items, columns, what)
+    require_columns(items, columns, what)
     data = items.dropna(subset=list(columns))
     if len(data) < len(items):
         log.info("%s: dropped %d of %d rows with a missing %s", what, len(items) - len(data), len(items),
@@ -70,21 +57,18 @@ def _clean(items: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFra
     return data
 
 
+def has_values(items: pd.DataFrame, column: str) -> bool:
+    """True when `column` exists and has at least one non-missing value."""
+    return column in items.columns and items[column].notna().any()
+
+
 # one test item of one condition x rationale source x student
 UNIT_KEYS = ("test_set", "student", "student_size", "condition", "rationale_source", "item_id")
-SOURCE = "rationale_source"  # the revision factor: "unrevised" or "revised" teacher rationales
-UNREVISED = "unrevised"  # its reference level
 
 
 def n_seeds(data: pd.DataFrame) -> int:
     """The number of training seeds in a table (1 without a seed column)."""
     return int(data["seed"].nunique()) if "seed" in data.columns and len(data) else 1
-
-
-def unit_text(data: pd.DataFrame, what: str = "test item") -> str:
-    """'test item (mean over 3 seeds)', or 'test item (one seed)': the unit of a test, for the report."""
-    n = n_seeds(data)
-    return f"{what} (mean over {n} seeds)" if n > 1 else f"{what} (one seed)"
 
 
 def over_seeds(data: pd.DataFrame, values: Sequence[str], keys: Sequence[str] = UNIT_KEYS) -> pd.DataFrame:
@@ -93,57 +77,6 @@ def over_seeds(data: pd.DataFrame, values: Sequence[str], keys: Sequence[str] = 
     keys = [k for k in keys if k in data.columns]
     numeric = data[keys].assign(**{v: pd.to_numeric(data[v], errors="coerce") for v in values})
     return numeric.groupby(keys, sort=True, dropna=False)[list(values)].mean().reset_index()
-
-
-def has_revision(data: pd.DataFrame) -> bool:
-    """True when the table holds students trained on unrevised and on revised teacher rationales."""
-    return SOURCE in data.columns and data[SOURCE].nunique() > 1
-
-
-def with_arms(data: pd.DataFrame) -> pd.DataFrame:
-    """`data` with each condition trained on both rationale sources named with its source ("MT:revised"), so that no
-    comparison pools a condition's two sources; a condition with one source (BASE, FT, TEACHER) keeps its name."""
-    if not has_revision(data):
-        return data
-    several = data.groupby("condition")[SOURCE].transform("nunique") > 1
-    named = data["condition"].astype(str) + ":" + data[SOURCE].astype(str)
-    return data.assign(condition=data["condition"].where(~several, named))
-
-
-def compared_conditions(data: pd.DataFrame) -> pd.DataFrame:
-    """The rows that the tests between training conditions compare: without TEACHER (not a training condition),
-    each condition named with its rationale source when there are two (`with_arms`)."""
-    return with_arms(data[data["condition"] != TEACHER])
-
-
-def crossed(data: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The rows of the conditions trained on every rationale source present (the condition x revision design), and
-    the conditions left out (one source only: BASE, FT, CFD)."""
-    sources = data.groupby("condition")[SOURCE].nunique()
-    full = set(sources.index[sources == data[SOURCE].nunique()])
-    return data[data["condition"].isin(full)], sorted(set(data["condition"].astype(str)) - set(map(str, full)))
-
-
-def _teacher_left_out(data: pd.DataFrame) -> str:
-    """A sentence for a test between training conditions, when the table holds TEACHER rows that it leaves out."""
-    if not (data["condition"] == TEACHER).any():
-        return ""
-    return (" TEACHER (the teacher's own answers) is left out, as it is not a training condition; the accuracy "
-            "table and McNemar compare it with every condition.")
-
-
-def _revision_notes(data: pd.DataFrame, left_out: Sequence[str] = ()) -> list[str]:
-    """Notes on the revision factor: one level only (no revision term), or the conditions left out of its design."""
-    if SOURCE not in data.columns:
-        return []
-    if not has_revision(data):
-        levels = ", ".join(sorted(data[SOURCE].dropna().astype(str).unique())) or "none"
-        return [f"rationale_source has one level only ({levels}): every student was trained on one kind of teacher "
-                "rationale, so there is no revision factor; train on unrevised and revised rationales to test it."]
-    if left_out:
-        return [f"conditions with one rationale source only (no teacher rationale in their training, or none at all), "
-                f"left out of the condition x revision design: {', '.join(left_out)}."]
-    return []
 
 
 def item_clusters(data: pd.DataFrame) -> pd.Series:
@@ -208,7 +141,7 @@ def accuracy_table(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_
     """One row per group: n (rows), n_items, n_seeds, accuracy, its 95% cluster-bootstrap CI over test items
     (ci_low, ci_high) and mean CEC."""
     by = list(by)
-    _require_columns(items, [*by, "correct"], "accuracy_table")
+    require_columns(items, [*by, "correct"], "accuracy_table")
     if items.empty:
         raise TooFewObservations("accuracy_table got an empty table; evaluate at least one item first (step 05)")
     table = mean_table(items, "correct", by, n_boot, seed).rename(columns={"mean": "accuracy"})
@@ -216,6 +149,14 @@ def accuracy_table(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_
         cec = items.assign(cec=pd.to_numeric(items["cec"], errors="coerce")).groupby(by, sort=True)["cec"].mean()
         return table.merge(cec.rename("cec").reset_index(), on=by, how="left")
     return table.assign(cec=np.nan)
+
+
+def cec_intervals(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_set"), n_boot: int = 1000,
+                  seed: int = 0) -> pd.DataFrame:
+    """Per group: items with a CEC (n_cec) and the cluster-bootstrap 95% interval of mean CEC over test items."""
+    table = mean_table(items, "cec", by, n_boot, seed)
+    return table[[*by, "n", "ci_low", "ci_high"]].rename(
+        columns={"n": "n_cec", "ci_low": "cec_ci_low", "ci_high": "cec_ci_high"})
 
 
 def tukey_kramer(items: pd.DataFrame, value: str = "correct", group: str = "condition",
@@ -255,28 +196,9 @@ def tukey_kramer(items: pd.DataFrame, value: str = "correct", group: str = "cond
     return out
 
 
-def _format_p(p: float) -> str:
+def format_p(p: float) -> str:
     """'p = 0.003', or 'p < 0.001' for very small p."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def describe_tukey(df: pd.DataFrame) -> list[str]:
-    """One plain sentence per pair of a `tukey_kramer` table, e.g. "MT beats CF by 4.1 points (p = 0.003)."
-
-    Differences of `correct` (the default) read as accuracy points (x100); other values keep their scale.
-    """
-    as_points = df.attrs.get("value", "correct") == "correct"
-    sentences = []
-    for row in df.itertuples(index=False):
-        diff = float(row.meandiff)
-        winner, loser = (row.group2, row.group1) if diff >= 0 else (row.group1, row.group2)
-        size = f"{abs(diff) * 100:.1f} points" if as_points else f"{abs(diff):.3f}"
-        if row.reject:
-            sentences.append(f"{winner} beats {loser} by {size} ({_format_p(row.p_adj)}).")
-        else:
-            sentences.append(f"{winner} vs {loser}: no significant difference ({winner} ahead by {size}, "
-                             f"{_format_p(row.p_adj)}).")
-    return sentences
 
 
 def _stars(p: float) -> str:
@@ -335,7 +257,7 @@ def ols_regression(items: pd.DataFrame, outcome: str = "correct", covariates: Se
     n_params = model.exog.shape[1]
     if len(frame) <= n_params:
         raise TooFewObservations(
-            f"the regression estimates {n_params} coefficients but has only {_plural(len(frame), 'row')}; "
+            f"the regression estimates {n_params} coefficients but has only {plural(len(frame), 'row')}; "
             "it needs more rows than coefficients. Evaluate more items or drop covariates."
         )
     if np.linalg.matrix_rank(model.exog) < n_params:
@@ -416,52 +338,6 @@ def _check_variation(frame: pd.DataFrame, outcome: str, covariates: Sequence[str
         raise TooFewObservations(f"covariate(s) {', '.join(flat)} do not vary across rows; drop them from covariates")
 
 
-# --- bootstrap, per-subset Tukey, two-way ANOVA, assumption checks, Kruskal-Wallis + Dunn, McNemar -------------
-
-def cec_intervals(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_set"), n_boot: int = 1000,
-                  seed: int = 0) -> pd.DataFrame:
-    """Per group: items with a CEC (n_cec) and the cluster-bootstrap 95% interval of mean CEC over test items."""
-    table = mean_table(items, "cec", by, n_boot, seed)
-    return table[[*by, "n", "ci_low", "ci_high"]].rename(
-        columns={"n": "n_cec", "ci_low": "cec_ci_low", "ci_high": "cec_ci_high"})
-
-
-def tukey_by(items: pd.DataFrame, value: str = "correct", by: Sequence[str] = ("test_set", "student"),
-             group: str = "condition", alpha: float = 0.05) -> tuple[pd.DataFrame, list[str]]:
-    """Tukey-Kramer within each subset of `by` (e.g. per test set and student); also the notes of skipped subsets."""
-    by = [b for b in by if b in items.columns]
-    tables, notes = [], []
-    for key, grp in (items.groupby(by, sort=True) if by else [((), items)]):
-        key = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(f"{b} {k}" for b, k in zip(by, key)) or "all items"
-        if grp[value].isna().all():
-            notes.append(f"{label}: no item has a value for {value}")
-            continue
-        try:
-            table = tukey_kramer(grp, value=value, group=group, alpha=alpha)
-        except TooFewObservations as exc:
-            notes.append(f"{label}: {exc}")
-            continue
-        for b, k in reversed(list(zip(by, key))):
-            table.insert(0, b, k)
-        tables.append(table)
-    out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    out.attrs.update(value=value, group=group, alpha=alpha, by=by)
-    return out, notes
-
-
-def describe_tukey_by(table: pd.DataFrame) -> list[str]:
-    """describe_tukey's sentences, each prefixed by its subset (e.g. "[csqa, gpt2] MT beats CF by ...")."""
-    by = table.attrs.get("by", [])
-    sentences = []
-    for _, row in table.iterrows():
-        one = pd.DataFrame([row]).reset_index(drop=True)
-        one.attrs.update(table.attrs)
-        prefix = "[" + ", ".join(str(row[b]) for b in by) + "] " if by else ""
-        sentences += [prefix + s for s in describe_tukey(one)]
-    return sentences
-
-
 def assumption_checks(data: pd.DataFrame, value: str, groups: Sequence[str], alpha: float = 0.05) -> dict:
     """Levene (equal variances across cells) and Shapiro-Wilk (normal residuals): p values and plain notes."""
     from scipy.stats import levene, shapiro
@@ -482,10 +358,10 @@ def assumption_checks(data: pd.DataFrame, value: str, groups: Sequence[str], alp
         out["ok"] = False
     if np.isfinite(out["levene_p"]) and out["levene_p"] < alpha:
         out["ok"] = False
-        out["notes"].append(f"Levene's test rejects equal variances ({_format_p(out['levene_p'])})")
+        out["notes"].append(f"Levene's test rejects equal variances ({format_p(out['levene_p'])})")
     if np.isfinite(out["shapiro_p"]) and out["shapiro_p"] < alpha:
         out["ok"] = False
-        out["notes"].append(f"Shapiro-Wilk rejects normal residuals ({_format_p(out['shapiro_p'])})")
+        out["notes"].append(f"Shapiro-Wilk rejects normal residuals ({format_p(out['shapiro_p'])})")
     if not out["ok"]:
         out["notes"].append("the ANOVA's assumptions do not hold, so read the Kruskal-Wallis / Dunn results instead")
     return out
@@ -515,7 +391,7 @@ def two_way_anova(data: pd.DataFrame, value: str = "correct", a: str = "conditio
     n_cells = cells.ngroups
     if len(frame) <= n_cells:
         raise TooFewObservations(f"the two-way ANOVA estimates {n_cells} cell means from only "
-                                 f"{_plural(len(frame), 'row')}; it needs more rows than cells. Evaluate more items.")
+                                 f"{plural(len(frame), 'row')}; it needs more rows than cells. Evaluate more items.")
     if np.allclose(cells.transform("mean").to_numpy(), frame["y"].to_numpy()):
         raise TooFewObservations(f"every {a} x {b} cell has a constant {value}, so there is no within-cell variance "
                                  "to test against. Evaluate more items.")
@@ -531,16 +407,6 @@ def two_way_anova(data: pd.DataFrame, value: str = "correct", a: str = "conditio
     if not full:
         out.attrs["notes"].insert(0, f"some {a} x {b} cells are empty, so the interaction is not estimated")
     return out
-
-
-def describe_anova(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """One sentence per effect of a two_way_anova table, e.g. "condition: F(3, 40) = 5.10, p = 0.004 (significant)."""
-    resid_df = float(table.loc[table["source"] == "residual", "df"].iloc[0])
-    sentences = []
-    for row in table[table["source"] != "residual"].itertuples(index=False):
-        verdict = "significant" if row.p < alpha else "not significant"
-        sentences.append(f"{row.source}: F({row.df:g}, {resid_df:g}) = {row.F:.2f}, {_format_p(row.p)} ({verdict}).")
-    return sentences
 
 
 def kruskal_dunn(items: pd.DataFrame, value: str = "correct", group: str = "condition",
@@ -636,586 +502,13 @@ def holm_within(table: pd.DataFrame, family: Sequence[str]) -> pd.Series:
     return adjusted
 
 
-def describe_mcnemar(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """One sentence per McNemar pair: who got more of the shared items right, and whether that is significant
-    after the Holm correction (the raw p is given beside the adjusted one)."""
-    within = table.attrs.get("within", [])
-    sentences = []
-    for _, row in table.iterrows():
-        prefix = "[" + ", ".join(str(row[w]) for w in within) + "] " if within else ""
-        if row["n_pairs"] == 0:
-            sentences.append(f"{prefix}{row['group1']} vs {row['group2']}: no shared items to pair.")
-            continue
-        diff = (row["only1"] - row["only2"]) / row["n_pairs"] * 100
-        winner, loser = (row["group1"], row["group2"]) if diff >= 0 else (row["group2"], row["group1"])
-        what = (f"on {_plural(int(row['n_pairs']), 'shared item')}, {winner} is right where {loser} is wrong "
-                f"{max(row['only1'], row['only2'])} times and the reverse {min(row['only1'], row['only2'])} times")
-        ps = f"McNemar {_format_p(row['p'])}, Holm-adjusted {_format_p(row['p_holm'])}"
-        if row["only1"] + row["only2"] == 0:
-            sentences.append(f"{prefix}{row['group1']} vs {row['group2']}: the two agree on all "
-                             f"{_plural(int(row['n_pairs']), 'shared item')} (no discordant pairs, nothing to test).")
-        elif row["p_holm"] < alpha:
-            sentences.append(f"{prefix}{winner} beats {loser} by {abs(diff):.1f} points ({what}; {ps}).")
-        else:
-            sentences.append(f"{prefix}{winner} vs {loser}: no significant difference ({what}; {ps}).")
-    return sentences
-
-
-# --- one run's analysis: inputs, sections, files ------------------------------------------------------------
-
-RATING_DIMENSIONS = ("completeness", "contrastiveness", "soundness")  # Likert scores; "justification" is free text
-TEXT_METRICS = ("bleu", "rouge_l", "bertscore")
-FAITHFULNESS = {  # column of items.jsonl: what a 1 means, for the report's sentences
-    "faithfulness_perturbed": "answer changed with a perturbed rationale",
-    "faithfulness_counterfactual": "answer changed with a counterfactual rationale",
-    "faithfulness_cf_follows": "answer followed the counterfactual rationale to its option",
-}
-RATING_UNIT = "one rater's rating of a test item's explanation"
-ITEM_COLUMNS = ("run", "condition", SOURCE, "student", "seed", "test_set", "item_id", "correct", "rationale_len", "cec")
-NUMERIC_COLUMNS = ("correct", "rationale_len", "cec", "cec_fc", "cec_bf", *TEXT_METRICS, "loglik_correct",
-                   "loglik_norm_correct", *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
-# log-likelihood answers (item column -> accuracy column): per character first, the headline (lm-eval's acc_norm);
-# the summed pick (acc) still favours the first option of a weak model
-LOGLIK_ACCURACIES = {"loglik_norm_correct": "loglik_norm_accuracy", "loglik_correct": "loglik_accuracy"}
-
-
-@dataclasses.dataclass
-class RunTables:
-    """The tables of a run folder that the statistics read; an input a run lacks is None."""
-
-    items: pd.DataFrame  # 05_evaluation/items.jsonl, with student_size joined from 04_training/runs.jsonl
-    runs: pd.DataFrame | None  # 04_training/runs.jsonl
-    ratings: pd.DataFrame | None  # the judge's and human ratings joined to items (condition, rationale_len)
-    losses: pd.DataFrame | None  # 04_training/<run>/losses.jsonl, all runs
-    acceptance: dict | None  # 03_counterfactuals/acceptance.json
-    causal: pd.DataFrame | None = None  # 05_evaluation/causal_items.jsonl (CAUSAL students' explanations)
-
-
-@dataclasses.dataclass
-class Section:
-    """One analysis of the report: a title, what it means in sentences, its table, and notes on what could not run."""
-
-    key: str  # file stem of its CSV, e.g. "tukey_correct"
-    title: str
-    explanation: str  # what the test asks and its unit, for a reader new to it
-    table: pd.DataFrame | None = None
-    sentences: list[str] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)  # too few observations, absent inputs, failed checks
-
-    @property
-    def ran(self) -> bool:
-        """True when the analysis produced a table."""
-        return self.table is not None and not self.table.empty
-
-    def _repr_html_(self) -> str:
-        """Rendered in a notebook: the sentences, the notes and the table."""
-        from lib.report import section_html
-
-        return section_html(self)
-
-
-def with_student_size(items: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
-    """Add `student_size` (parameters, from 04_training/runs.jsonl joined on run); the student name when unknown."""
-    if runs is not None and {"run", "n_params"} <= set(runs.columns):
-        sizes = runs.drop_duplicates("run").set_index("run")["n_params"]
-        labels = sizes.map(lambda n: _size_label(float(n)) if pd.notna(n) else None)
-        return items.assign(student_size=items["run"].map(labels).fillna(items.get("student", "unknown")).astype(str))
-    return items.assign(student_size=items["student"].astype(str) if "student" in items else "unknown")
-
-
-def _size_label(n: float) -> str:
-    """268466816 -> '268M params', 1.1e9 -> '1.1B params', 98304 -> '98,304 params'."""
-    if n >= 1e9:
-        return f"{n / 1e9:.1f}B params"
-    return f"{n / 1e6:.0f}M params" if n >= 1e6 else f"{n:,.0f} params"
-
-
-def read_table(path: Path) -> pd.DataFrame | None:
-    """A jsonl file as a table; None when it is absent or has no rows (an optional part of the study is off)."""
-    from lib.files import read_jsonl
-
-    rows = read_jsonl(path) if path.exists() else []
-    return pd.DataFrame(rows) if rows else None
-
-
-def load_run_tables(run_dir: str | Path) -> RunTables:
-    """Read what steps 03-05 wrote and the run's human ratings; every input but items.jsonl may be absent or empty.
-
-    Ratings are the judge's (05_evaluation/judge_ratings.jsonl) and the human raters' (human_ratings.jsonl in the
-    run folder, outside every step folder so that no rerun erases them), concatenated.
-    """
-    from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
-    from lib.files import read_json
-
-    run_dir = Path(run_dir)
-    items_path = run_dir / "05_evaluation" / "items.jsonl"
-    if not items_path.exists():
-        raise FileNotFoundError(f"{items_path} is missing: step 05_evaluation makes it; run it first")
-    items = read_table(items_path)
-    items = pd.DataFrame(columns=list(ITEM_COLUMNS)) if items is None else items
-    items = items.assign(**{c: pd.to_numeric(items[c], errors="coerce") for c in NUMERIC_COLUMNS if c in items})
-    runs = read_table(run_dir / "04_training" / "runs.jsonl")
-    items = with_student_size(items, runs)
-    rated = [t for t in (read_table(run_dir / "05_evaluation" / JUDGE_RATINGS), read_table(run_dir / HUMAN_RATINGS))
-             if t is not None]
-    ratings = join_ratings(pd.concat(rated, ignore_index=True), items) if rated else None
-    losses = [t for t in map(read_table, sorted((run_dir / "04_training").glob("*/losses.jsonl"))) if t is not None]
-    acc_path = run_dir / "03_counterfactuals" / "acceptance.json"
-    return RunTables(items=items, runs=runs, ratings=ratings if ratings is not None and len(ratings) else None,
-                     losses=pd.concat(losses, ignore_index=True) if losses else None,
-                     acceptance=read_json(acc_path) if acc_path.exists() else None,
-                     causal=read_table(run_dir / "05_evaluation" / "causal_items.jsonl"))
-
-
-def join_ratings(ratings: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Ratings (run, item_id, rater, dimensions) with the rated item's condition, rationale source, student, test set
-    and rationale_len."""
-    _require_columns(ratings, ["run", "item_id", "rater"], "the ratings (judge_ratings.jsonl, human_ratings.jsonl)")
-    keep = [c for c in ("run", "item_id", "test_set", "condition", SOURCE, "student", "student_size", "rationale_len")
-            if c in items.columns]
-    meta = items[keep].drop_duplicates(["run", "item_id"])
-    ratings = ratings.assign(**{d: pd.to_numeric(ratings[d], errors="coerce") for d in RATING_DIMENSIONS
-                                if d in ratings.columns})  # a failed judge call leaves null scores
-    joined = ratings.drop(columns=[c for c in keep if c not in ("run", "item_id")], errors="ignore").merge(
-        meta, on=["run", "item_id"], how="inner")
-    if len(joined) < len(ratings):
-        log.info("ratings: %d of %d rate no evaluated item of this run and are left out", len(ratings) - len(joined),
-                 len(ratings))
-    return joined
-
-
-def rated_dimensions(ratings: pd.DataFrame | None, dimensions: Sequence[str] = RATING_DIMENSIONS) -> list[str]:
-    """The rating dimensions with at least one numeric score."""
-    if ratings is None:
-        return []
-    return [d for d in dimensions if _has_values(ratings, d) and pd.api.types.is_numeric_dtype(ratings[d])]
-
-
-def ratings_absent_note(ratings: pd.DataFrame | None, dimensions: Sequence[str] = RATING_DIMENSIONS) -> str:
-    """Why there is nothing to analyse in the ratings: none at all, or no usable score (with the failures counted)."""
-    if ratings is None:
-        return ("no ratings in this run: neither the judge's (05_evaluation/judge_ratings.jsonl; evaluation.judge) "
-                "nor human ones (human_ratings.jsonl in the run folder; lib.ratings.add_human_ratings); "
-                "this input is absent.")
-    failed = int(ratings["failure"].fillna("").astype(str).ne("").sum()) if "failure" in ratings else 0
-    why = f" ({failed} of {len(ratings)} ratings failed, e.g. an unparseable judge reply)" if failed else ""
-    return f"the ratings have no usable score for {', '.join(dimensions)}{why}; this input is absent."
-
-
-def _absent(key: str, title: str, explanation: str, note: str) -> Section:
-    """A section whose input is absent from the run."""
-    return Section(key, title, explanation, notes=[note])
-
-
-def _has_values(items: pd.DataFrame, column: str) -> bool:
-    """True when `column` exists and has at least one non-missing value."""
-    return column in items.columns and items[column].notna().any()
-
-
-def _label(row: dict, keys: Sequence[str]) -> str:
-    """'[csqa, gpt2] ' from a row and the keys that name its subset ('' without keys)."""
-    return "[" + ", ".join(str(row[k]) for k in keys) + "] " if keys else ""
-
-
-def _of_items(row: dict) -> str:
-    """'40 items' or '40 items x 3 seeds' for a row of mean_table."""
-    seeds = f" x {int(row['n_seeds'])} seeds" if row["n_seeds"] > 1 else ""
-    return _plural(int(row["n_items"]), "item") + seeds
-
-
-def _ci_text(low: float, high: float) -> str:
-    """'95% CI 40.0-60.0' in percent, or 'no interval'."""
-    return f"95% CI {low * 100:.1f}-{high * 100:.1f}" if np.isfinite(low) else "no interval"
-
-
-def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:
-    """Accuracy (and log-likelihood accuracy) and mean CEC per test set, student and condition (per rationale source
-    when there are two) with 95% intervals; BASE and TEACHER among them."""
-    items = with_arms(tables.items)
-    by = [c for c in ("test_set", "student", "condition") if c in items.columns]
-    section = Section("accuracy", "Accuracy and CEC by condition",
-                      "Share of test items answered correctly, and mean CEC (explanation coherence with the teacher), "
-                      "with 95% confidence intervals from a cluster bootstrap: test items are resampled with all their "
-                      "seeds, so the seeds of one item count as one item, not several. BASE is the untrained student "
-                      "(the floor), TEACHER the teacher's own answers to the in-distribution questions (the ceiling; "
-                      "no CEC, as its rationale is the reference); a condition trained on both unrevised and revised "
-                      "teacher rationales has a row per source (MT:revised). "
-                      f"Unit: {unit_text(items)}.")
-    if items.empty:
-        section.notes.append("no test item was answered (05_evaluation/items.jsonl is empty: a study of CAUSAL "
-                             "students only answers no questions); this input is absent.")
-        return section
-    table = accuracy_table(items, by=by, n_boot=n_boot, seed=seed)
-    if _has_values(items, "cec"):
-        table = table.merge(cec_intervals(items, by=by, n_boot=n_boot, seed=seed), on=by, how="left")
-    for column, name in LOGLIK_ACCURACIES.items():
-        if _has_values(items, column):
-            loglik = mean_table(items, column, by, n_boot, seed)[[*by, "mean", "ci_low", "ci_high"]]
-            table = table.merge(loglik.rename(columns={"mean": name, "ci_low": f"{name}_ci_low",
-                                                       "ci_high": f"{name}_ci_high"}), on=by, how="left")
-    if not any(_has_values(items, c) for c in LOGLIK_ACCURACIES):
-        section.notes.append("no log-likelihood accuracy (evaluation.loglik is off, or every student is "
-                             "encoder-decoder); this input is absent.")
-    section.table = table
-    if n_seeds(items) == 1:
-        section.notes.append("one training seed per condition: differences between conditions also contain the "
-                             "run-to-run randomness of training, which one seed cannot measure.")
-    if "test_set" in items.columns and items["test_set"].nunique() == 1:
-        section.notes.append(f"one test set ({items['test_set'].iloc[0]}): there is no out-of-distribution result "
-                             "(data.ood lists no set); this input is absent.")
-    flat = table[(table["n_items"] >= 2) & (table["ci_low"] == table["ci_high"])]
-    if len(flat):
-        section.notes.append(f"{_plural(len(flat), 'group')} got every item right or every item wrong, so the "
-                             "bootstrap interval collapses to a point; that is too few items to show spread, "
-                             "not certainty.")
-    single = table[table["n_items"] < 2]
-    if len(single):
-        section.notes.append(f"{_plural(len(single), 'group')} with a single item have no confidence interval.")
-    for row in table.to_dict("records"):
-        headline = next((n for n in LOGLIK_ACCURACIES.values() if pd.notna(row.get(n, np.nan))), None)
-        loglik = (f"; log-likelihood accuracy{' per character' if headline == 'loglik_norm_accuracy' else ''} "
-                  f"{row[headline] * 100:.1f}% ({_ci_text(row[f'{headline}_ci_low'], row[f'{headline}_ci_high'])})"
-                  if headline else "")
-        section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}: {row['accuracy'] * 100:.1f}% of "
-                                 f"{_of_items(row)} correct ({_ci_text(row['ci_low'], row['ci_high'])}){loglik}.")
-    return section
-
-
-def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:
-    """How often the answer changes when the student's rationale is replaced, per test set, student and condition."""
-    items = with_arms(tables.items)
-    by = [c for c in ("test_set", "student", "condition") if c in items.columns]
-    section = Section("faithfulness", "Faithfulness: does the answer depend on the rationale?",
-                      "Share of items whose answer changed when the student's own rationale was replaced by a perturbed "
-                      "one or by a counterfactual one (arguing for another option), and how often the answer then "
-                      "followed the counterfactual; an answer that ignores its rationale rarely changes. 95% "
-                      f"confidence intervals from a cluster bootstrap over test items. Unit: {unit_text(items)}.")
-    present = [c for c in FAITHFULNESS if _has_values(items, c)]
-    if not present:
-        section.notes.append("no item has a faithfulness probe (evaluation.faithfulness is off, or every student is "
-                             "encoder-decoder); this input is absent.")
-        return section
-    section.table = pd.concat([mean_table(items, c, by, n_boot, seed).assign(probe=c) for c in present],
-                              ignore_index=True).rename(columns={"mean": "rate"})
-    for row in section.table.to_dict("records"):
-        section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}, {FAITHFULNESS[row['probe']]}: "
-                                 f"{row['rate'] * 100:.1f}% of {_of_items(row)} "
-                                 f"({_ci_text(row['ci_low'], row['ci_high'])}).")
-    return section
-
-
-def tukey_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Tukey-Kramer HSD between training conditions (per rationale source when there are two) within each test set
-    and student, on per-item means over seeds."""
-    title, expl = (f"Tukey-Kramer HSD on {outcome}",
-                   "Every pair of conditions compared within each test set and student, with the family-wise error "
-                   "held at alpha (Tukey-Kramer handles unequal group sizes); with students trained on unrevised and "
-                   "revised teacher rationales, each condition and source is a group (MT:revised)."
-                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    data = compared_conditions(tables.items)
-    if not _has_values(data, outcome):
-        return _absent(f"tukey_{outcome}", title, expl, f"no item has a value for {outcome}; this input is absent.")
-    table, notes = tukey_by(over_seeds(data, [outcome]), value=outcome, alpha=alpha)
-    return Section(f"tukey_{outcome}", title, expl, table if len(table) else None,
-                   describe_tukey_by(table) if len(table) else [], notes)
-
-
-def anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Two-way ANOVA condition x student size per test set on per-item means over seeds (Levene, Shapiro-Wilk)."""
-    title, expl = (f"Two-way ANOVA on {outcome}: condition x student size",
-                   "Does the condition matter, does the student's size matter, and does the effect of the condition "
-                   "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals. With "
-                   "two rationale sources each condition and source is a level of condition (MT:revised)."
-                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    key = f"anova_{outcome}"
-    data = compared_conditions(tables.items)
-    if not _has_values(data, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    section = Section(key, title, expl)
-    _anova_by(section, over_seeds(data, [outcome]), outcome, ["test_set"], "student_size", alpha)
-    return section
-
-
-def revision_anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Two-way ANOVA condition x revision (rationale_source) per test set and student, on per-item means over seeds,
-    over the conditions trained on both sources."""
-    title, expl = (f"Two-way ANOVA on {outcome}: condition x revision",
-                   "Does the condition matter, does training on critique-revised teacher rationales instead of "
-                   "unrevised ones matter, and does revision help some conditions more than others (seed 001)? Only "
-                   "conditions trained on both kinds of rationale take part (the crossed design). Levene's test "
-                   "checks equal variances and Shapiro-Wilk normal residuals."
-                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    key = f"anova_revision_{outcome}"
-    data = tables.items[tables.items["condition"] != TEACHER]
-    if not _has_values(data, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    section = Section(key, title, expl)
-    if not has_revision(data):
-        section.notes += _revision_notes(data) or [f"the items have no {SOURCE} column, so there is no revision "
-                                                   "factor to test."]
-        return section
-    data, left_out = crossed(data)
-    section.notes += _revision_notes(tables.items, left_out)
-    _anova_by(section, over_seeds(data, [outcome]), outcome, ["test_set", "student"], SOURCE, alpha)
-    return section
-
-
-def _anova_by(section: Section, data: pd.DataFrame, outcome: str, by: Sequence[str], b: str, alpha: float) -> None:
-    """Fit the two-way ANOVA condition x `b` within each subset of `by`; add its sentences, notes and table to
-    `section` (a subset the data cannot support becomes a note)."""
-    parts = []
-    for key, grp in data.groupby(list(by), sort=True):
-        label = ", ".join(map(str, key))
-        where = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in zip(by, key))
-        try:
-            table = two_way_anova(grp, value=outcome, b=b, alpha=alpha)
-        except TooFewObservations as exc:
-            section.notes.append(f"{where}: {exc}")
-            continue
-        section.sentences += [f"[{label}] {s}" for s in describe_anova(table, alpha)]
-        section.notes += [f"{where}: {n}" for n in table.attrs["notes"]]
-        section.sentences.append(f"[{label}] assumption checks: Levene {_p_or_na(table.attrs['levene_p'])}, "
-                                 f"Shapiro-Wilk {_p_or_na(table.attrs['shapiro_p'])}.")
-        table = table.assign(levene_p=table.attrs["levene_p"], shapiro_p=table.attrs["shapiro_p"])
-        for k, v in reversed(list(zip(by, key))):
-            table.insert(0, k, v)
-        parts.append(table)
-    section.table = pd.concat(parts, ignore_index=True) if parts else None
-
-
-def _p_or_na(p: float) -> str:
-    """'p = 0.030', or 'not computable' for NaN."""
-    return _format_p(p) if np.isfinite(p) else "not computable"
-
-
-def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
-    """Kruskal-Wallis and Dunn-Bonferroni per test set and student on per-item means over seeds."""
-    title, expl = (f"Kruskal-Wallis and Dunn-Bonferroni on {outcome} (non-parametric)",
-                   "Compares conditions by ranks, without assuming normal residuals or equal variances; Dunn's "
-                   "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail."
-                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    key = f"kruskal_{outcome}"
-    data = compared_conditions(tables.items)
-    if not _has_values(data, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    section = Section(key, title, expl)
-    parts = []
-    for (test_set, student), grp in over_seeds(data, [outcome]).groupby(["test_set", "student"], sort=True):
-        try:
-            table = kruskal_dunn(grp, value=outcome, alpha=alpha)
-        except TooFewObservations as exc:
-            section.notes.append(f"test set {test_set}, student {student}: {exc}")
-            continue
-        label = f"[{test_set}, {student}]"
-        verdict = "the conditions differ" if table.attrs["kw_p"] < alpha else "no significant difference"
-        section.sentences.append(f"{label} Kruskal-Wallis H = {table.attrs['H']:.2f}, "
-                                 f"{_format_p(table.attrs['kw_p'])}: {verdict}.")
-        for row in table[table["reject"]].itertuples(index=False):
-            better = row.group2 if row.z > 0 else row.group1
-            worse = row.group1 if row.z > 0 else row.group2
-            section.sentences.append(f"{label} Dunn: {better} ranks above {worse} "
-                                     f"(z = {abs(row.z):.2f}, Bonferroni {_format_p(row.p_adj)}).")
-        table.insert(0, "student", student)
-        table.insert(0, "test_set", test_set)
-        parts.append(table.assign(H=table.attrs["H"], kw_p=table.attrs["kw_p"]))
-    section.table = pd.concat(parts, ignore_index=True) if parts else None
-    return section
-
-
-def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
-    """Paired McNemar tests of correctness between conditions on the same test items, Holm-corrected; TEACHER is
-    paired with every condition of every student and seed."""
-    section = Section("mcnemar", "McNemar's test on the same items (paired)",
-                      "For two conditions (same student and seed) answering the same test items, only the items one "
-                      "gets right and the other wrong carry information; McNemar tests whether those split evenly. "
-                      "TEACHER (the teacher's own answers) is paired with every condition of every student and seed "
-                      "on the in-distribution items both answered. "
-                      "The p values are Holm-adjusted over every pair and seed of a test set and student (p_holm), "
-                      "and significance is judged on the adjusted p. Unit: test item, paired within one seed.")
-    try:
-        table = mcnemar_pairs(teacher_beside_students(with_arms(tables.items)))
-    except ValueError as exc:
-        section.notes.append(str(exc))
-        return section
-    if table.empty:
-        section.notes.append("no two conditions answered the same items, so there is nothing to pair.")
-        return section
-    section.table = table
-    section.sentences = describe_mcnemar(table, alpha)
-    few = table[(table["only1"] + table["only2"]) < 6]
-    if len(few):
-        section.notes.append(f"{_plural(len(few), 'pair')} of conditions differ on fewer than 6 items; even a "
-                             "perfect split there cannot reach p < 0.05 with the exact test.")
-    return section
-
-
-def teacher_beside_students(items: pd.DataFrame) -> pd.DataFrame:
-    """The items with TEACHER's rows repeated under the student and seed of every run of the same test set, so that
-    McNemar (which pairs within a test set, student and seed) pairs the teacher with every condition."""
-    teacher, students = items[items["condition"] == TEACHER], items[items["condition"] != TEACHER]
-    if teacher.empty:
-        return items
-    keys = [k for k in ("student", "seed") if k in items.columns]
-    cells = students[["test_set", *keys]].drop_duplicates()
-    return pd.concat([students, teacher.drop(columns=keys).merge(cells, on="test_set")], ignore_index=True)
-
-
-def check_reference(reference: str | None, conditions: Sequence[str] | None) -> None:
-    """Refuse a statistics.reference that is not one of training.conditions, or that answers no test items (CAUSAL)."""
-    if reference is None:
-        return
-    if conditions is not None and reference not in conditions:
-        raise ValueError(f"statistics.reference: {reference!r} is not one of training.conditions "
-                         f"({', '.join(conditions)}); set it to one of them, or to null for the first one listed")
-    if reference == "CAUSAL":
-        raise ValueError("statistics.reference: CAUSAL students answer no test questions, so CAUSAL cannot be the "
-                         "regressions' baseline; choose another condition of training.conditions")
-
-
-def choose_reference(present: Sequence[str], conditions: Sequence[str] | None,
-                     reference: str | None) -> tuple[str, str]:
-    """The regression's reference condition among those `present` (with data), and why it is the one.
-
-    statistics.reference when it has data here; else the first condition listed in training.conditions
-    (`conditions`) that has; else the first alphabetically (when no conditions are given).
-    """
-    present = sorted(set(map(str, present)))
-    if reference in present:
-        return str(reference), "statistics.reference"
-    listed = [c for c in (conditions or []) if c in present]
-    first, how = ((listed[0], "the first condition listed in training.conditions") if listed
-                  else (present[0], "the first condition alphabetically, as no training.conditions were given"))
-    if reference is not None:
-        how = f"statistics.reference {reference} has no data here, so {how} that has"
-    return first, how
-
-
-REVISION_MODEL = ("With students trained on unrevised and on revised teacher rationales the model crosses condition "
-                  "and revision, C(condition) * C(rationale_source) as in seed 001, over the conditions trained on "
-                  "both: the condition dummies (on unrevised rationales), the revised dummy (the revision effect for "
-                  "the reference condition) and their interaction (how much more revision changes a condition than "
-                  "it changes the reference).")
-
-
-def ols_section(tables: RunTables, outcome: str, reference: str | None = None,
-                conditions: Sequence[str] | None = None) -> Section:
-    """OLS of a per-item outcome (mean over seeds) on condition dummies (x revision when there are two rationale
-    sources; student and test-set effects when several), with standard errors clustered by test item."""
-    title, expl = (f"Regression of {outcome} on condition",
-                   "OLS with treatment-coded condition dummies (coefficients are differences from the reference "
-                   "condition) and one fixed effect per student and test set when there are several. Rationale "
-                   "length is left out: the condition itself changes it, so holding it fixed would hide part of the "
-                   f"condition's effect (a post-treatment variable). {REVISION_MODEL} Standard errors are clustered "
-                   f"by test item; * p < 0.05, ** p < 0.01, *** p < 0.001.{_teacher_left_out(tables.items)} "
-                   f"Unit: {unit_text(tables.items)}.")
-    key = f"ols_{outcome}"
-    if not _has_values(tables.items, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    data, revision, notes = _regression_rows(over_seeds(tables.items, [outcome]).dropna(subset=[outcome]))
-    data = data.assign(test_item=item_clusters(data))
-    fixed = [c for c in ("student", "test_set") if c in data and data[c].nunique() > 1]
-    ref, why = choose_reference(data["condition"], conditions, reference)
-    section = Section(key, title, expl, sentences=[f"Reference condition: {ref} ({why})."], notes=notes)
-    try:
-        section.table = ols_regression(data, outcome=outcome, reference=ref, fixed_effects=fixed, cluster="test_item",
-                                       **revision)
-    except TooFewObservations as exc:
-        section.notes.append(str(exc))
-        return section
-    section.sentences += describe_ols(section.table)
-    return section
-
-
-def _regression_rows(data: pd.DataFrame) -> tuple[pd.DataFrame, dict, list[str]]:
-    """The rows a regression on condition uses (no TEACHER; with two rationale sources, the conditions trained on
-    both), the revision arguments of ols_regression ({} without), and the notes on the revision factor."""
-    data = data[data["condition"] != TEACHER]
-    if not has_revision(data):
-        return data, {}, _revision_notes(data)
-    design, left_out = crossed(data)
-    return design, {"factor": SOURCE, "factor_reference": UNREVISED}, _revision_notes(data, left_out)
-
-
-def describe_ols(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """Plain sentences for the condition, revision and interaction terms of an ols_regression table, and its fit."""
-    sentences = []
-    for row in table.itertuples(index=False):
-        what = _term_text(row.term, table.attrs)
-        if what is not None:
-            verdict = "significant" if row.p < alpha else "not significant"
-            sentences.append(f"{what}: {row.coef:+.3f} (SE {row.se:.3f}, {_format_p(row.p)}, {verdict}).")
-    sentences.append(f"R² = {table.attrs.get('r2', float('nan')):.3f} on n = {table.attrs.get('n', '?')}; "
-                     f"model `{table.attrs.get('formula', '')}`; standard errors {table.attrs.get('se_type', '')}.")
-    return sentences
-
-
-def _term_text(term: str, attrs: dict) -> str | None:
-    """How a sentence names a term of ols_regression: 'MT vs FT', 'revised vs unrevised rationales (for FT)',
-    'MT x revised (...)'; None for the intercept, covariates and fixed effects."""
-    ref, factor, base = attrs.get("reference", "the baseline"), attrs.get("factor"), attrs.get("factor_reference")
-    dummy = rf"{re.escape(attrs.get('group', 'condition'))}\[T\.(.+?)\]"
-    if factor:
-        level = rf"{re.escape(factor)}\[T\.(.+)\]"
-        if m := re.fullmatch(f"{dummy}:{level}", term):
-            return f"{m[1]} x {m[2]} (how much more {m[2]} rationales change {m[1]} than {ref})"
-        if m := re.fullmatch(level, term):
-            return f"{m[1]} vs {base} rationales (for {ref})"
-    if m := re.fullmatch(dummy, term):
-        return f"{m[1]} vs {ref}" + (f" (on {base} rationales)" if factor else "")
-    return None
-
-
-def _raters_sentence(ratings: pd.DataFrame) -> str:
-    """'Ratings: 48 by the judge (judge:gpt-4o), 30 by 1 human rater.'"""
-    judge = ratings["rater"].astype(str).str.startswith("judge:")
-    parts = [f"{int(judge.sum())} by the judge ({', '.join(sorted(ratings.loc[judge, 'rater'].unique()))})"] \
-        if judge.any() else []
-    if (~judge).any():
-        parts.append(f"{int((~judge).sum())} by {_plural(ratings.loc[~judge, 'rater'].nunique(), 'human rater')}")
-    return f"Ratings: {', '.join(parts)}."
-
-
-def ratings_sections(tables: RunTables, dimensions: Sequence[str] = RATING_DIMENSIONS, reference: str | None = None,
-                     conditions: Sequence[str] | None = None) -> list[Section]:
-    """OLS of each rating dimension (mean over seeds) on condition dummies (x revision when there are two rationale
-    sources) + rationale length (+ rater fixed effects when several), with standard errors clustered by test item."""
-    expl = ("Ratings (an LLM judge or human raters, Likert scale) regressed on condition dummies and rationale length, "
-            "as in seed 001 (the length is a rater control here: longer explanations may be rated higher for length "
-            "alone), with one fixed effect per rater when there are several (rater severity); standard errors "
-            f"clustered by test item. {REVISION_MODEL} "
-            f"Unit: {unit_text(tables.items, RATING_UNIT)}.")
-    present = rated_dimensions(tables.ratings, dimensions)
-    if not present:
-        return [_absent("ols_ratings", "Regression of ratings on condition", expl,
-                        ratings_absent_note(tables.ratings, dimensions))]
-    ratings = tables.ratings
-    covariates = [c for c in ("rationale_len",) if c in ratings.columns]
-    out = []
-    for dim in present:
-        data, revision, notes = _regression_rows(over_seeds(ratings, [dim, *covariates], keys=(*UNIT_KEYS, "rater"))
-                                                 .dropna(subset=[dim]))
-        data = data.assign(test_item=item_clusters(data))
-        ref, why = choose_reference(data["condition"], conditions, reference)
-        section = Section(f"ols_rating_{dim}", f"Regression of {dim} ratings on condition", expl,
-                          sentences=[_raters_sentence(ratings), f"Reference condition: {ref} ({why})."], notes=notes)
-        fixed = ["rater"] if data["rater"].nunique() > 1 else []
-        try:
-            section.table = ols_regression(data, outcome=dim, covariates=covariates, reference=ref,
-                                           fixed_effects=fixed, cluster="test_item", **revision)
-            section.sentences += describe_ols(section.table)
-        except TooFewObservations as exc:
-            section.notes.append(str(exc))
-        out.append(section)
-    return out
-
-
-def metric_correlations(items: pd.DataFrame, metrics: Sequence[str] = TEXT_METRICS) -> pd.DataFrame:
+def cec_text_metric_correlations(items: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """Spearman correlation of CEC with each explanation metric present (BLEU, ROUGE-L, BERTScore), over items."""
     from scipy.stats import spearmanr
 
     rows = []
     for m in metrics:
-        if not (_has_values(items, m) and _has_values(items, "cec")):
+        if not (has_values(items, m) and has_values(items, "cec")):
             continue
         pair = items[["cec", m]].dropna()
         if len(pair) < 3 or pair["cec"].nunique() < 2 or pair[m].nunique() < 2:
@@ -1224,98 +517,3 @@ def metric_correlations(items: pd.DataFrame, metrics: Sequence[str] = TEXT_METRI
         res = spearmanr(pair["cec"], pair[m])
         rows.append({"metric": m, "n": len(pair), "spearman_rho": float(res.statistic), "p": float(res.pvalue)})
     return pd.DataFrame(rows, columns=["metric", "n", "spearman_rho", "p"])
-
-
-def metrics_section(tables: RunTables) -> Section:
-    """How CEC agrees with BLEU / ROUGE-L / BERTScore on the same explanations (per-item means over seeds)."""
-    section = Section("cec_vs_metrics", "CEC against BLEU, ROUGE-L and BERTScore",
-                      "Spearman rank correlation, over items, between CEC and each surface or embedding metric of the "
-                      "same explanation against the teacher's. "
-                      f"Unit: {unit_text(tables.items, 'test item of one condition and student')}.")
-    present = [m for m in TEXT_METRICS if _has_values(tables.items, m)]
-    if not present:
-        section.notes.append("no item has BLEU, ROUGE-L or BERTScore (evaluation.text_metrics is off); "
-                             "this input is absent.")
-        return section
-    if not _has_values(tables.items, "cec"):
-        section.notes.append("no item has a CEC score, so there is nothing to correlate with; this input is absent.")
-        return section
-    table = metric_correlations(over_seeds(tables.items, ["cec", *present]), present)
-    section.table = table
-    for row in table.itertuples(index=False):
-        if np.isfinite(row.spearman_rho):
-            section.sentences.append(f"CEC vs {row.metric}: Spearman rho = {row.spearman_rho:.2f} "
-                                     f"({_format_p(row.p)}, n = {row.n}).")
-        else:
-            section.notes.append(f"CEC vs {row.metric}: too few items that vary ({row.n}) for a correlation.")
-    return section
-
-
-def causal_section(tables: RunTables) -> Section:
-    """How close the CAUSAL students' explanations of held-out claims come to the teacher's (CEC and text metrics)."""
-    section = Section("causal_explanations", "CAUSAL students: explanations of held-out claims",
-                      "A CAUSAL student reads a claim, one evidence sentence and the label, and explains the cause, "
-                      "mechanism and effect; CEC and the text metrics compare it with the teacher's explanation. "
-                      "Unit: one explanation of a held-out claim, per run (a description, no test).")
-    if tables.causal is None:
-        section.notes.append("no CAUSAL run in this study explained a held-out claim (05_evaluation/causal_items.jsonl "
-                             "is absent or empty: training.conditions has no CAUSAL, or data.claims gives no held-out "
-                             "claims); this input is absent.")
-        return section
-    table = causal_table(tables.causal)
-    section.table = table
-    for row in table.itertuples(index=False):
-        label = f"[{row.student}, seed {row.seed}]"
-        if row.n_scored == 0:
-            section.notes.append(f"{label} none of its {_plural(int(row.n), 'explanation')} has a teacher "
-                                 "explanation to score against (the teacher failed on those pairs).")
-            continue
-        section.sentences.append(f"{label} {_plural(int(row.n_scored), 'explanation')} scored: mean CEC "
-                                 f"{row.cec:.3f} (forward coverage {row.cec_fc:.3f}, backward faithfulness "
-                                 f"{row.cec_bf:.3f}).")
-    return section
-
-
-def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alpha: float = 0.05,
-            n_boot: int = 1000, seed: int = 0, reference: str | None = None,
-            conditions: Sequence[str] | None = None) -> dict[str, Section]:
-    """Every analysis of the report in order, keyed by section key; a test the data cannot support becomes a note.
-
-    `reference` is statistics.reference and `conditions` training.conditions: the regressions' baseline is the
-    reference, or (None) the first condition listed that has data. A reference not among the conditions is refused.
-    """
-    check_reference(reference, conditions)
-    sections = [accuracy_section(tables, n_boot, seed), faithfulness_section(tables, n_boot, seed),
-                mcnemar_section(tables, alpha)]
-    for outcome in outcomes:
-        sections += [tukey_section(tables, outcome, alpha), anova_section(tables, outcome, alpha),
-                     revision_anova_section(tables, outcome, alpha), kruskal_section(tables, outcome, alpha),
-                     ols_section(tables, outcome, reference, conditions)]
-    sections += ratings_sections(tables, reference=reference, conditions=conditions)
-    sections.append(metrics_section(tables))
-    sections.append(causal_section(tables))
-    return {s.key: s for s in sections}
-
-
-def write_analysis(sections: dict[str, Section], out: Path) -> list[str]:
-    """Write <key>.csv for each section with a table (removing a stale one otherwise) and findings.md; returns paths."""
-    from lib.files import atomic_write_text
-
-    paths = [atomic_write_text(Path(out) / f"{k}.csv", s.table.to_csv(index=False)) for k, s in sections.items() if s.ran]
-    for key in [k for k, s in sections.items() if not s.ran]:  # a table from an earlier execution would mislead
-        (Path(out) / f"{key}.csv").unlink(missing_ok=True)
-    paths.append(atomic_write_text(Path(out) / "findings.md", sections_markdown(sections)))
-    return [str(p) for p in paths]
-
-
-def sections_markdown(sections: dict[str, Section]) -> str:
-    """Every section's sentences and notes as markdown."""
-    lines = []
-    for s in sections.values():
-        lines.append(f"### {s.title}\n")
-        lines += [f"- {x}" for x in s.sentences]
-        lines += [f"- Not tested / note: {n}" for n in s.notes]
-        if not s.sentences and not s.notes:
-            lines.append("- (nothing to report)")
-        lines.append("")
-    return "\n".join(lines)

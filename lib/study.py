@@ -23,11 +23,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lib.files import PROJECT_ROOT, resolve_path
+from lib.files import atomic_write_text, PROJECT_ROOT, read_json, resolve_path, sha256_file, sha256_json, write_json
 from lib.params import load_params, ParamsError, StudyParams
+from lib.precision import precision_plan
 from lib.ratings import HUMAN_RATINGS
-from lib.files import atomic_write_text, read_json, sha256_file, sha256_json, write_json
-from lib.runs import STEPS
+from lib.runs import note_progress, PROGRESS_LOG, STEPS
 
 log = logging.getLogger("lib.study")
 
@@ -153,12 +153,23 @@ def artifact_hashes(step_dir: Path) -> dict[str, str]:
             if p.is_file() and not p.name.startswith(".")}
 
 
+def precision_used(params: StudyParams) -> dict[str, str]:
+    """The number format of each operation on this machine (run.precision resolved on run.device, lib.precision)."""
+    from lib.models import pick_device
+
+    return precision_plan(params.run.precision, pick_device(params.run.device))
+
+
 def fingerprint(step: str, params: StudyParams, run_dir: Path, code: str, inputs: dict[str, str]) -> str:
-    """What a step's result depends on, hashed: equal fingerprints mean the step can be skipped."""
+    """What a step's result depends on, hashed: equal fingerprints mean the step can be skipped.
+
+    run.precision counts as resolved on this machine: `auto` continued on a machine with native bf16 recomputes.
+    """
     upstream = STEPS[: STEPS.index(step)]
     return sha256_json({
         "step": step,
         "params": params_read(step, params),
+        "precision": precision_used(params),
         "models": models_read(step, params),
         "code": code,
         "notebook": sha256_file(NOTEBOOKS / f"{step}.ipynb"),
@@ -248,9 +259,11 @@ def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file:
             log.info("%s cached (inputs unchanged since %s)", label, manifest["steps"][step].get("finished"))
             manifest["steps"][step]["status"] = "cached"
             continue
-        log.info("%s running ...", label)
+        log.info("%s running ... (follow it: tail -f %s)", label, run_dir / PROGRESS_LOG)
+        note_progress(run_dir, step, "running")
         started, t0 = _now(), time.perf_counter()
-        record: dict[str, Any] = {"fingerprint": fp, "started": started, "notebook": f"{step}.ipynb"}
+        record: dict[str, Any] = {"fingerprint": fp, "started": started, "notebook": f"{step}.ipynb",
+                                  "precision": precision_used(params)}
         try:
             execute(step, params, run_dir, force)
         except Exception as exc:  # a failed step is recorded, then the run stops
@@ -259,6 +272,7 @@ def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file:
             manifest["steps"][step] = record
             _invalidate_downstream(manifest, step)
             write_json(manifest_path, manifest)
+            note_progress(run_dir, step, f"failed after {record['wall_s']} s: {record['error']}")
             raise StepFailed(f"{step} failed after {record['wall_s']} s: {record['error']}\n"
                              f"See the executed notebook {run_dir / (step + '.ipynb')}") from None
         record.update(status="ok", wall_s=round(time.perf_counter() - t0, 1), finished=_now(),
@@ -267,6 +281,7 @@ def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file:
         _invalidate_downstream(manifest, step)
         write_json(manifest_path, manifest)
         log.info("%s done in %.1f s (%d artifacts in %s/)", label, record["wall_s"], len(record["artifacts"]), step)
+        note_progress(run_dir, step, f"done in {record['wall_s']} s")
     write_json(manifest_path, manifest)
     return manifest
 

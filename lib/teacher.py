@@ -7,11 +7,11 @@ Backends (params `teacher.backend`):
   published with "Distilling step-by-step" (Hsieh et al. 2023, `replay_source: palm`) or the CoS-E
   human explanations (`replay_source: cose`).
 `local` and `openai` go through `lib.teacher_engine.CachedTeacher` (cache, validation with re-asks,
-rate limits, retries, budget); `make_teacher` builds it. Step 02 makes the CoT rationales, the
-critique-revision rows (seed 001) and the causal explanations of claim-evidence pairs (seed 000).
-Replay has no model to critique or explain with, so those rows are recorded as failures
-("not available from replay"). Every output row records the backend, the model, the prompt template(s)
-and their hashes.
+budget; `lib.openai_api` adds rate limits and retries for `openai`); `make_teacher` builds it. Step 02
+makes the CoT rationales, the critique-revision rows (seed 001) and the causal explanations of
+claim-evidence pairs (seed 000). Replay (its files read by `lib.recorded`) has no model to critique or
+explain with, so those rows are recorded as failures ("not available from replay"). Every output row
+records the backend, the model, the prompt template(s) and their hashes.
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from lib.data import load_cose, load_palm_rationales
-from lib.questions import ClaimEvidence, MCQuestion
+from lib.files import read_jsonl, resolve_path
 from lib.metrics import extract_answer
-from lib.models import Completion, generate_texts, load_causal_lm, load_tokenizer, pick_device
-from lib.files import resolve_path
+from lib.models import cache_dir, Completion
+from lib.openai_api import OpenAIBackend
 from lib.params import TeacherParams
 from lib.prompts import causal_prompt, cot_prompt, load_template, revision_prompt
-from lib.files import read_jsonl
+from lib.questions import ClaimEvidence, MCQuestion
+from lib.recorded import load_cose, load_palm_rationales
+from lib.response_cache import ResponseCache
+from lib.teacher_engine import Ask, CachedTeacher, LocalBackend, Validator
 
 log = logging.getLogger(__name__)
 
@@ -103,40 +105,17 @@ class Teacher(Protocol):
         """`n` completions for each prompt."""
 
 
-class LocalTeacher:
-    """A transformers causal LM used as the teacher, loaded once per step."""
-
-    def __init__(self, params: TeacherParams, device: str = "auto"):
-        self.params = params
-        self.name = params.model
-        self.tokenizer = load_tokenizer(params.model)
-        self.model = load_causal_lm(params.model, pick_device(device))
-
-    def complete(self, prompts: list[str], max_new_tokens: int | None = None, temperature: float | None = None,
-                 n: int = 1, desc: str = "teacher") -> list[list[Completion]]:
-        """`n` completions for each prompt."""
-        return generate_texts(
-            self.model, self.tokenizer, prompts, max_new_tokens or self.params.max_new_tokens,
-            batch_size=self.params.batch_size,
-            temperature=self.params.temperature if temperature is None else temperature, n=n, desc=desc,
-        )
-
-
 REPLAY_ONLY = "not available from replay"
 
 
 def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Path | None = None,
-                 seed: int = 0) -> Any:
+                 seed: int = 0) -> CachedTeacher:
     """The cached generative teacher (a `Teacher`) for params: `local` or `openai`; `replay` uses the local `model`.
 
     The response cache is `teacher.cache`, else `<run_dir>/teacher_cache.sqlite` (outside the step folders,
     so cache hits never change a step's artifacts), else `<DISTILL_CACHE>/teacher_cache.sqlite`. `seed` (params
     run.seed) seeds sampled requests and is part of their cache key.
     """
-    from lib.models import cache_dir
-    from lib.response_cache import ResponseCache
-    from lib.teacher_engine import CachedTeacher, LocalBackend, OpenAIBackend
-
     if params.cache:
         path = resolve_path(params.cache)
     else:
@@ -150,7 +129,7 @@ def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Pat
 
 
 def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams, device: str = "auto",
-                   engine: Any = None) -> list[Rationale]:
+                   engine: CachedTeacher | None = None) -> list[Rationale]:
     """Standard CoT rationales for every question of every split, from the configured backend.
 
     `engine` is a `make_teacher` teacher (one with the default cache is made when none is given).
@@ -158,8 +137,6 @@ def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams
     """
     if params.backend == "replay":
         return _replay_rationales(questions, params)
-    from lib.teacher_engine import Ask
-
     engine = engine or make_teacher(params, device)
     template = load_template("cot")
     rows = []
@@ -180,7 +157,7 @@ def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams
     return rows
 
 
-def _cot_validator(q: MCQuestion) -> Any:
+def _cot_validator(q: MCQuestion) -> Validator:
     """A validator for one question's CoT completion: its failure reason, None when usable."""
     return lambda c: judge_completion(q, c)[2]
 
@@ -245,7 +222,7 @@ class Revision:
     templates: dict[str, str]  # template name -> sha256
 
 
-def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engine: Any = None,
+def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engine: CachedTeacher | None = None,
                        split: str = "train") -> list[Revision]:
     """Initial explanation -> critique -> revised explanation for the first `teacher.revise_max_questions` questions.
 
@@ -257,8 +234,6 @@ def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engin
     templates = {n: load_template(n).sha256 for n in names}
     if params.backend == "replay":
         return [Revision(q.id, split, "", "", "", REPLAY_ONLY, "replay", "", templates) for q in picked]
-    from lib.teacher_engine import Ask
-
     engine = engine or make_teacher(params)
     texts: dict[str, list[str]] = {n: [""] * len(picked) for n in names}
     failures: list[str | None] = [None] * len(picked)
@@ -329,7 +304,7 @@ def explanation_text(parts: dict[str, str]) -> str:
 
 
 def causal_explanations(pairs: dict[str, list[ClaimEvidence]], params: TeacherParams,
-                        engine: Any = None) -> list[CausalExplanation]:
+                        engine: CachedTeacher | None = None) -> list[CausalExplanation]:
     """A causal explanation for the first `teacher.causal_max_pairs` claim-evidence pairs of each split."""
     template = load_template("causal")
     picked = {split: ps[: params.causal_max_pairs] if params.causal_max_pairs else ps for split, ps in pairs.items()}
@@ -341,8 +316,6 @@ def causal_explanations(pairs: dict[str, list[ClaimEvidence]], params: TeacherPa
 
     if params.backend == "replay":
         return [row(s, p, "", REPLAY_ONLY, "") for s, ps in picked.items() for p in ps]
-    from lib.teacher_engine import Ask
-
     engine = engine or make_teacher(params)
     rows = []
     for split, ps in picked.items():
@@ -377,22 +350,22 @@ def summarize(rows: list[Rationale]) -> dict[str, Any]:
     return out
 
 
-def keep_rationale(row: dict, keep: str) -> bool:
+def passes_rationale_filter(row: dict, rationale_filter: str) -> bool:
     """Whether a rationale row passes the filter: `any` non-empty, `parsed` (an answer was read), `correct`."""
     if not row["rationale"]:
         return False
-    if keep == "any":
+    if rationale_filter == "any":
         return True
-    return not row["failure"] and (keep == "parsed" or row["correct"])
+    return not row["failure"] and (rationale_filter == "parsed" or row["correct"])
 
 
-def read_rationales(path: str | Path, split: str | None = None, keep: str = "parsed") -> dict[str, str]:
-    """Question id -> rationale from 02_teacher/rationales.jsonl, for rows that pass `keep`."""
+def read_rationales(path: str | Path, split: str | None = None, rationale_filter: str = "parsed") -> dict[str, str]:
+    """Question id -> rationale from 02_teacher/rationales.jsonl, for rows that pass `rationale_filter`."""
     return {r["id"]: r["rationale"] for r in read_jsonl(path)
-            if keep_rationale(r, keep) and (split is None or r["split"] == split)}
+            if passes_rationale_filter(r, rationale_filter) and (split is None or r["split"] == split)}
 
 
-def examples_frame(rows: list[Rationale], n: int = 3) -> Any:
+def rationale_examples_frame(rows: list[Rationale], n: int = 3) -> Any:
     """A few rationales per split for display: question id, teacher answer, correctness, rationale."""
     import pandas as pd
 
@@ -418,7 +391,7 @@ def failures_frame(rationales: list[Rationale], revisions: list[Revision], causa
                                                                                    ascending=[True, True, False])
 
 
-def accounting(engine: Any) -> dict[str, dict[str, Any]]:
+def accounting(engine: CachedTeacher | None) -> dict[str, dict[str, Any]]:
     """Per task: items, failures, re-asks, prompt and completion tokens and cost of the responses used.
 
     These depend only on the stored responses, so a cached rerun writes the same numbers; how many

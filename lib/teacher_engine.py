@@ -1,20 +1,17 @@
-"""The teacher engine: cached, validated, rate-limited and budgeted requests to a generative teacher.
+"""The teacher engine: cached, validated and budgeted requests to a generative teacher.
 
 One engine serves every generative teacher backend (params `teacher.backend`):
-- `openai`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp) through the `openai` package,
-  asyncio with at most `max_in_flight` requests in flight, client-side requests/tokens-per-minute limits,
-  retries with exponential backoff and jitter on 429 / 5xx / timeouts / connection errors / malformed
-  bodies (a `Retry-After` header wins), a per-request timeout, and optionally the OpenAI Batch API;
-- `local`: an in-process transformers causal LM, batched generation (loaded only when a request misses
-  the cache, so a fully cached rerun never loads it).
+- `openai`: any OpenAI-compatible server, through `lib.openai_api.OpenAIBackend` (concurrency, rate limits,
+  retries, the OpenAI Batch API);
+- `local`: an in-process transformers causal LM, batched generation (`LocalBackend`; loaded only when a request
+  misses the cache, so a fully cached rerun never loads it).
 
 Every response is stored in the run's `ResponseCache` the moment it arrives. Each request may carry a
 validator; a response that fails it is re-asked (a new sample at `reask_temperature`) at most
 `max_reasks` times, and one that never validates comes back as a failure with its reason. A budget
 (`max_cost_usd`, `max_requests`, counted over the whole cache file, i.e. the run) stops sending before it
 would be passed: the requests left over come back as failures that say so, and a rerun with a larger
-budget continues from the cache. The API key is read from the environment variable that
-`teacher.api_key_env` names, held in memory only, and scrubbed from every message.
+budget continues from the cache.
 """
 
 from __future__ import annotations
@@ -23,27 +20,21 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import email.utils
 import json
 import logging
 import math
-import os
-import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from lib.models import Completion
-from lib.params import TeacherParams
-from lib.response_cache import ResponseCache, request_key
 from lib.files import sha256_json
-from lib.runs import seed_everything
+from lib.models import Completion, generate_texts, load_causal_lm, load_tokenizer, pick_device
+from lib.params import TeacherParams
 from lib.questions import NEXT_QUESTION
+from lib.response_cache import request_key, ResponseCache
+from lib.runs import seed_everything
 
 log = logging.getLogger(__name__)
-
-BACKOFF_CAP_S = 60.0
-RETRY_AFTER_CAP_S = 600.0
 
 Validator = Callable[[Completion], "str | None"]
 
@@ -73,7 +64,7 @@ class Answer:
 
 
 @dataclasses.dataclass
-class _Call:
+class Call:
     """One request on the wire (an Ask at one re-ask number)."""
 
     index: int
@@ -129,196 +120,24 @@ class Budget:
         self.cost += cost
 
 
-class RateLimiter:
-    """Client-side requests-per-minute and tokens-per-minute limits over a sliding 60-second window."""
-
-    def __init__(self, rpm: int | None, tpm: int | None, window_s: float = 60.0):
-        self.rpm, self.tpm, self.window = rpm, tpm, window_s
-        self.events: collections.deque[tuple[float, int]] = collections.deque()
-
-    async def acquire(self, tokens: int) -> None:
-        """Wait until one more request of `tokens` tokens fits in the window, then record it."""
-        if self.rpm is None and self.tpm is None:
-            return
-        while True:
-            now = time.monotonic()
-            while self.events and self.events[0][0] <= now - self.window:
-                self.events.popleft()
-            fits_r = self.rpm is None or len(self.events) < self.rpm
-            fits_t = self.tpm is None or not self.events or sum(t for _, t in self.events) + tokens <= self.tpm
-            if fits_r and fits_t:
-                self.events.append((now, tokens))
-                return
-            await asyncio.sleep(max(0.01, self.events[0][0] + self.window - now))
-
-
-def retry_after_s(headers: Any) -> float | None:
-    """Seconds a `Retry-After` (or `retry-after-ms`) header asks the client to wait, or None."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    try:
-        if ms is not None:
-            return float(ms) / 1000
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def backoff_s(attempt: int, base: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: base * 2^attempt, capped, times a random factor in [0.5, 1]."""
-    return min(BACKOFF_CAP_S, base * 2 ** attempt) * rng.uniform(0.5, 1.0)
-
-
-class MalformedResponse(ValueError):
-    """A response body that is not a completion (bad JSON, no choices)."""
-
-
-def classify(exc: BaseException) -> tuple[bool, float | None, str]:
-    """(retryable, seconds the server asked to wait, reason) for an exception raised by one request."""
-    import openai
-
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        wait = retry_after_s(getattr(exc.response, "headers", None))
-        retryable = status in (408, 409, 429) or status >= 500
-        return retryable, wait, f"HTTP {status}: {str(exc)[:200]}"
-    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError)):
-        return True, None, "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return True, None, f"connection error: {exc}"
-    if isinstance(exc, (MalformedResponse, ValueError, KeyError, TypeError, AttributeError, IndexError)):
-        return True, None, f"malformed response: {type(exc).__name__}: {str(exc)[:200]}"
-    return False, None, f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
 def sampling_seed(run_seed: int, sample: int, reask: int) -> int:
     """The seed of one sampled request: distinct per sample and re-ask, fixed by the run's seed."""
     return int(sha256_json([run_seed, sample, reask])[:8], 16)
 
 
-class OpenAIBackend:
-    """Requests to an OpenAI-compatible server, with bounded concurrency, rate limits and retries."""
+class Backend(Protocol):
+    """What the engine needs of a backend (`LocalBackend`, `lib.openai_api.OpenAIBackend`)."""
 
-    name = "openai"
-
-    def __init__(self, params: TeacherParams, seed: int = 0):
-        self.params = params
-        self.model = params.model
-        env = params.api_key_env
-        self._key = os.environ.get(env, "") if env else ""
-        if env and not self._key:
-            raise RuntimeError(f"teacher.api_key_env is {env!r} but that environment variable is empty or unset: "
-                               f"export {env}=... before the run (a server that needs no key: teacher.api_key_env: null)")
-        self._rng = random.Random(seed)
-        self.limiter = RateLimiter(params.requests_per_minute, params.tokens_per_minute)
-        self.http_requests = 0  # every HTTP attempt, retries included
-        self.cache: ResponseCache | None = None  # set by CachedTeacher; the Batch API keeps its batch ids there
-        for noisy in ("openai", "httpx", "httpx2", "httpcore"):
-            logging.getLogger(noisy).setLevel(max(logging.getLogger(noisy).level, logging.WARNING))
-
-    def scrub(self, text: str) -> str:
-        """A message with the API key blanked out (servers sometimes echo it)."""
-        return text.replace(self._key, "***") if self._key else text
-
-    def client(self) -> Any:
-        """A fresh async client (one per event loop); the library's own retries are off, ours apply."""
-        from openai import AsyncOpenAI
-
-        return AsyncOpenAI(api_key=self._key or "no-key", base_url=self.params.base_url,
-                           timeout=self.params.request_timeout_s, max_retries=0)
+    name: str  # "local" or "openai", part of every cache key
+    model: str
+    cache: ResponseCache | None  # set by CachedTeacher
 
     def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = NEXT_QUESTION) -> dict[str, Any]:
-        """The body of one request (without the model; no credentials)."""
-        body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature, "stop": [stop]}
-        if self.params.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
-        else:
-            body["prompt"] = prompt
-        return body
+        """The settings of one request, as cached."""
 
-    def body(self, call: _Call) -> dict[str, Any]:
-        """The API body of a call (its cached request minus the bookkeeping keys)."""
-        keys = ("messages", "prompt", "max_tokens", "temperature", "stop", "seed")
-        return {k: v for k, v in call.request.items() if k in keys}
-
-    async def _create(self, client: Any, body: dict[str, Any]) -> Completion:
-        """Send one request and parse its completion; raises on any transport or shape problem."""
-        self.http_requests += 1
-        api = client.chat.completions if self.params.endpoint == "chat" else client.completions
-        resp = await api.create(model=self.model, **body)
-        return parse_response(resp, self.params.endpoint, body)
-
-    async def send(self, client: Any, call: _Call) -> tuple[Completion | None, str | None]:
-        """One request with retries: (completion, None) or (None, why it failed for good)."""
-        body = self.body(call)
-        reason = ""
-        for attempt in range(self.params.max_retries + 1):
-            await self.limiter.acquire(call.est_tokens)
-            try:
-                # the client's timeout bounds each read; this bounds the whole request (a slow trickle too)
-                return await asyncio.wait_for(self._create(client, body), self.params.request_timeout_s * 1.5), None
-            except Exception as exc:  # every failure is classified: retried, or returned as the reason
-                retryable, wait, reason = classify(exc)
-                reason = self.scrub(reason)
-                if not retryable or attempt == self.params.max_retries:
-                    break
-                delay = min(wait, RETRY_AFTER_CAP_S) if wait is not None else backoff_s(attempt, self.params.backoff_s, self._rng)
-                log.debug("retry %d of %s in %.2f s: %s", attempt + 1, call.key[:8], delay, reason)
-                await asyncio.sleep(delay)
-        tries = attempt + 1
-        return None, f"request failed after {tries} tr{'y' if tries == 1 else 'ies'}: {reason}"
-
-    async def run(self, calls: list[_Call], admit: Callable[[_Call], float],
-                  done: Callable[[_Call, Completion | None, str | None, float], None]) -> None:
-        """Send every call with at most `max_in_flight` in flight; `done` stores each result as it arrives."""
-        if self.params.batch_api:
-            from lib.openai_batch import run_batch
-
-            await run_batch(self, calls, admit, done, self.cache)
-            return
-        client = self.client()
-        gate = asyncio.Semaphore(self.params.max_in_flight)
-
-        async def one(call: _Call) -> None:
-            async with gate:
-                try:
-                    reserved = admit(call)
-                except BudgetExhausted as exc:
-                    done(call, None, str(exc), 0.0)
-                    return
-                completion, failure = await self.send(client, call)
-                done(call, completion, failure, reserved)
-
-        try:
-            await asyncio.gather(*(one(c) for c in calls))
-        finally:
-            await client.close()
-
-
-def parse_response(resp: Any, endpoint: str, body: dict[str, Any]) -> Completion:
-    """A Completion from a chat or text completion response (object or dict); raises MalformedResponse otherwise."""
-    data = resp.model_dump() if hasattr(resp, "model_dump") else resp
-    if not isinstance(data, dict) or not data.get("choices"):
-        raise MalformedResponse(f"no choices in the response body ({str(resp)[:80]!r})")
-    choice = data["choices"][0]
-    text = (choice.get("message") or {}).get("content") if endpoint == "chat" else choice.get("text")
-    if not isinstance(text, str):
-        raise MalformedResponse("the response's first choice has no text")
-    usage = data.get("usage") or {}
-    prompt_text = body.get("prompt") or "".join(m["content"] for m in body.get("messages", []))
-    prompt_tokens = usage.get("prompt_tokens") or estimate_tokens(prompt_text)
-    completion_tokens = usage.get("completion_tokens") or estimate_tokens(text)
-    stop = (body.get("stop") or [NEXT_QUESTION])[0]
-    return Completion(text=text.split(stop)[0].strip(), finish_reason=str(choice.get("finish_reason") or "stop"),
-                      prompt_tokens=int(prompt_tokens), completion_tokens=int(completion_tokens))
+    async def run(self, calls: list[Call], admit: Callable[[Call], float],
+                  done: Callable[[Call, Completion | None, str | None, float], None]) -> None:
+        """Send every call; `admit` reserves its budget (or raises BudgetExhausted), `done` takes each result."""
 
 
 class LocalBackend:
@@ -331,12 +150,7 @@ class LocalBackend:
         self.model = params.model
         self.device = device
         self._loaded: tuple[Any, Any] | None = None
-        self.http_requests = 0
         self.cache: ResponseCache | None = None
-
-    def scrub(self, text: str) -> str:
-        """Nothing secret in a local model's messages."""
-        return text
 
     def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = NEXT_QUESTION) -> dict[str, Any]:
         """The generation settings of one request."""
@@ -345,23 +159,19 @@ class LocalBackend:
     def load(self) -> tuple[Any, Any]:
         """The model and tokenizer (loaded once)."""
         if self._loaded is None:
-            from lib.models import load_causal_lm, load_tokenizer, pick_device
-
             self._loaded = (load_causal_lm(self.model, pick_device(self.device)), load_tokenizer(self.model))
         return self._loaded
 
-    async def run(self, calls: list[_Call], admit: Callable[[_Call], float],
-                  done: Callable[[_Call, Completion | None, str | None, float], None]) -> None:
+    async def run(self, calls: list[Call], admit: Callable[[Call], float],
+                  done: Callable[[Call, Completion | None, str | None, float], None]) -> None:
         """Generate in batches of `batch_size` prompts with the same settings; each result is stored at once."""
-        from lib.models import generate_texts
-
-        admitted: list[tuple[_Call, float]] = []
+        admitted: list[tuple[Call, float]] = []
         for call in calls:
             try:
                 admitted.append((call, admit(call)))
             except BudgetExhausted as exc:
                 done(call, None, str(exc), 0.0)
-        groups: dict[tuple[int, float, str], list[tuple[_Call, float]]] = collections.defaultdict(list)
+        groups: dict[tuple[int, float, str], list[tuple[Call, float]]] = collections.defaultdict(list)
         for call, reserved in admitted:
             key = (call.request["max_tokens"], call.request["temperature"], call.request["stop"][0])
             groups[key].append((call, reserved))
@@ -382,7 +192,7 @@ class LocalBackend:
 class CachedTeacher:
     """A generative teacher behind the response cache: the `Teacher` protocol plus validated `ask`."""
 
-    def __init__(self, backend: OpenAIBackend | LocalBackend, cache: ResponseCache, params: TeacherParams,
+    def __init__(self, backend: Backend, cache: ResponseCache, params: TeacherParams,
                  usage_log: Path | None = None, seed: int = 0):
         self.backend = backend
         self.seed = seed  # the run's seed: sampled requests carry a seed derived from it
@@ -465,7 +275,7 @@ class CachedTeacher:
                 break
             if reask:
                 stats["reasks"] += len(todo)
-            misses: list[_Call] = []
+            misses: list[Call] = []
             for i in todo:
                 request = self.request_for(asks[i], reask)
                 key = request_key(request)
@@ -476,13 +286,13 @@ class CachedTeacher:
                                             hit["completion_tokens"])
                     settle(i, completion, True, hit["cost_usd"], reask)
                 else:
-                    misses.append(_Call(i, request, key, estimate_tokens(asks[i].prompt) + asks[i].max_new_tokens))
+                    misses.append(Call(i, request, key, estimate_tokens(asks[i].prompt) + asks[i].max_new_tokens))
             show()
 
-            def admit(call: _Call) -> float:
+            def admit(call: Call) -> float:
                 return self.budget.admit(estimate_tokens(asks[call.index].prompt), asks[call.index].max_new_tokens)
 
-            def done(call: _Call, completion: Completion | None, failure: str | None, reserved: float) -> None:
+            def done(call: Call, completion: Completion | None, failure: str | None, reserved: float) -> None:
                 if completion is None:  # never answered: not stored, so the next run asks again
                     self.budget.settle(reserved, 0.0)
                     prev = last[call.index]  # a re-ask that got no answer keeps the earlier (invalid) completion

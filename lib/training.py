@@ -1,15 +1,14 @@
-"""Student training: one text-to-text format per condition, one weighted loss, LoRA on a causal LM.
+"""Student training: the grid of runs, one weighted loss, LoRA on a causal LM or an encoder-decoder.
 
-Every condition of METHOD.md becomes a list of `Example`s (prompt, target, task); the trainer is
-`transformers.Trainer` with one override of `compute_loss`:
+Each run trains on its condition's `Example`s (lib.examples) with `transformers.Trainer` and one override of
+`compute_loss`:
 - the loss is cross-entropy on target tokens only, averaged per task and combined with the
   condition's task weights (MT: alpha * L_answer + (1 - alpha) * L_rationale);
 - the LM head is applied only at target positions: with Gemma's 262k-token vocabulary the full
   logits tensor would dominate CPU time and memory.
 
-An example longer than `training.max_length` keeps the end of its target (the answer sentence and EOS) and loses
-the end of its rationale; see `tokenize_examples`. A finished run is skipped, and an interrupted one resumed, only
-when its config matches: params, examples, the training code and the student's weights (`run_config`).
+A finished run is skipped, and an interrupted one resumed, only when its config matches: params, examples, the
+training code and the student's weights (`run_config`).
 
 The grid crosses conditions, students and seeds with Hendriks et al.'s Revised factor (`training.rationale_sources`)
 for the conditions whose targets hold teacher rationales; each run trains with the `training` section plus its
@@ -25,30 +24,18 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from lib.questions import MCQuestion
-from lib.params import TrainingParams
-from lib.prompts import answer_sentence, causal_student_prompt
+from lib.conditions import condition_sources, condition_task, task_weights, UNTRAINED
+from lib.examples import collate, Example, tokenize_examples
 from lib.files import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
-from lib.conditions import ANSWER_PREFIX, condition_sources, condition_task, COUNTERFACTUAL_PREFIX, FACTUAL_PREFIX, MC_CONDITIONS, qa_prompt, RATIONALE_PREFIX, task_weights, UNTRAINED
-from lib.models import bos_ids
+from lib.params import TrainingParams
+from lib.precision import autocast, precision_plan
 
 log = logging.getLogger(__name__)
 
 # training keys that describe the grid, not one run: left out of a run's recorded settings and config hash
 GRID_KEYS = frozenset({"students", "conditions", "seeds", "rationale_sources", "overrides"})
-
-
-@dataclasses.dataclass
-class Example:
-    """One training pair: the model reads `prompt` and learns to write `target`."""
-
-    prompt: str
-    target: str
-    task: str  # loss term the example counts towards
-    qid: str
-    closing: str = ""  # the target's final answer sentence, kept whole when the example is cut to max_length
 
 
 @dataclasses.dataclass
@@ -72,206 +59,6 @@ class StudentRun:
         return f"{self.condition}__{self.rationale_source}__{slug}__seed{self.seed}"
 
 
-def revised_rationales(rows: list[dict], keep: str = "parsed") -> dict[str, str]:
-    """Question id -> revised explanation from the rows of 02_teacher/revisions.jsonl (training split).
-
-    A row with a failure is left out, unless `keep == "any"` (training.rationale_filter), which keeps a failed row's
-    revised text as written when it has one. A concluding answer sentence is removed, as from CoT rationales.
-    """
-    from lib.teacher import split_rationale
-
-    out = {}
-    for r in rows:
-        text = split_rationale(r.get("revised") or "")
-        if text and r.get("split", "train") == "train" and (not r.get("failure") or keep == "any"):
-            out[str(r["id"])] = text
-    return out
-
-
-def _answer_example(prompt: str, rationale: str, answer: str, task: str, qid: str) -> Example:
-    """An example whose target is ` rationale answer` (or ` answer` alone), with the answer sentence as its closing."""
-    return Example(prompt, f" {rationale} {answer}" if rationale else f" {answer}", task, qid, closing=answer)
-
-
-def _mt_examples(questions: list[MCQuestion], rationales: dict[str, str]) -> list[Example]:
-    """MT: one `[answer]` example per question and one `[rationale]` example per question with a rationale."""
-    ex = []
-    for q in questions:
-        ex.append(_answer_example(qa_prompt(q, ANSWER_PREFIX), "", answer_sentence(q, q.answer), "answer", q.id))
-        if rationales.get(q.id):
-            ex.append(Example(qa_prompt(q, RATIONALE_PREFIX), " " + rationales[q.id], "rationale", q.id))
-    return ex
-
-
-def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rationales: list[dict] | None) -> list[Example]:
-    """CF (SCOTT): `[factual]` → gold rationale + gold answer; `[counterfactual]` → a wrong option's rationale + it."""
-    if cf_rationales is None:
-        raise ValueError("CF needs the counterfactual rationales of step 03 (03_counterfactuals/cf_rationales.jsonl)")
-    by_id = {q.id: q for q in questions}
-    ex = [_answer_example(qa_prompt(q, FACTUAL_PREFIX), rationales[q.id], answer_sentence(q, q.answer), "factual", q.id)
-          for q in questions if rationales.get(q.id)]
-    for r in cf_rationales:
-        q = by_id.get(r["id"])
-        if q is None or not r.get("text") or not 0 <= int(r["option"]) < len(q.choices) or int(r["option"]) == q.answer:
-            continue  # a question outside the training set, or a row that does not argue for a wrong option
-        ex.append(_answer_example(qa_prompt(q, COUNTERFACTUAL_PREFIX), r["text"], answer_sentence(q, int(r["option"])),
-                                  "counterfactual", q.id))
-    if not any(e.task == "counterfactual" for e in ex):
-        raise ValueError("CF has no counterfactual examples: 03_counterfactuals/cf_rationales.jsonl has no usable row "
-                         "for the training questions; rerun step 03 (03_counterfactuals)")
-    return ex
-
-
-def _causal_examples(causal_rows: list[dict] | None, keep: str = "parsed") -> list[Example]:
-    """CAUSAL: claim; evidence; label → the teacher's causal explanation (train rows without failure).
-
-    With `keep == "any"` (training.rationale_filter) a failed row's raw completion is kept too, as for rationales.
-    """
-    if causal_rows is None:
-        raise ValueError("CAUSAL needs the causal explanations of step 02 (02_teacher/causal.jsonl)")
-    out = []
-    for r in causal_rows:
-        text = (r.get("explanation") or "").strip() if not r.get("failure") else ""
-        if not text and keep == "any":
-            text = (r.get("raw") or "").strip()
-        if r.get("split") == "train" and text:
-            out.append(Example(causal_student_prompt(r), " " + text, "explanation", str(r["id"])))
-    return out
-
-
-def condition_examples(condition: str, questions: list[MCQuestion], rationales: dict[str, str],
-                       views: list[dict] | None = None, strategy: dict[str, str] | None = None,
-                       counterfactuals: list[MCQuestion] | None = None, cf_rationales: list[dict] | None = None,
-                       causal_rows: list[dict] | None = None, keep: str = "parsed") -> list[Example]:
-    """Training examples of one condition from the questions and the teacher's artifacts (`keep`: causal filter)."""
-    ex: list[Example] = []
-    if condition in UNTRAINED:
-        raise ValueError(f"{condition} is the untrained student: it has no training examples")
-    if condition == "FT":
-        ex = [_answer_example(qa_prompt(q), "", answer_sentence(q, q.answer), "answer", q.id) for q in questions]
-    elif condition == "FT-CoT":
-        ex = [_answer_example(qa_prompt(q), rationales[q.id], answer_sentence(q, q.answer), "cot", q.id)
-              for q in questions if rationales.get(q.id)]
-    elif condition == "MT":
-        ex = _mt_examples(questions, rationales)
-    elif condition == "CF":
-        ex = _cf_examples(questions, rationales, cf_rationales)
-    elif condition == "MT+CF":
-        ex = _mt_examples(questions, rationales) + _cf_examples(questions, rationales, cf_rationales)
-    elif condition == "CAUSAL":
-        ex = _causal_examples(causal_rows, keep)
-    elif condition == "CFD":
-        if views is None or strategy is None:
-            raise ValueError("CFD needs the multi-view artifacts of step 03 (03_counterfactuals/multiview.jsonl)")
-        by_id = {q.id: q for q in questions + (counterfactuals or [])}
-        for v in views:
-            q = by_id.get(v["id"])
-            if q is None:
-                continue
-            token = strategy["positive"] if v["strategy"] == "positive" else strategy["negative"]
-            ex.append(_answer_example(qa_prompt(q, token), v["text"], answer_sentence(q, q.answer), "cfd", q.id))
-    else:
-        raise ValueError(f"condition {condition!r} has no training format yet")
-    if not ex:
-        step = {"CAUSAL": "02_teacher (02_teacher/causal.jsonl)", "CFD": "03_counterfactuals (multiview.jsonl)"}.get(
-            condition, "02_teacher (02_teacher/rationales.jsonl; check training.rationale_filter)")
-        raise ValueError(f"condition {condition} has no training examples: step {step} produced too few usable rows")
-    return ex
-
-
-def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str],
-                      seq2seq: bool = False) -> list[dict]:
-    """Token ids with labels = -100 on prompt tokens, fitted to max_length, plus each example's task index.
-
-    An example longer than `max_length` is cut in this order of sacrifice, and its row has `truncated: True`:
-    1. the end of the rationale (the target's tokens just before its closing answer sentence);
-    2. then, if the prompt with the closing sentence and EOS alone is too long, the start of the prompt (after
-       BOS), so that its end (`A:`, the answer options) stays next to the target;
-    never the closing answer sentence and EOS. A target without a closing sentence (an MT rationale, a CAUSAL
-    explanation) keeps its EOS and loses the end of its text. An example whose closing sentence and EOS do not
-    fit at all is skipped: `len(result) < len(examples)`.
-
-    For an encoder-decoder (`seq2seq`) the prompt is the encoder's input (tokenised as at generation time) and the
-    labels are the target tokens alone, each fitted to max_length on its own in the same way: the encoder input
-    keeps its special tokens and the end of the prompt, the labels keep the closing sentence and EOS.
-    """
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = bos_ids(tokenizer)
-    rows = []
-    for e in examples:
-        body, closing = _split_target(tokenizer, e.target, e.closing)
-        if seq2seq:
-            head, prompt, tail = _special_ends(tokenizer, e.prompt)
-            kept_prompt = _keep_end(prompt, max_length - len(head) - len(tail))
-            kept_body = body[:max(max_length - len(closing) - len(eos), 0)]
-        else:
-            head, prompt, tail = bos, tokenizer(e.prompt, add_special_tokens=False)["input_ids"], []
-            kept_prompt = _keep_end(prompt, max_length - len(bos) - len(closing) - len(eos))
-            kept_body = body[:max(max_length - len(bos) - len(kept_prompt or []) - len(closing) - len(eos), 0)]
-        if kept_prompt is None or len(closing) + len(eos) > max_length or (body and not kept_body and not closing):
-            continue  # not even the answer sentence and EOS fit after one prompt token, or only EOS would be left
-        target = kept_body + closing + eos
-        enc = head + kept_prompt + tail
-        rows.append({"input_ids": enc if seq2seq else enc + target,
-                     "labels": target if seq2seq else [-100] * len(enc) + target,
-                     "task_id": tasks.index(e.task),
-                     "truncated": len(kept_prompt) < len(prompt) or len(kept_body) < len(body)})
-    return rows
-
-
-def _split_target(tokenizer: Any, target: str, closing: str) -> tuple[list[int], list[int]]:
-    """A target's token ids as (body, closing): the tokens that cover its closing sentence and the space before it.
-
-    With a fast tokenizer the split follows the character offsets of the tokenisation of the whole target (the ids
-    are those of the whole target); a token that straddles the boundary counts as the closing sentence's.
-    """
-    if not closing or not target.endswith(closing):
-        return tokenizer(target, add_special_tokens=False)["input_ids"], []
-    start = len(target[:len(target) - len(closing)].rstrip())
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
-        n_body = sum(1 for _, end in enc["offset_mapping"] if end <= start)
-        return enc["input_ids"][:n_body], enc["input_ids"][n_body:]
-    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-    n_closing = len(tokenizer(target[start:], add_special_tokens=False)["input_ids"])
-    return ids[:len(ids) - n_closing], ids[len(ids) - n_closing:]
-
-
-def _special_ends(tokenizer: Any, text: str) -> tuple[list[int], list[int], list[int]]:
-    """The ids of `text` tokenised with special tokens, as (special tokens before, the text's own, special after)."""
-    full = tokenizer(text)["input_ids"]
-    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
-    for i in range(len(full) - len(plain) + 1):
-        if full[i:i + len(plain)] == plain:
-            return full[:i], plain, full[i + len(plain):]
-    return [], full, []  # a tokenizer that merges across its special tokens: cut like plain text
-
-
-def _keep_end(ids: list[int], room: int) -> list[int] | None:
-    """The last `room` ids (all of them when they fit); None when not even one fits."""
-    if room < 1 and ids:
-        return None
-    return ids[len(ids) - room:] if len(ids) > room else ids
-
-
-def collate(batch: list[dict], pad_id: int) -> dict[str, Any]:
-    """Pad a batch to its own longest example (right padding), never to a fixed length; labels to their own longest."""
-    import torch
-
-    width = max(len(b["input_ids"]) for b in batch)
-    label_width = max(len(b["labels"]) for b in batch)  # differs from width only for encoder-decoders
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), label_width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, b in enumerate(batch):
-        n = len(b["input_ids"])
-        ids[i, :n] = torch.tensor(b["input_ids"])
-        labels[i, :len(b["labels"])] = torch.tensor(b["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "task_ids": torch.tensor([b["task_id"] for b in batch], dtype=torch.long)}
-
-
 def weighted_target_loss(model: Any, inputs: dict[str, Any], weights: list[float]) -> tuple[Any, dict[int, float]]:
     """Σ_task w_task · mean CE over that task's target tokens, computing logits only where labels are set."""
     import torch.nn.functional as F
@@ -281,15 +68,16 @@ def weighted_target_loss(model: Any, inputs: dict[str, Any], weights: list[float
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "is_encoder_decoder", False):
         labels = inputs["labels"]
-        keep = labels != -100
-        token_loss = F.cross_entropy(_seq2seq_target_logits(base, inputs, keep), labels[keep], reduction="none")
+        is_target = labels != -100
+        token_loss = F.cross_entropy(_seq2seq_target_logits(base, inputs, is_target), labels[is_target],
+                                     reduction="none")
     else:
         hidden = base.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
         labels = inputs["labels"][:, 1:]
-        keep = labels != -100
-        token_loss = target_nll(hidden[:, :-1][keep], base.get_output_embeddings(), labels[keep],
+        is_target = labels != -100
+        token_loss = target_nll(hidden[:, :-1][is_target], base.get_output_embeddings(), labels[is_target],
                                 getattr(base.config, "final_logit_softcapping", None))
-    token_task = inputs["task_ids"][:, None].expand_as(labels)[keep]
+    token_task = inputs["task_ids"][:, None].expand_as(labels)[is_target]
     total, terms = token_loss.new_zeros(()), {}
     for t, w in enumerate(weights):
         sel = token_task == t
@@ -300,14 +88,14 @@ def weighted_target_loss(model: Any, inputs: dict[str, Any], weights: list[float
     return total, terms
 
 
-def _seq2seq_target_logits(base: Any, inputs: dict[str, Any], keep: Any) -> Any:
-    """An encoder-decoder's logits at the decoder positions where `keep` is set (labels go to the decoder).
+def _seq2seq_target_logits(base: Any, inputs: dict[str, Any], is_target: Any) -> Any:
+    """An encoder-decoder's logits at the decoder positions where `is_target` is set (labels go to the decoder).
 
     A pre-hook on the LM head hands it only the kept decoder states, so the model's own forward (T5's
     output scaling, BART's logits bias) runs unchanged while the vocabulary projection is done only there.
     """
     decoder_ids = base.prepare_decoder_input_ids_from_labels(labels=inputs["labels"])
-    handle = base.get_output_embeddings().register_forward_pre_hook(lambda _mod, args: (args[0][keep],))
+    handle = base.get_output_embeddings().register_forward_pre_hook(lambda _mod, args: (args[0][is_target],))
     try:
         out = base(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                    decoder_input_ids=decoder_ids, use_cache=False)
@@ -330,14 +118,16 @@ def _trainer_class() -> type:
         loss_is_scaled_for_ga = False
 
         def __init__(self, *args: Any, task_names: list[str], task_weight_list: list[float], config_sha256: str = "",
-                     **kwargs: Any):
+                     precision: tuple[str, str] = ("fp32", "cpu"), **kwargs: Any):
             super().__init__(*args, **kwargs)
+            self.precision = precision  # (format, device) of the forward pass
             self.task_names, self.task_weight_list, self.term_log = task_names, task_weight_list, []
             self.config_sha256 = config_sha256  # written into each checkpoint: only the same config resumes it
             self.target_tokens = 0  # target tokens trained on in this session (after a resume: since it)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D401
-            loss, terms = weighted_target_loss(model, inputs, self.task_weight_list)
+            with autocast(*self.precision):
+                loss, terms = weighted_target_loss(model, inputs, self.task_weight_list)
             self.target_tokens += int((inputs["labels"] != -100).sum())
             step = self.state.global_step + 1
             self.term_log.extend({"step": step, "term": self.task_names[t], "loss": v} for t, v in terms.items())
@@ -357,7 +147,8 @@ def _trainer_class() -> type:
 
 TERM_LOG = "term_log.jsonl"  # the per-term losses so far, saved inside each checkpoint
 CHECKPOINT_CONFIG = "run_config.json"  # the config_sha256 of the run that wrote a checkpoint
-CODE_FILES = ("training.py", "head_loss.py", "models.py")  # the lib modules that decide what training computes
+# the lib modules that decide what a run trains on and computes (its examples and tokens, loss, model loading)
+CODE_FILES = ("training.py", "examples.py", "head_loss.py", "models.py")
 
 
 def training_code_sha256() -> dict[str, str]:
@@ -372,18 +163,19 @@ def run_settings(params: TrainingParams, condition: str) -> dict:
 
 
 def run_config(run: StudentRun, examples: list[Example], params: TrainingParams,
-               strategy_tokens: list[str] | None = None) -> dict:
+               strategy_tokens: list[str] | None = None, fmt: str = "fp32") -> dict:
     """What a trained run depends on: the run, its settings and examples, the training code and the student's weights.
 
     The settings are the run's own (`run_settings`): another condition's override, or a condition, student or seed
-    added to the grid, leaves the config of this run unchanged.
+    added to the grid, leaves the config of this run unchanged. `fmt` is the number format it trains in (fp32 / bf16).
     """
     from lib.models import model_provenance
 
     config = {"run": dataclasses.asdict(run), "training": run_settings(params, run.condition),
               "n_examples": len(examples),
               "examples_sha256": sha256_json([dataclasses.asdict(e) for e in examples]),
-              "code_sha256": training_code_sha256(), "student_provenance": model_provenance(run.student)}
+              "code_sha256": training_code_sha256(), "student_provenance": model_provenance(run.student),
+              "precision": fmt}
     if run.condition == "CFD":
         config["strategy_tokens"] = list(strategy_tokens or [])
     return config
@@ -491,7 +283,7 @@ def lora_model(model: Any, params: TrainingParams, token_ids: list[int] | None =
     """
     if params.finetune == "full":
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, LoraConfig, prepare_model_for_kbit_training
 
     if params.finetune == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -536,7 +328,8 @@ def untrained_result(run: StudentRun, params: TrainingParams) -> dict:
 
 
 def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, out_dir: Path, device: str,
-              strategy_tokens: list[str] | None = None, force: bool = False) -> dict:
+              strategy_tokens: list[str] | None = None, force: bool = False, fmt: str = "fp32",
+              progress: Callable[[str], None] | None = None) -> dict:
     """Train one student on one condition's examples and save its adapter, losses and timings.
 
     The run trains with `params.for_condition(run.condition)`: the training section with that condition's
@@ -546,6 +339,8 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     an interrupted one resumes from its last checkpoint of that config. `force` retrains from scratch regardless.
     A CFD run adds `strategy_tokens` (params counterfactual.strategy_tokens) to the student's tokenizer as special
     tokens and trains their embedding rows (with LoRA: peft's trainable tokens, saved in the adapter).
+    `fmt` (run.precision's choice for training, lib.precision) is the format of the forward pass: `bf16` runs it under
+    autocast, weights and optimiser state stay float32. `progress` receives a line about every 5% of the steps.
     """
     if run.condition in UNTRAINED:
         return untrained_result(run, params)
@@ -557,7 +352,7 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     if run.condition == "CFD" and not strategy_tokens:
         raise ValueError(f"{run.name}: a CFD run needs the strategy tokens (params counterfactual.strategy_tokens); "
                          "pass them as train_run(..., strategy_tokens=[positive, negative])")
-    config = run_config(run, examples, params, strategy_tokens)
+    config = run_config(run, examples, params, strategy_tokens, fmt)
     config_sha = sha256_json(config)
     done = out_dir / "done.json"
     finished = None if force else _finished_result(run.name, out_dir, config_sha)
@@ -590,7 +385,10 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     resume = _resumable_checkpoint(run.name, ckpt_dir, config_sha, force)
     trainer = _trainer_class()(model=model, args=_training_arguments(params, ckpt_dir, device, run.seed),
                                train_dataset=data, data_collator=lambda b: collate(b, tokenizer.pad_token_id),
-                               task_names=tasks, task_weight_list=[weights[t] for t in tasks], config_sha256=config_sha)
+                               task_names=tasks, task_weight_list=[weights[t] for t in tasks], config_sha256=config_sha,
+                               precision=(fmt, device))
+    if progress is not None:
+        trainer.add_callback(_progress_callback(run.name, progress))
     if resume is not None:
         done_steps = _checkpoint_step(resume)
         trainer.term_log = [r for r in read_jsonl(resume / TERM_LOG) if r["step"] <= done_steps]
@@ -622,6 +420,31 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     return result
 
 
+def _progress_callback(name: str, say: Callable[[str], None]) -> Any:
+    """A TrainerCallback that reports step, loss, elapsed and remaining time about every 5% of a run."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """Progress lines for <run>/progress.log while a run trains."""
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+            self.t0, self.first = time.perf_counter(), state.global_step
+            say(f"{name}: training {state.max_steps} steps (from step {state.global_step})")
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+            every = max(1, state.max_steps // 20)
+            if state.global_step % every and state.global_step != state.max_steps:
+                return
+            done = state.global_step - self.first
+            spent = time.perf_counter() - self.t0
+            left = spent / max(done, 1) * (state.max_steps - state.global_step)
+            loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), float("nan"))
+            say(f"{name}: step {state.global_step}/{state.max_steps}, loss {loss:.4f}, "
+                f"{spent / 60:.1f} min, about {left / 60:.1f} min left")
+
+    return Progress()
+
+
 def _training_arguments(params: TrainingParams, ckpt_dir: Path, device: str, seed: int) -> Any:
     """The Trainer's arguments for one run: batches, schedule, checkpoints, device."""
     from transformers import TrainingArguments
@@ -631,7 +454,7 @@ def _training_arguments(params: TrainingParams, ckpt_dir: Path, device: str, see
         gradient_accumulation_steps=params.grad_accum, learning_rate=params.lr, num_train_epochs=params.epochs,
         max_steps=params.max_steps, logging_steps=1, report_to="none", seed=seed,
         save_strategy="steps" if params.save_steps else "no", save_steps=params.save_steps or 500, save_total_limit=1,
-        use_cpu=device == "cpu", bf16=device == "cuda", remove_unused_columns=False,
+        use_cpu=device == "cpu", remove_unused_columns=False,  # bf16: compute_loss's own autocast (run.precision)
         train_sampling_strategy="group_by_length", dataloader_num_workers=0, disable_tqdm=False,
     )
 
@@ -648,72 +471,6 @@ def grid(params: TrainingParams) -> list[StudentRun]:
             for seed in (params.seeds[:1] if c in UNTRAINED else params.seeds)]
 
 
-def load_condition_examples(ctx: Any) -> dict[tuple[str, str], list[Example]]:
-    """The examples of each trained (condition, rationale source) of the grid, built from the artifacts of steps 01-03.
-
-    A `revised` run keeps only the training questions that have a revised explanation in 02_teacher/revisions.jsonl
-    (every example of a question left out goes, CF's counterfactual ones too); how many are left out is logged.
-    """
-    from lib.data import read_questions
-    from lib.teacher import read_rationales
-
-    params = ctx.params
-    tp = params.training
-    keys = [(c, s) for c in tp.conditions if c not in UNTRAINED for s in condition_sources(c, tp.rationale_sources)]
-    conds = {c for c, _ in keys}
-    mc = bool(conds & set(MC_CONDITIONS))
-    train = read_questions(ctx.artifact("01_data", "train.jsonl")) if mc else []
-    rationales = {"unrevised": read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "train",
-                                               tp.rationale_filter) if mc else {}}
-    if any(s == "revised" for _, s in keys):
-        rationales["revised"] = revised_rationales(read_jsonl(ctx.artifact("02_teacher", "revisions.jsonl")),
-                                                   tp.rationale_filter)
-    needs_views = "CFD" in conds
-    views = read_jsonl(ctx.artifact("03_counterfactuals", "multiview.jsonl")) if needs_views else None
-    cfs = read_questions(ctx.artifact("03_counterfactuals", "cf_questions.jsonl")) if needs_views else None
-    cf_rows = read_jsonl(ctx.artifact("03_counterfactuals", "cf_rationales.jsonl")) if conds & {"CF", "MT+CF"} else None
-    causal = read_jsonl(ctx.artifact("02_teacher", "causal.jsonl")) if "CAUSAL" in conds else None
-    strategy = params.counterfactual.strategy_tokens.model_dump()
-    out = {}
-    for c, s in keys:
-        questions = revised_questions(c, train, rationales["revised"]) if s == "revised" else train
-        out[(c, s)] = condition_examples(c, questions, rationales[s], views, strategy, cfs, cf_rows, causal,
-                                         tp.rationale_filter)
-    return out
-
-
-def revised_questions(condition: str, train: list[MCQuestion], revised: dict[str, str]) -> list[MCQuestion]:
-    """The training questions of a `revised` run: those with a revised explanation; the count left out is logged."""
-    kept = [q for q in train if q.id in revised]
-    if not kept:
-        raise ValueError(f"{condition} (revised): no training question has a usable revised explanation in "
-                         "02_teacher/revisions.jsonl; raise teacher.revise_max_questions, set training.rationale_filter: "
-                         "any to keep failed revisions as written, or drop 'revised' from training.rationale_sources")
-    log.info("%s (revised): %d of %d training questions have a revised explanation; the other %d are left out of "
-             "this run", condition, len(kept), len(train), len(train) - len(kept))
-    return kept
-
-
-def example_counts(examples: dict[tuple[str, str], list[Example]]) -> Any:
-    """Examples and distinct questions (or claim-evidence pairs) per condition and rationale source, for display."""
-    import pandas as pd
-
-    rows = [{"condition": c, "rationale_source": s, "n_examples": len(exs), "n_questions": len({e.qid for e in exs})}
-            for (c, s), exs in examples.items()]
-    return pd.DataFrame(rows, columns=["condition", "rationale_source", "n_examples", "n_questions"])
-
-
-def examples_frame(examples: dict[tuple[str, str], list[Example]]) -> Any:
-    """One example per condition, rationale source and task, for display."""
-    import pandas as pd
-
-    cols = ["condition", "rationale_source", *(f.name for f in dataclasses.fields(Example))]
-    rows = [{"condition": c, "rationale_source": s, **dataclasses.asdict(e)} for (c, s), exs in examples.items()
-            for e in exs]
-    frame = pd.DataFrame(rows, columns=cols)
-    return frame.groupby(["condition", "rationale_source", "task"], sort=False).head(1).reset_index(drop=True)
-
-
 def train_grid(ctx: Any, examples: dict[tuple[str, str], list[Example]]) -> Any:
     """Train every run of the grid (BASE: a row, no training); writes 04_training/runs.jsonl and returns it as a table.
 
@@ -724,6 +481,7 @@ def train_grid(ctx: Any, examples: dict[tuple[str, str], list[Example]]) -> Any:
     from lib.models import pick_device
 
     device = pick_device(ctx.params.run.device)
+    fmt = precision_plan(ctx.params.run.precision, device)["training"]
     force = bool(getattr(ctx, "force", False))  # `--force`: retrain every run, ignoring done.json and checkpoints
     runs = grid(ctx.params.training)
     results = []
@@ -732,7 +490,7 @@ def train_grid(ctx: Any, examples: dict[tuple[str, str], list[Example]]) -> Any:
         log.info("training run %d/%d: %s (%d examples)", i, len(runs), run.name, len(exs))
         results.append(train_run(run, exs, ctx.params.training, ctx.out / run.name, device,
                                  strategy_tokens=list(ctx.params.counterfactual.strategy_tokens.model_dump().values()),
-                                 force=force))
+                                 force=force, fmt=fmt, progress=getattr(ctx, "progress", None)))
     write_jsonl(ctx.out / "runs.jsonl", results)
     return pd.DataFrame(results)
 
@@ -765,7 +523,7 @@ def read_losses(train_dir: Path) -> Any:
 def multi_term_losses(losses: Any) -> Any:
     """The per-term loss rows of runs whose condition has several terms (MT, CF, MT+CF), for the term plots."""
     runs = losses["run"].astype(str)
-    multi = runs.str.split("__").str[0].isin([c for c in ("MT", "CF", "MT+CF")])
+    multi = runs.str.split("__").str[0].isin(["MT", "CF", "MT+CF"])
     return losses[multi].reset_index(drop=True)
 
 

@@ -28,7 +28,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import data, files, metrics, prompts, questions, report, runs, teacher
+from lib import data, figures, files, metrics, prompts, questions, report, runs, teacher
 
 ctx = runs.open_step("02_teacher", params, params_file, run_dir, force)
 ctx.out
@@ -106,11 +106,11 @@ report.frame_of(summary)
 
 # %%
 # distribution of rationale lengths
-report.plot_rationale_lengths(rows, path=ctx.out / "rationale_lengths.png");
+figures.plot_rationale_lengths(rows, path=ctx.out / "rationale_lengths.png");
 
 # %%
 # a few rationales per split
-teacher.examples_frame(rows, n=3)
+teacher.rationale_examples_frame(rows, n=3)
 
 # %% [markdown]
 # ## Critique–revision (seed 001)

@@ -31,7 +31,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import counterfactual, data, files, prompts, report, runs, teacher
+from lib import counterfactual, data, figures, files, multiview, prompts, report, runs, teacher
 
 ctx = runs.open_step("03_counterfactuals", params, params_file, run_dir, force)
 ctx.out
@@ -39,12 +39,13 @@ ctx.out
 # %%
 # read the training questions and their step-02 rationale rows (failed ones too: step 03 judges them itself)
 splits = data.read_splits(ctx.run_dir / "01_data")
-step02_rows = counterfactual.read_step02_rows(ctx.artifact("02_teacher", "rationales.jsonl"), "train")
+step02_rows = multiview.read_step02_rows(ctx.artifact("02_teacher", "rationales.jsonl"), "train")
 len(splits.train), len(step02_rows)
 
 # %%
-# open the cached teacher that refills masks and votes (the cache of step 02: a rerun makes no calls)
-refiller = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed)
+# open the cached teacher of this step: it finds topic words, refills masks, votes and writes views (the cache of
+# step 02: a rerun makes no calls)
+cf_teacher = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed)
 
 # %% [markdown]
 # ## Mask, refill, vote
@@ -61,7 +62,7 @@ refiller = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.r
 
 # %%
 # build counterfactual questions
-cfs = counterfactual.build_counterfactuals(splits.train, refiller, ctx.params.counterfactual,
+cfs = counterfactual.build_counterfactuals(splits.train, cf_teacher, ctx.params.counterfactual,
                                            ctx.params.teacher.n_shots, ctx.params.run.seed)
 files.write_jsonl(ctx.out / "counterfactuals.jsonl", cfs)
 
@@ -97,7 +98,7 @@ report.show_markdown_table(counterfactual.side_by_side(cfs))
 # acceptance rate and rejection reasons
 acceptance = counterfactual.acceptance_summary(cfs, splits.train)
 files.write_json(ctx.out / "acceptance.json", acceptance)
-report.plot_acceptance(acceptance, path=ctx.out / "acceptance.png");
+figures.plot_acceptance(acceptance, path=ctx.out / "acceptance.png");
 
 # %% [markdown]
 # Every vote is recorded, so the bar can be moved afterwards without asking the teacher again: the table counts, of the
@@ -127,20 +128,20 @@ len(cf_questions)
 
 # %%
 # build positive and negative views, and keep the dropped ones with their reasons
-views, dropped_views = counterfactual.build_views(splits.train, cf_questions, step02_rows, refiller,
-                                                  ctx.params.counterfactual, ctx.params.run.seed)
+views, dropped_views = multiview.build_views(splits.train, cf_questions, step02_rows, cf_teacher,
+                                             ctx.params.counterfactual, ctx.params.run.seed)
 files.write_jsonl(ctx.out / "multiview.jsonl", views)
 files.write_jsonl(ctx.out / "multiview_dropped.jsonl", dropped_views)
 
 # %%
 # views kept and dropped, by origin, strategy and reason
-view_counts = counterfactual.views_summary(views, dropped_views)
+view_counts = multiview.views_summary(views, dropped_views)
 files.write_json(ctx.out / "multiview_summary.json", view_counts)
 report.show_markdown_table(view_counts["outcomes"])
 
 # %%
 # a few views of each kind
-counterfactual.views_frame(views).groupby(["origin", "strategy"]).head(2)
+multiview.views_frame(views).groupby(["origin", "strategy"]).head(2)
 
 # %% [markdown]
 # ## Counterfactual rationales
@@ -152,14 +153,14 @@ counterfactual.views_frame(views).groupby(["origin", "strategy"]).head(2)
 
 # %%
 # write a counterfactual rationale (for a random wrong option) per training and in-distribution test question
-cf_rationales = counterfactual.build_cf_rationales(splits.teacher_questions(), refiller, ctx.params.counterfactual,
+cf_rationales = counterfactual.build_cf_rationales(splits.teacher_questions(), cf_teacher, ctx.params.counterfactual,
                                                    ctx.params.run.seed)
 files.write_jsonl(ctx.out / "cf_rationales.jsonl", cf_rationales)
-counterfactual.views_frame(cf_rationales, counterfactual.CounterfactualRationale).head(3)
+counterfactual.cf_rationales_frame(cf_rationales).head(3)
 
 # %%
 # release the teacher (its worker thread and the cache file)
-refiller.close()
+cf_teacher.close()
 
 # %% [markdown]
 # ## Try it

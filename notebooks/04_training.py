@@ -47,8 +47,8 @@
 # An example longer than `training.max_length` loses the end of its rationale, never its answer sentence and EOS
 # (the count is `n_truncated` in `runs.jsonl`). A run checkpoints every `training.save_steps` steps and an interrupted
 # run resumes from its last checkpoint, but only under the same config; a finished run is reused only when its params,
-# examples, training code (`lib/training.py`, `head_loss.py`, `models.py`) and student weights are unchanged and its
-# adapter is on disk. `--force` (the `force` parameter) retrains.
+# examples, training code (`lib/training.py`, `examples.py`, `head_loss.py`, `models.py`) and student weights are
+# unchanged and its adapter is on disk. `--force` (the `force` parameter) retrains.
 
 # %% tags=["parameters"]
 # parameters (papermill injects the resolved study params after this cell)
@@ -59,19 +59,19 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import conditions, models, report, runs, training
+from lib import conditions, examples, figures, models, runs, training
 
 ctx = runs.open_step("04_training", params, params_file, run_dir, force)
 ctx.out
 
 # %%
 # build the training examples of each condition and rationale source from steps 01-03 (BASE has none)
-examples = training.load_condition_examples(ctx)
-training.example_counts(examples)
+training_examples = examples.load_condition_examples(ctx)
+examples.example_counts(training_examples)
 
 # %%
 # one example per condition, rationale source and task
-training.examples_frame(examples)
+examples.examples_frame(training_examples)
 
 # %% [markdown]
 # ### Under the hood: one batch's loss by hand
@@ -84,15 +84,16 @@ training.examples_frame(examples)
 
 # %% tags=["under-the-hood"]
 # one batch: which labels are -100, each task's mean cross-entropy, and the weighted sum, against the library
-import torch, torch.nn.functional as F
+import torch
+import torch.nn.functional as F
 
-key = ("MT", "unrevised") if ("MT", "unrevised") in examples else next(iter(examples))  # (condition, rationale source)
+key = ("MT", "unrevised") if ("MT", "unrevised") in training_examples else next(iter(training_examples))  # (condition, rationale source)
 settings = ctx.params.training.for_condition(key[0])  # the training section with this condition's overrides
 weights = conditions.task_weights(key[0], settings.alpha)
 tok = models.load_tokenizer(ctx.params.training.students[0], padding_side="right")
 lm = models.load_student_lm(ctx.params.training.students[0], "cpu")
-one_per_task = [next(e for e in examples[key] if e.task == t) for t in weights]
-batch = training.collate(training.tokenize_examples(one_per_task, tok, settings.max_length, list(weights)), tok.pad_token_id)
+one_per_task = [next(e for e in training_examples[key] if e.task == t) for t in weights]
+batch = examples.collate(examples.tokenize_examples(one_per_task, tok, settings.max_length, list(weights)), tok.pad_token_id)
 labels, task = batch["labels"][:, 1:], batch["task_ids"][:, None].expand(-1, batch["labels"].shape[1] - 1)
 with torch.no_grad():
     token_ce = F.cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
@@ -105,13 +106,13 @@ assert torch.isclose(by_hand, library, rtol=1e-4), (by_hand, library)
 # %%
 # train every condition × rationale source × student × seed (finished runs with the same config, code and weights are
 # reused; BASE gets its runs.jsonl row without training)
-results = training.train_grid(ctx, examples)
+results = training.train_grid(ctx, training_examples)
 results
 
 # %%
 # loss curves of the trained runs (BASE has none), one panel per loss term
 losses = training.read_losses(ctx.out)
-report.plot_losses(losses, path=ctx.out / "loss_curves.png");
+figures.plot_losses(losses, path=ctx.out / "loss_curves.png");
 
 # %% [markdown]
 # ## The loss terms of MT, CF and MT+CF
@@ -121,7 +122,7 @@ report.plot_losses(losses, path=ctx.out / "loss_curves.png");
 
 # %%
 # per-term loss curves of the multi-term conditions (a note when none was trained)
-report.plot_term_losses(losses, path=ctx.out / "loss_terms.png");
+figures.plot_term_losses(losses, path=ctx.out / "loss_terms.png");
 
 # %% [markdown]
 # ## What each run cost

@@ -37,7 +37,20 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import conditions, data, evaluation, files, metrics, models, ratings, report, runs, teacher
+from lib import (
+    conditions,
+    data,
+    evaluation,
+    evaluation_tables,
+    figures,
+    files,
+    metrics,
+    models,
+    ratings,
+    runs,
+    scoring,
+    teacher,
+)
 
 ctx = runs.open_step("05_evaluation", params, params_file, run_dir, force)
 ctx.out
@@ -72,25 +85,25 @@ files.write_jsonl(ctx.out / "items.jsonl", items)
 
 # %%
 # accuracy, unparseable share, explanation metrics and faithfulness per run and test set
-summary = evaluation.summary_table(items)
+summary = evaluation_tables.summary_table(items)
 files.atomic_write_text(ctx.out / "summary.csv", summary.to_csv(index=False))
 summary
 
 # %%
 # how the log-likelihood picks spread over the option letters, against the gold answers of the same items
-picks = evaluation.pick_distribution(items)
+picks = evaluation_tables.pick_distribution(items)
 files.atomic_write_text(ctx.out / "picks.csv", picks.to_csv(index=False))
 picks
 
 # %%
 # the train-set x test-set accuracy matrix of each condition (%)
-ood = evaluation.ood_matrix(items)
+ood = evaluation_tables.ood_matrix(items)
 files.atomic_write_text(ctx.out / "ood_matrix.csv", ood.to_csv())
 ood
 
 # %%
 # accuracy by condition with 95% bootstrap intervals
-report.plot_accuracy(evaluation.items_frame(items), path=ctx.out / "accuracy.png");
+figures.plot_accuracy(evaluation.items_frame(items), path=ctx.out / "accuracy.png");
 
 # %% [markdown]
 # ## Explanation quality
@@ -141,20 +154,20 @@ for run in decoder_runs[:1]:  # the first decoder-only student that answers ques
     q = next(iter(data.read_test_sets(ctx.run_dir / "01_data").values()))[0]
     model, tok = evaluation.load_student(run["student"], evaluation.adapter_path(ctx, run), "cpu", run["finetune"])
     prompt = conditions.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
-    pairs, sums = evaluation.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring), []
+    pairs, sums = scoring.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring), []
     for context, continuation in pairs:
         ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
         sums.append(float(logp[torch.arange(len(cont)), cont].sum()))
     per_char = [v / len(c) for v, (_, c) in zip(sums, pairs)]
-    (pick,) = evaluation.loglik_choices(lambda ps: evaluation.continuation_logliks(model, tok, ps), [prompt], [q], ctx.params.evaluation.loglik_scoring)
+    (pick,) = scoring.loglik_choices(lambda ps: scoring.continuation_logliks(model, tok, ps), [prompt], [q], ctx.params.evaluation.loglik_scoring)
     assert (int(np.argmax(sums)), int(np.argmax(per_char))) == (pick.total, pick.per_char)
     print(run["run"], {o: (round(a, 2), round(b, 3)) for o, a, b in zip(q.choices, sums, per_char)}, "(summed, per character)")
 
 # %%
 # CEC by condition
-report.plot_cec(evaluation.items_frame(items), path=ctx.out / "cec.png");
+figures.plot_cec(evaluation.items_frame(items), path=ctx.out / "cec.png");
 
 # %%
 # distributions of every explanation metric
@@ -173,7 +186,7 @@ evaluation.items_frame(items).dropna(subset=["cec"]).groupby("condition").head(2
 
 # %%
 # answer-change rate per run
-faith = evaluation.faithfulness_table(items)
+faith = evaluation_tables.faithfulness_table(items)
 files.atomic_write_text(ctx.out / "faithfulness.csv", faith.to_csv(index=False))
 faith
 
@@ -203,7 +216,7 @@ evaluation.export_human_sheet(ctx, items)
 
 # %%
 # how each metric correlates with the ratings (Spearman; NaN below 3 rated explanations)
-correlations = evaluation.metric_correlations(items, judged)
+correlations = metrics.metric_rating_correlations(evaluation.items_frame(items), ratings.ratings_frame(judged))
 files.atomic_write_text(ctx.out / "correlations.csv", correlations.to_csv(index=False))
 correlations
 
@@ -218,11 +231,11 @@ correlations
 # explain the held-out claim-evidence pairs with every CAUSAL run
 causal_items = evaluation.evaluate_causal_grid(ctx)
 files.write_jsonl(ctx.out / "causal_items.jsonl", causal_items)
-evaluation.causal_summary(causal_items)
+evaluation.causal_table(evaluation.explanations_frame(causal_items))
 
 # %%
 # the summary of this step
-evaluation.write_summary(ctx.out, items, judged)
+evaluation_tables.write_summary(ctx.out, items, judged)
 
 # %% [markdown]
 # ## Try it

@@ -32,6 +32,10 @@
 # `faithfulness.csv`, ...), `findings.md`, the figures (`accuracy_by_condition.png`, `ood_heatmap.png`, ...) and
 # `report.html`.
 #
+# **Where it lives.** `lib.run_tables` reads the run's tables, `lib.stats` runs the tests on them, `lib.findings` puts
+# each result into words (a section per analysis, `findings.md`), `lib.figures` draws the figures and `lib.report`
+# writes `report.html` (also `python -m lib.report RUN_DIR`, which compares several runs too).
+#
 # With few test items or one seed, the tests have little power; when there are too few observations for a test, or an
 # input (ratings, BLEU / ROUGE / BERTScore, log-likelihood scores, faithfulness, out-of-distribution sets) is absent,
 # the step says so, naming the switch, instead of failing.
@@ -45,22 +49,22 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import report, runs, stats
+from lib import figures, findings, report, run_tables, runs, stats
 
 ctx = runs.open_step("06_statistics", params, params_file, run_dir, force)
 ctx.out
 
 # %%
 # read the per-item results of step 05, with each student's size from step 04
-tables = stats.load_run_tables(ctx.run_dir)
+tables = run_tables.load_run_tables(ctx.run_dir)
 tables.items.groupby(["test_set", "student_size", "condition", "rationale_source"]).size()
 
 # %%
 # run every analysis (a test the data cannot support becomes a note) and write the tables and findings
 s = ctx.params.statistics
-analysis = stats.analyse(tables, outcomes=s.outcomes, alpha=s.alpha, n_boot=s.n_boot, seed=ctx.params.run.seed,
-                         reference=s.reference, conditions=ctx.params.training.conditions)
-stats.write_analysis(analysis, ctx.out)
+analysis = findings.analyse(tables, outcomes=s.outcomes, alpha=s.alpha, n_boot=s.n_boot, seed=ctx.params.run.seed,
+                            reference=s.reference, conditions=ctx.params.training.conditions)
+findings.write_analysis(analysis, ctx.out)
 
 # %% [markdown]
 # **Accuracy and McNemar.** An interval from resampling items (each with all its seeds) says how much the accuracy
@@ -106,7 +110,7 @@ report.show_sections(analysis, "tukey")
 import numpy as np
 from scipy.stats import studentized_range
 
-unit = stats.over_seeds(stats.compared_conditions(tables.items), ["correct", "cec"])  # as Tukey sees them: no TEACHER
+unit = stats.over_seeds(run_tables.compared_conditions(tables.items), ["correct", "cec"])  # as Tukey: no TEACHER
 value, first = next((v, g) for v in ("correct", "cec") for _, g in unit.groupby(["test_set", "student"])
                     if g["condition"].nunique() > 1 and g.groupby("condition")[v].std().gt(0).any())  # with spread
 groups = {c: g[value].dropna().to_numpy(float) for c, g in first.groupby("condition")}
@@ -147,28 +151,28 @@ report.show_sections(analysis, "cec_vs_metrics")
 
 # %%
 # draw every figure of the report into the step folder
-figures = report.run_figures(tables, ctx.out, n_boot=s.n_boot, seed=ctx.params.run.seed)
-list(figures)
+figs = figures.run_figures(tables, ctx.out, n_boot=s.n_boot, seed=ctx.params.run.seed)
+list(figs)
 
 # %%
 # accuracy by condition
-report.show_figure(figures["accuracy"])
+figures.show_figure(figs["accuracy"])
 
 # %%
 # accuracy in and out of distribution
-report.show_figure(figures["ood"])
+figures.show_figure(figs["ood"])
 
 # %%
 # CEC against BLEU / ROUGE-L / BERTScore
-report.show_figure(figures["cec_vs_metrics"])
+figures.show_figure(figs["cec_vs_metrics"])
 
 # %%
 # rating distributions
-report.show_figure(figures["ratings"])
+figures.show_figure(figs["ratings"])
 
 # %%
 # write the run's self-contained report (tables, figures, sentences and provenance)
-report.write_run_report(ctx.run_dir, analysis, figures)
+report.write_run_report(ctx.run_dir, analysis, figs)
 
 # %% [markdown]
 # ## Try it

@@ -1,5 +1,6 @@
-"""Counterfactual questions: masking every located phrase, refill rules, new options, the self-consistency vote
-and its bars, and multi-view CoT (positive views that reach the gold answer, a refutation per wrong option)."""
+"""Counterfactual questions (lib.counterfactual): masking every located phrase, refill rules, new options, the
+self-consistency vote and its bars; and multi-view CoT (lib.multiview: positive views that reach the gold answer, a
+refutation per wrong option)."""
 
 import json
 import random
@@ -7,15 +8,32 @@ import random
 import pytest
 
 from lib.counterfactual import (
-    MASK, Counterfactual, acceptance_by_bar, acceptance_summary, accepted_questions, build_cf_rationales,
-    build_counterfactuals, build_views, choose_spans, clean_refill, fill_masks, locate_spans, mask_spans,
-    new_option_problem, non_overlapping, pick_new_target, positive_rationale, read_step02_rows, refill_problem,
-    refill_prompt, side_by_side, split_fills, view_text, views_summary, vote, wrong_options,
+    acceptance_by_bar,
+    acceptance_summary,
+    accepted_questions,
+    build_cf_rationales,
+    build_counterfactuals,
+    choose_spans,
+    clean_refill,
+    Counterfactual,
+    fill_masks,
+    locate_spans,
+    MASK,
+    mask_spans,
+    new_option_problem,
+    non_overlapping,
+    pick_new_target,
+    refill_problem,
+    refill_prompt,
+    side_by_side,
+    split_fills,
+    vote,
 )
-from lib.questions import MCQuestion
 from lib.models import Completion
+from lib.multiview import build_views, positive_rationale, read_step02_rows, view_text, views_summary, wrong_options
 from lib.params import CounterfactualParams
 from lib.prompts import view_prompt
+from lib.questions import MCQuestion
 
 
 def q(qid="q1", text="Where would you keep a spare umbrella?", concept="umbrella", answer=0):

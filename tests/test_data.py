@@ -1,4 +1,5 @@
-"""Tests for lib.data: loaders on tiny fixtures (incl. error paths), splitting, validation, and the real data."""
+"""Tests for lib.data, lib.recorded and lib.question_checks: loaders on tiny fixtures (incl. error paths), splitting,
+validation, and the real data."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from lib import data, files
-from lib.data import load_climate_fever, load_cose, load_multiple_choice, load_palm_rationales, questions_to_frame, split_questions, validate_questions
-from lib.questions import ClaimEvidence, format_question, MCQuestion, option_letters
+from lib import data, files, recorded
+from lib.data import load_climate_fever, load_multiple_choice, questions_to_frame, split_questions
 from lib.files import read_jsonl, write_jsonl
+from lib.params import DataParams
+from lib.question_checks import find_overlap, validate_questions
+from lib.questions import ClaimEvidence, format_question, MCQuestion, option_letters
+from lib.recorded import load_cose, load_palm_rationales
+from lib.runs import MissingArtifact
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -221,7 +226,7 @@ def palm_folder(root: Path, completions: list[list[str]], n_rows: int = 3) -> Pa
 
 
 def test_load_palm_rationales_joins_batches_and_cuts_hallucinated_questions(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "PALM_BATCH", 2)  # so 3 rows span two files, as 1221 rows span two upstream
+    monkeypatch.setattr(recorded, "PALM_BATCH", 2)  # so 3 rows span two files, as 1221 rows span two upstream
     folder = palm_folder(tmp_path, [[" R0. So the answer is (a) x.\n\nQ: made up?\nA: y", "R1. So the answer is (b) y."],
                                     ["R2. So the answer is (c) z.\n\nQ: more\n\nQ: again"]])
     got = load_palm_rationales(str(folder), "test")
@@ -233,7 +238,7 @@ def test_load_palm_rationales_joins_batches_and_cuts_hallucinated_questions(tmp_
 
 
 def test_load_palm_rationales_count_mismatch_and_short_batch(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "PALM_BATCH", 2)
+    monkeypatch.setattr(recorded, "PALM_BATCH", 2)
     with pytest.raises(ValueError, match="2 test completions for 3 rows"):
         load_palm_rationales(str(palm_folder(tmp_path / "a", [["x", "y"]])), "test")
     with pytest.raises(ValueError, match="every file but the last must hold exactly 2"):
@@ -403,8 +408,6 @@ def mc_file(path: Path, ids: list[str], key: str | None = "B", fmt_rows: list[di
 def data_params(train: Path, test: Path | None = None, ood: tuple[Path, ...] = (), names: tuple[str, ...] = (),
                 **extra):
     """A validated params `data` section over local commonsenseqa-format files."""
-    from lib.params import DataParams
-
     def src(name: str, path: Path) -> dict:
         return {"name": name, "format": "commonsenseqa", "source": str(path)}
 
@@ -430,8 +433,6 @@ def test_write_splits_replaces_old_test_sets_and_readers_follow_the_index(tmp_pa
 
 
 def test_readers_refuse_an_old_or_changed_01_data_folder(tmp_path):
-    from lib.runs import MissingArtifact
-
     out = tmp_path / "01_data"
     data.write_splits(out, data.Splits(train=[q("t1"), q("t2")], tests={"csqa": [q("a")], "arc": [q("c")]}), [])
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -473,8 +474,6 @@ def test_prepare_splits_refuses_an_empty_set(tmp_path, role, key, text):
 
 
 def test_empty_claims_and_empty_sets_to_write_are_refused(tmp_path):
-    from lib.params import DataParams
-
     (tmp_path / "claims.jsonl").write_text("", encoding="utf-8")
     params = DataParams.model_validate({"train": {"name": "tr", "format": "commonsenseqa",
                                                   "source": str(mc_file(tmp_path / "t.jsonl", ["t1", "t2"]))},
@@ -541,7 +540,7 @@ def test_files_with_a_byte_order_mark_load(tmp_path, monkeypatch):
     path = tmp_path / "excel.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(csqa_row(i)) + "\r\n" for i in ("q1", "q2")).encode())
     assert [x.id for x in load_multiple_choice(str(path), "commonsenseqa")] == ["q1", "q2"]
-    monkeypatch.setattr(data, "PALM_BATCH", 2)
+    monkeypatch.setattr(recorded, "PALM_BATCH", 2)
     folder = palm_folder(tmp_path / "palm", [["R0.", "R1."]], n_rows=2)
     for f in (folder / "cqa_test.json", folder / "llm" / "test_CoT_0.json"):
         f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
@@ -579,16 +578,14 @@ def test_real_commonsenseqa_test_split_without_answers_is_refused(shared):
 def test_real_arc_easy_test_repeats_train_questions(shared):
     """Three ARC-Easy test questions repeat a training question (text and options); four more repeat only the text."""
     folder = shared / "arc" / "ARC-Easy"
-    from lib.params import DataParams
-
     params = DataParams.model_validate({
         "train": {"name": "arc-easy", "format": "arc", "source": str(folder / "ARC-Easy-Train.jsonl")},
         "test": {"name": "arc-easy", "format": "arc", "source": str(folder / "ARC-Easy-Test.jsonl")}})
     with pytest.raises(ValueError, match=r"data.test.source .*ARC-Easy-Test.jsonl\) shares 3 questions with the "
                                          r"training set data.train.source .*ARC-Easy-Train.jsonl\)"):
         data.prepare_splits(params, seed=0)
-    same, same_text = data.find_overlap(load_multiple_choice(str(folder / "ARC-Easy-Train.jsonl"), "arc"),
-                                        load_multiple_choice(str(folder / "ARC-Easy-Dev.jsonl"), "arc"))
+    same, same_text = find_overlap(load_multiple_choice(str(folder / "ARC-Easy-Train.jsonl"), "arc"),
+                                   load_multiple_choice(str(folder / "ARC-Easy-Dev.jsonl"), "arc"))
     assert (len(same), len(same_text)) == (0, 1)
 
 

@@ -1,4 +1,4 @@
-"""Tests of lib.evaluation: log-likelihood scoring, perturbations, faithfulness, OOD matrix and tables."""
+"""Tests of lib.evaluation: students evaluated on the test sets, the student cache in use, metrics and TEACHER rows."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import math
 import pytest
 
 from lib.data import load_multiple_choice
-from lib.questions import MCQuestion
-from lib.evaluation import (LOGLIK_SCORINGS, ItemResult, OptionPick, add_cec, clean_rationale, continuation_logliks,
-                            evaluate_run, faithfulness, faithfulness_table, items_frame, loglik_choices,
-                            option_continuations, ood_matrix, perturbed_rationales, pick_distribution,
-                            read_cf_rationales, summary_table, write_summary)
+from lib.evaluation import add_cec, clean_rationale, evaluate_run, ItemResult, read_cf_rationales
+from lib.evaluation_tables import ood_matrix, summary_table
 from lib.files import PROJECT_ROOT
-from lib.params import EvaluationParams, load_params
+from lib.params import load_params
+from lib.questions import MCQuestion
 
 
 def q(i: int, n: int = 3, answer: int = 0) -> MCQuestion:
@@ -30,121 +28,9 @@ def item(run: str, cond: str, test_set: str, qid: str, correct: int, **kw) -> It
     return ItemResult(**base)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from lib.models import TINY_GEMMA, load_causal_lm, load_tokenizer
-
-    return load_causal_lm(TINY_GEMMA), load_tokenizer(TINY_GEMMA)
-
-
 def test_clean_rationale_cuts_next_question_and_answer_sentence():
     assert clean_rationale("Ice is cold. So the answer is (a) ice.\nQ: What next?") == "Ice is cold."
     assert clean_rationale("Fire is hot.\nQ: Another?\nAnswer Choices:\n(a) x") == "Fire is hot."
-
-
-def test_continuation_logliks_match_a_direct_computation(tiny):
-    import torch
-
-    model, tok = tiny
-    pairs = [("Q: Where is ice?\nA:", " So the answer is (a) cold."), ("Q: Hi\nA:", " So the answer is (b) hot place.")]
-    got = continuation_logliks(model, tok, pairs, batch_size=2)
-    for (ctx, cont), value in zip(pairs, got):
-        bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", True) else []  # as lib.training tokenises
-        c = bos + tok(ctx, add_special_tokens=False)["input_ids"]
-        t = tok(cont, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([c + t])).logits[0].float(), -1)
-        want = sum(float(logp[len(c) - 1 + k, tok_id]) for k, tok_id in enumerate(t))
-        assert value == pytest.approx(want, abs=1e-3)
-    # batching and order do not change the scores
-    assert continuation_logliks(model, tok, pairs[::-1], batch_size=1) == pytest.approx(got[::-1], abs=1e-4)
-
-
-def test_loglik_choices_picks_the_most_likely_option(tiny):
-    import functools
-
-    questions = [q(1, 3), q(2, 5)]
-    fake = {" So the answer is (c) opt12.": -1.0, " So the answer is (a) opt20.": -0.5}
-    assert loglik_choices(lambda pairs: [fake.get(c, -9.0) for _, c in pairs], ["x", "y"], questions,
-                          "answer_sentence") == [OptionPick(2, 2), OptionPick(0, 0)]
-    model, tok = tiny  # the real scorer returns a valid index for every question and scoring
-    for scoring in LOGLIK_SCORINGS:
-        picks = loglik_choices(functools.partial(continuation_logliks, model, tok, batch_size=3),
-                               ["Q: a\nA:", "Q: b\nA:"], questions, scoring)
-        assert picks[0].total in range(3) and picks[1].per_char in range(5)
-
-
-def test_option_continuations_per_scoring():
-    x = MCQuestion(id="x", question="Where?", choices=["bed", "sofa bed"], labels=["A", "B"], answer=1)
-    assert option_continuations("P", x, "answer_sentence") == [("P", " So the answer is (a) bed."),
-                                                               ("P", " So the answer is (b) sofa bed.")]
-    assert option_continuations("P", x, "option_text") == [("P", " bed"), ("P", " sofa bed")]
-    assert option_continuations("P", x, "answer_text") == [("P So the answer is", " bed."),
-                                                           ("P So the answer is", " sofa bed.")]
-    with pytest.raises(ValueError, match="evaluation.loglik_scoring"):
-        option_continuations("P", x, "letter")
-    assert set(LOGLIK_SCORINGS) == set(EvaluationParams.model_fields["loglik_scoring"].annotation.__args__)
-
-
-def test_a_letter_biased_model_does_not_decide_the_default_scoring():
-    # a "model" that loves the letter (a) and otherwise prefers the right option's text by a little
-    def score(pairs):
-        return [(-1.0 if "opt" in t and t.strip(" .").endswith("1") else -2.0) + (5.0 if "(a)" in t else 0.0)
-                for _, t in pairs]
-
-    questions = [q(i, 3, answer=1) for i in range(4)]
-    biased = loglik_choices(score, ["P"] * 4, questions, "answer_sentence")
-    assert [p.total for p in biased] == [0, 0, 0, 0]  # the letter wins the old scoring
-    default = loglik_choices(score, ["P"] * 4, questions, EvaluationParams().loglik_scoring)
-    assert [p.total for p in default] == [1, 1, 1, 1] and [p.per_char for p in default] == [1, 1, 1, 1]
-
-
-def test_per_char_pick_divides_by_the_continuation_length():
-    x = MCQuestion(id="x", question="Q?", choices=["a", "much longer option"], labels=["A", "B"], answer=1)
-    score = {" a": -3.0, " much longer option": -6.0}  # summed: the short option; per character: the long one
-    assert loglik_choices(lambda pairs: [score[t] for _, t in pairs], ["P"], [x], "option_text") == [OptionPick(0, 1)]
-
-
-def test_pick_distribution_and_norm_accuracy():
-    rows = [item("r", "FT", "csqa", f"i{k}", 0, gold=g, loglik_pred=0, loglik_correct=int(g == 0), loglik_norm_pred=p,
-                 loglik_norm_correct=int(p == g)) for k, (g, p) in enumerate([(0, 0), (1, 1), (2, 0), (1, 2)])]
-    rows.append(item("r", "FT", "csqa", "unscored", 0, gold=2))
-    d = pick_distribution(rows, "loglik_pred").set_index("of")
-    assert d.loc["loglik_pred", "(a)"] == 1.0 and d.loc["loglik_pred", "max_share"] == 1.0
-    assert d.loc["gold", ["(a)", "(b)", "(c)"]].tolist() == [0.25, 0.5, 0.25] and d.loc["gold", "n"] == 4
-    norm = pick_distribution(rows).set_index("of")
-    assert norm.loc["loglik_norm_pred", ["(a)", "(b)", "(c)"]].tolist() == [0.5, 0.25, 0.25]
-    s = summary_table(rows).iloc[0]
-    assert s.loglik_accuracy == 0.25 and s.loglik_norm_accuracy == 0.5
-
-
-def test_perturbed_rationales_other_item_and_shuffle():
-    own = ["A one. A two.", "", "B one.", "C one. C two. C three."]
-    assert perturbed_rationales(own, "other_item", 0) == ["B one.", "", "C one. C two. C three.", "A one. A two."]
-    assert perturbed_rationales(["only"], "other_item", 0) == [""]
-    shuffled = perturbed_rationales(own, "shuffle", 0)
-    assert sorted(shuffled[0].split(" ")) == sorted(own[0].split(" ")) and shuffled[0] != own[0]
-    assert shuffled[1] == ""
-    assert shuffled[2] == "one. B" or shuffled[2] == ""  # one sentence: its words are shuffled
-    with pytest.raises(ValueError, match="evaluation.perturbation"):
-        perturbed_rationales(own, "reverse", 0)
-
-
-def test_faithfulness_answer_change(monkeypatch):
-    import lib.evaluation as ev
-
-    # the "model": the answer (per character) is the option named by the rationale's last word (a digit), else 0
-    def fake_choices(score, contexts, questions, scoring):
-        assert scoring == "option_text"
-        return [OptionPick(0, int(c.split()[-1]) if c.split()[-1].isdigit() else 0) for c in contexts]
-
-    monkeypatch.setattr(ev, "loglik_choices", fake_choices)
-    qs = [q(1), q(2), q(3)]
-    res = faithfulness(None, ["P1", "P2", "P3"], qs, own=["r 1", "r 2", ""], perturbed=["p 1", "p 0", "p 2"],
-                       counterfactual=[(2, "cf 2"), None, (1, "cf 1")], scoring="option_text")
-    assert res[0] == {"faithfulness_perturbed": 0, "faithfulness_counterfactual": 1, "faithfulness_cf_follows": 1}
-    assert res[1] == {"faithfulness_perturbed": 1, "faithfulness_counterfactual": None, "faithfulness_cf_follows": None}
-    assert res[2] == dict.fromkeys(res[2], None)  # no own rationale: not measured
 
 
 def test_read_cf_rationales_skips_failed_rows(tmp_path):
@@ -154,29 +40,6 @@ def test_read_cf_rationales_skips_failed_rows(tmp_path):
         {"id": "q2", "option": None, "text": ""}]) + "\n")
     assert read_cf_rationales(p) == {"q1": (2, "Because fire.")}
     assert read_cf_rationales(tmp_path / "absent.jsonl") == {}
-
-
-def test_ood_matrix_summary_and_faithfulness_tables(tmp_path):
-    rows = [item("FT__s", "FT", "csqa", "a", 1), item("FT__s", "FT", "csqa", "b", 0),
-            item("FT__s", "FT", "arc", "c", 1),
-            item("MT__s", "MT", "csqa", "a", 0, faithfulness_perturbed=1, loglik_pred=0, loglik_correct=1),
-            item("MT__s", "MT", "csqa", "b", 0, faithfulness_perturbed=0, faithfulness_counterfactual=1,
-                 faithfulness_cf_follows=1),
-            item("MT__s", "MT", "arc", "c", 0)]
-    m = ood_matrix(rows)
-    assert list(m.columns) == ["csqa", "arc"]
-    assert m.loc[("FT", "unrevised", "s", 0, "csqa")].tolist() == [50.0, 100.0]
-    assert m.loc[("MT", "unrevised", "s", 0, "csqa")].tolist() == [0.0, 0.0]
-    s = summary_table(rows)
-    mt = s[(s.condition == "MT") & (s.test_set == "csqa")].iloc[0]
-    assert mt.n == 2 and mt.answer_change_perturbed == 0.5 and mt.loglik_accuracy == 1.0
-    f = faithfulness_table(rows).set_index("run")
-    assert f.loc["MT__s", "answer_change_perturbed"] == 0.5 and f.loc["MT__s", "n_counterfactual"] == 1
-    assert math.isnan(f.loc["FT__s", "answer_change_perturbed"])
-    summary = json.loads(write_summary(tmp_path, rows, []).read_text())
-    assert summary["test_sets"] == ["csqa", "arc"] and len(summary["ood_matrix"]) == 2
-    assert set(items_frame(rows).columns) >= {"bleu", "rouge_l", "bertscore", "loglik_pred", "loglik_correct",
-                                              "faithfulness_perturbed", "faithfulness_counterfactual", "train_set"}
 
 
 def test_arc_sample_loads_with_digit_labels_and_three_options():
@@ -247,9 +110,9 @@ def run_info(condition: str, source: str = "unrevised", finetune: str = "lora", 
 def make_adapter(folder, seed: int) -> None:
     """A LoRA adapter (random, non-zero) on the tiny Gemma, saved with its tokenizer as step 04 saves a run."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model, LoraConfig
 
-    from lib.models import TINY_GEMMA, load_causal_lm, load_tokenizer
+    from lib.models import load_causal_lm, load_tokenizer, TINY_GEMMA
 
     torch.manual_seed(seed)
     get_peft_model(load_causal_lm(TINY_GEMMA), LoraConfig(r=2, init_lora_weights=False)).save_pretrained(folder)
@@ -319,19 +182,6 @@ def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):
     assert first[0].reference == "Warmth melts ice." and math.isnan(again[0].seconds)
 
 
-def test_force_discards_the_student_cache_and_a_plain_rerun_keeps_it(tmp_path):
-    from types import SimpleNamespace
-
-    from lib.evaluation import discard_student_cache, student_cache_path
-    from lib.response_cache import ResponseCache
-
-    ctx = SimpleNamespace(run_dir=tmp_path, force=False)
-    ResponseCache(student_cache_path(ctx)).close()
-    assert not discard_student_cache(ctx) and student_cache_path(ctx).exists()
-    ctx.force = True
-    assert discard_student_cache(ctx) and not student_cache_path(ctx).exists()
-
-
 def counting_generation(monkeypatch) -> list[list[str]]:
     """Record the prompts of every batch the students generate for."""
     import lib.models
@@ -348,9 +198,10 @@ def counting_generation(monkeypatch) -> list[list[str]]:
 
 def test_base_is_the_untrained_student_asked_like_ft_and_cached(tmp_path, monkeypatch):
     import lib.evaluation as ev
-    from lib.models import TINY_GEMMA, model_provenance
-    from lib.files import sha256_json
     from lib.conditions import eval_prompts
+    from lib.files import sha256_json
+    from lib.models import model_provenance, TINY_GEMMA
+    from lib.student_cache import student_weights_hash
 
     prompts, loads, real_load = counting_generation(monkeypatch), [], ev.load_student
     monkeypatch.setattr(ev, "load_student", lambda *a: loads.append(a) or real_load(*a))
@@ -364,7 +215,7 @@ def test_base_is_the_untrained_student_asked_like_ft_and_cached(tmp_path, monkey
     assert rows[0].loglik_pred is not None
     again = evaluate_run(run_info("BASE", trained=False), None, tests, params, "cpu", cache=cache)
     assert len(prompts) == 1 and len(loads) == 1 and [r.output for r in again] == [r.output for r in rows]
-    assert ev.student_weights_hash(TINY_GEMMA, None) == sha256_json({"base": model_provenance(TINY_GEMMA)})
+    assert student_weights_hash(TINY_GEMMA, None) == sha256_json({"base": model_provenance(TINY_GEMMA)})
 
 
 def test_a_qlora_student_is_evaluated_on_its_4bit_base_without_merging(tmp_path, monkeypatch):
@@ -394,7 +245,8 @@ def test_a_qlora_student_is_evaluated_on_its_4bit_base_without_merging(tmp_path,
 
 
 def test_teacher_rows_are_the_teachers_answers_to_the_in_distribution_questions():
-    from lib.evaluation import TEACHER, teacher_rows
+    from lib.conditions import TEACHER
+    from lib.evaluation import teacher_rows
 
     qs = [q(1, answer=1), q(2, answer=0), q(3, answer=2), q(4)]
     rationale = {"view": "cot", "backend": "replay", "model": "PaLM-540B", "template": "t", "template_sha256": "",
@@ -420,17 +272,6 @@ def test_teacher_rows_are_the_teachers_answers_to_the_in_distribution_questions(
     assert m.loc[(TEACHER, "unrevised", "PaLM-540B", 0, "")].tolist()[0] == 50.0
     assert math.isnan(m.loc[(TEACHER, "unrevised", "PaLM-540B", 0, ""), "arc"])  # in-distribution column only
     assert summary_table(students + rows).set_index("condition").loc[TEACHER, "accuracy"] == 0.5
-
-
-def test_summary_and_ood_matrix_keep_the_rationale_sources_apart():
-    rows = [item("MT__unrevised__s", "MT", "csqa", "a", 1, rationale_source="unrevised"),
-            item("MT__revised__s", "MT", "csqa", "a", 0, rationale_source="revised"),
-            item("MT__revised__s", "MT", "csqa", "b", 0, rationale_source="revised")]
-    s = summary_table(rows).set_index("rationale_source")
-    assert (s.loc["unrevised", "accuracy"], s.loc["revised", "n"]) == (1.0, 2)
-    m = ood_matrix(rows)
-    assert m.loc[("MT", "revised", "s", 0, "csqa"), "csqa"] == 0.0 and len(m) == 2
-    assert items_frame(rows)["rationale_source"].tolist() == ["unrevised", "revised", "revised"]
 
 
 def test_evaluate_grid_reads_each_runs_adapter_field_and_adds_base_and_teacher(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_no_target_rows_give_an_empty_loss():
 
 def test_vocabulary_major_head_gives_the_same_logits_and_restores_the_head():
     from lib.head_loss import vocabulary_major_head
-    from lib.models import TINY_GEMMA, load_causal_lm
+    from lib.models import load_causal_lm, TINY_GEMMA
 
     model = load_causal_lm(TINY_GEMMA)
     ids = torch.randint(0, model.config.vocab_size, (3, 5))
@@ -98,3 +98,22 @@ def test_vocabulary_major_head_leaves_other_heads_alone():
     model.head.bias = None
     with vocabulary_major_head(model):
         assert type(model.head) is torch.nn.Linear  # float64: not the path it was measured for
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_under_bf16_autocast_the_blockwise_path_matches_autocast_full_logits(softcap, monkeypatch):
+    """run.precision bf16: the head's products take bf16 operands; values and gradients agree with autocast's own."""
+    monkeypatch.setattr("lib.head_loss.VOCAB_BLOCK", 7)
+    head = frozen_head(vocab=300, dim=32)
+    hidden = (torch.randn(9, 32) * 2).requires_grad_()
+    labels = torch.randint(0, 300, (9,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = target_nll(hidden, head, labels, softcap)
+        ref = reference_nll(hidden, head, labels, softcap)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), hidden)
+    (grad_ref,) = torch.autograd.grad(ref.sum(), hidden)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=5e-2, atol=2e-2)
+    exact = reference_nll(hidden.detach(), head, labels, softcap)
+    assert not torch.equal(ours.detach(), exact), "the bf16 path must really compute in bf16"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.metrics import CECScore, cec_batch, cec_from_embeddings, extract_answer, rationale_length, split_sentences
+from lib.metrics import cec_batch, cec_from_embeddings, CECScore, extract_answer, rationale_length, split_sentences
 
 CHOICES = ["ice", "fire", "wooded area", "ice cream", "bed"]
 
@@ -256,7 +256,7 @@ def test_bertscore_with_a_local_encoder_folder():
 
 
 def test_encode_sentences_batches_by_token_length_and_keeps_input_order():
-    from lib.models import TINY_MINILM, encode_sentences, load_embedder
+    from lib.models import encode_sentences, load_embedder, TINY_MINILM
 
     embedder = load_embedder(TINY_MINILM)
     sentences = ["Ice is cold and melts in the warm sun of the afternoon.", "Ice.", "Fire is hot.",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lib.models import TINY_GEMMA, generate_texts, load_causal_lm, load_tokenizer, stop_string_criteria
+from lib.models import generate_texts, load_causal_lm, load_tokenizer, stop_string_criteria, TINY_GEMMA
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from lib.questions import MCQuestion
 from lib.evaluation import ItemResult
-from lib.ratings import (DIMENSIONS, SheetError, export_sheet, import_sheet, judge_prompt, judge_ratings,
-                         parse_judgement, ratings_frame, ratings_summary)
+from lib.questions import MCQuestion
+from lib.ratings import (
+    add_human_ratings,
+    add_ratings,
+    DIMENSIONS,
+    export_sheet,
+    HUMAN_RATINGS,
+    import_sheet,
+    judge_prompt,
+    JUDGE_RATINGS,
+    judge_ratings,
+    parse_judgement,
+    Rating,
+    ratings_frame,
+    ratings_summary,
+    read_ratings,
+    SheetError,
+)
 
 Q = MCQuestion(id="q1", question="Where is ice kept?", choices=["oven", "freezer", "desk"], labels=["A", "B", "C"],
                answer=1)
@@ -176,8 +191,6 @@ def test_import_sheet_rejects_unknown_and_repeated_rows_and_missing_columns(shee
 
 
 def test_add_ratings_appends_and_refuses_a_second_import(sheet, tmp_path):
-    from lib.ratings import Rating, add_ratings, read_ratings
-
     judged = Rating("A", "q1", "judge:x", None, None, None, "", "f" * 64, failure="unparseable: no completeness score")
     path = add_ratings(tmp_path / "ratings.jsonl", [judged])
     human = Rating("A", "q1", "r1", 3, 4, 5, "ok", "")
@@ -188,8 +201,6 @@ def test_add_ratings_appends_and_refuses_a_second_import(sheet, tmp_path):
 
 
 def test_add_human_ratings_imports_a_sheet_into_the_run_folder_outside_every_step(sheet, tmp_path):
-    from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS, add_human_ratings, read_ratings
-
     assert (HUMAN_RATINGS, JUDGE_RATINGS) == ("human_ratings.jsonl", "judge_ratings.jsonl")
     rows = read_rows(sheet["csv"])
     for r in rows:

@@ -1,4 +1,5 @@
-"""Tests of lib.report: the figures of step 06, the run report (inputs present, absent, too few) and run comparison."""
+"""Tests of lib.report and lib.run_tables: reading a run folder, the run report (inputs present, absent, too few)
+and run comparison."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
 from lib.files import write_json, write_jsonl
+from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONDITIONS = ("CF", "MT", "FT-CoT")
@@ -84,22 +85,22 @@ def images(page: str) -> list[bytes]:
 
 
 def test_report_with_every_input_has_every_table_and_figure(tmp_path):
-    from lib import report, stats
+    from lib import figures, findings, report, run_tables
 
     run_dir = make_run(tmp_path)
-    tables = stats.load_run_tables(run_dir)
+    tables = run_tables.load_run_tables(run_dir)
     assert tables.ratings is not None and len(tables.ratings) == 2 * len(tables.items)
     assert set(tables.items["student_size"]) == {"124M params", "355M params"}
-    sections = stats.analyse(tables, n_boot=200)
-    figures = report.run_figures(tables, run_dir / "06_statistics")
-    assert not [k for k, f in figures.items() if isinstance(f, str)]
-    path = report.write_run_report(run_dir, sections, figures)
+    sections = findings.analyse(tables, n_boot=200)
+    figs = figures.run_figures(tables, run_dir / "06_statistics")
+    assert not [k for k, f in figs.items() if isinstance(f, str)]
+    path = report.write_run_report(run_dir, sections, figs)
     assert path == run_dir / "06_statistics" / "report.html"
     page = path.read_text()
     assert "input is absent" not in page.lower() and "Figure absent" not in page
     pngs = images(page)
-    assert len(pngs) == len(report.FIGURES) and all(p.startswith(PNG_MAGIC) for p in pngs)
-    for name, _ in report.FIGURES.values():
+    assert len(pngs) == len(figures.FIGURES) and all(p.startswith(PNG_MAGIC) for p in pngs)
+    for name, _ in figures.FIGURES.values():
         assert (run_dir / "06_statistics" / name).read_bytes().startswith(PNG_MAGIC)
     for title in ("Tukey-Kramer HSD on correct", "Two-way ANOVA on correct", "Kruskal-Wallis", "McNemar",
                   "Regression of soundness ratings", "CEC against BLEU", "CAUSAL students"):
@@ -113,7 +114,7 @@ def test_report_with_every_input_has_every_table_and_figure(tmp_path):
 
 
 def test_report_without_optional_inputs_says_they_are_absent(tmp_path):
-    from lib import report
+    from lib import figures, report
 
     run_dir = make_run(tmp_path, with_optional=False, test_sets=("csqa",))
     (run_dir / "03_counterfactuals" / "acceptance.json").unlink()
@@ -122,7 +123,7 @@ def test_report_without_optional_inputs_says_they_are_absent(tmp_path):
     assert "no item has BLEU, ROUGE-L or BERTScore" in page
     assert "acceptance.json is absent" in page
     assert "no CAUSAL run in this study" in page
-    assert len(images(page)) == len(report.FIGURES) - 3  # no metrics scatter, ratings or acceptance figure
+    assert len(images(page)) == len(figures.FIGURES) - 3  # no metrics scatter, ratings or acceptance figure
     assert "Tukey-Kramer HSD on correct" in page and "MT beats CF" in page
 
 
@@ -166,22 +167,8 @@ def test_single_run_cli_leaves_the_run_folder_alone(tmp_path):
     assert sorted(p for p in run_dir.rglob("*")) == before
 
 
-@pytest.mark.parametrize("fn", ["plot_ood_heatmap", "plot_cec_vs_metrics", "plot_ratings"])
-def test_new_figures_write_png(tmp_path, fn):
-    from lib import report, stats
-
-    tables = stats.load_run_tables(make_run(tmp_path, n_items=10))
-    data = tables.ratings if fn == "plot_ratings" else tables.items
-    getattr(report, fn)(data, path=tmp_path / f"{fn}.png")
-    assert (tmp_path / f"{fn}.png").read_bytes().startswith(PNG_MAGIC)
-    if fn != "plot_ood_heatmap":
-        with pytest.raises(ValueError, match="needs"):
-            getattr(report, fn)(data.drop(columns=["bleu", "rouge_l", "bertscore", "completeness",
-                                                   "contrastiveness", "soundness"], errors="ignore"))
-
-
 def test_ratings_without_usable_scores_are_reported_as_absent(tmp_path):
-    from lib import report, stats
+    from lib import figures, findings, run_tables
 
     run_dir = make_run(tmp_path, n_items=10)
     ratings = pd.read_json(run_dir / "05_evaluation" / JUDGE_RATINGS, lines=True)
@@ -191,11 +178,11 @@ def test_ratings_without_usable_scores_are_reported_as_absent(tmp_path):
     (run_dir / HUMAN_RATINGS).unlink()
     (run_dir / "06_statistics").mkdir()
     (run_dir / "06_statistics" / "ratings.png").write_bytes(b"stale")
-    tables = stats.load_run_tables(run_dir)
-    figures = report.run_figures(tables, run_dir / "06_statistics")
-    assert isinstance(figures["ratings"], str) and "failed" in figures["ratings"]
+    tables = run_tables.load_run_tables(run_dir)
+    figs = figures.run_figures(tables, run_dir / "06_statistics")
+    assert isinstance(figs["ratings"], str) and "failed" in figs["ratings"]
     assert not (run_dir / "06_statistics" / "ratings.png").exists()
-    section = stats.analyse(tables, n_boot=200)["ols_ratings"]
+    section = findings.analyse(tables, n_boot=200)["ols_ratings"]
     assert not section.ran and f"{len(rows)} of {len(rows)} ratings failed" in section.notes[0]
 
 
@@ -236,15 +223,15 @@ def switch_off(run_dir: Path, part: str) -> list[str]:
 
 @pytest.mark.parametrize("part", ["judge", "loglik", "text_metrics", "faithfulness", "ood", "causal", "mc_items"])
 def test_step_06_finishes_with_an_optional_part_off_and_says_so(tmp_path, part):
-    from lib import report, stats
+    from lib import figures, findings, report, run_tables
 
     run_dir = make_run(tmp_path, n_items=10)
     expected = switch_off(run_dir, part)
     out = run_dir / "06_statistics"  # what notebook 06 does, start to end
-    tables = stats.load_run_tables(run_dir)
-    sections = stats.analyse(tables, outcomes=["correct", "loglik_correct"], n_boot=100)
-    stats.write_analysis(sections, out)
-    page = report.write_run_report(run_dir, sections, report.run_figures(tables, out)).read_text()
+    tables = run_tables.load_run_tables(run_dir)
+    sections = findings.analyse(tables, outcomes=["correct", "loglik_correct"], n_boot=100)
+    findings.write_analysis(sections, out)
+    page = report.write_run_report(run_dir, sections, figures.run_figures(tables, out)).read_text()
     for phrase in expected:
         assert phrase in page, phrase
     assert sections["tukey_correct"].ran == (part != "mc_items")
@@ -252,12 +239,12 @@ def test_step_06_finishes_with_an_optional_part_off_and_says_so(tmp_path, part):
 
 
 def test_ratings_are_read_from_the_judge_file_and_the_human_file_of_the_run_folder(tmp_path):
-    from lib import stats
+    from lib import run_tables
 
     run_dir = make_run(tmp_path, n_items=6)
 
     def raters() -> set[str]:
-        return set(stats.load_run_tables(run_dir).ratings["rater"])
+        return set(run_tables.load_run_tables(run_dir).ratings["rater"])
 
     assert raters() == {"judge:gpt-4o", "h01"}
     (run_dir / "05_evaluation" / JUDGE_RATINGS).unlink()
@@ -265,15 +252,15 @@ def test_ratings_are_read_from_the_judge_file_and_the_human_file_of_the_run_fold
     write_jsonl(run_dir / "05_evaluation" / JUDGE_RATINGS, [])  # the judge switched off writes an empty file
     assert raters() == {"h01"}
     (run_dir / HUMAN_RATINGS).unlink()
-    assert stats.load_run_tables(run_dir).ratings is None
+    assert run_tables.load_run_tables(run_dir).ratings is None
 
 
 # --- seed sweeps -----------------------------------------------------------------------------------------------------
 
 def test_compare_runs_combines_runs_that_differ_only_in_seeds(tmp_path):
-    from lib import stats
-    from lib.report import compare_runs
+    from lib import run_tables, stats
     from lib.files import read_json
+    from lib.report import compare_runs
 
     sweep = [make_run(tmp_path, f"seed{s}", n_items=15, with_optional=False, rng_seed=s, run_seed=s) for s in (0, 1)]
     other = make_run(tmp_path, "lr", n_items=15, with_optional=False, rng_seed=2, run_seed=2)
@@ -285,7 +272,8 @@ def test_compare_runs_combines_runs_that_differ_only_in_seeds(tmp_path):
     assert "Accuracy of seed0, seed1 combined" in page and "lr combined" not in page
     assert "These runs differ only in their seeds (run.seed), so this combines them" in page
     assert "Accuracy (%) by condition, run beside run" in page  # the side by side stays
-    pooled = pd.concat([stats.load_run_tables(rd).items.assign(seed=f"run.seed {s}") for s, rd in enumerate(sweep)])
+    pooled = pd.concat([run_tables.load_run_tables(rd).items.assign(seed=f"run.seed {s}")
+                        for s, rd in enumerate(sweep)])
     table = stats.accuracy_table(pooled, by=["test_set", "student", "condition"], n_boot=200)
     row = table.set_index(["test_set", "student", "condition"]).loc[("csqa", "gpt2", "MT")]
     assert (row["n_items"], row["n_seeds"]) == (15, 2)
@@ -300,21 +288,6 @@ def test_compare_runs_does_not_count_a_repeated_seed_twice(tmp_path):
     b = make_run(tmp_path, "b", n_items=8, with_optional=False, rng_seed=1)
     page = compare_runs([a, b], n_boot=200)
     assert "Not combined:" in page and "repeat run.seed 0, training seed 0" in page
-
-
-def test_accuracy_figure_draws_the_cluster_bootstrap_intervals(tmp_path):
-    from matplotlib.container import ErrorbarContainer
-
-    from lib import stats
-    from lib.report import plot_accuracy
-
-    items = stats.load_run_tables(make_run(tmp_path, n_items=10, seeds=(0, 1, 2), with_optional=False)).items
-    fig = plot_accuracy(items, n_boot=200)
-    table = stats.accuracy_table(items, by=["condition", "test_set"], n_boot=200)
-    drawn = sorted(tuple(np.round(seg[:, 1], 6)) for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)
-                   for seg in c.lines[2][0].get_segments())
-    expected = zip(table["ci_low"] * 100, table["ci_high"] * 100)
-    assert drawn == sorted(tuple(np.round([lo, hi], 6)) for lo, hi in expected)
 
 
 def frame_the_conditions(run_dir: Path) -> None:
@@ -339,15 +312,15 @@ def frame_the_conditions(run_dir: Path) -> None:
 
 
 def test_report_shows_base_teacher_and_the_revision_factor(tmp_path):
-    from lib import report, stats
+    from lib import figures, report, run_tables
 
     run_dir = make_run(tmp_path, n_items=20, with_optional=False)
     frame_the_conditions(run_dir)
-    tables = stats.load_run_tables(run_dir)
-    fig = report.plot_accuracy(tables.items, n_boot=100)
+    tables = run_tables.load_run_tables(run_dir)
+    fig = figures.plot_accuracy(tables.items, n_boot=100)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["BASE", "CF:revised", "CF:unrevised",
                                                                      "FT-CoT", "MT:revised", "MT:unrevised", "TEACHER"]
-    heat = report.plot_ood_heatmap(tables.items)
+    heat = figures.plot_ood_heatmap(tables.items)
     labels = [t.get_text() for t in heat.axes[0].texts]
     assert "nan" not in " ".join(labels) and len(labels) == 7 * 2 - 1  # TEACHER: the in-distribution set only
     page = report.build_run_report(run_dir, tmp_path / "r.html").read_text()

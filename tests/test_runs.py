@@ -29,3 +29,12 @@ def test_training_keeps_its_runs_and_force_reaches_the_context(tmp_path):
     ctx = open_step("04_training", {}, SMOKE, str(tmp_path), force=True)
     assert adapter.exists() and ctx.force
     assert not open_step("05_evaluation", {}, SMOKE, str(tmp_path)).force
+
+
+def test_progress_lines_are_appended_to_the_runs_progress_log(tmp_path):
+    from lib.runs import note_progress, PROGRESS_LOG
+
+    note_progress(tmp_path, "04_training", "FT: step 5/10")
+    note_progress(tmp_path, "05_evaluation", "run 1/2 done")
+    lines = (tmp_path / PROGRESS_LOG).read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["04_training FT: step 5/10", "05_evaluation run 1/2 done"]

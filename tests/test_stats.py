@@ -1,4 +1,5 @@
-"""Tests of lib.stats (accuracy table, Tukey-Kramer, OLS) and lib.report (figures)."""
+"""Tests of lib.stats against textbooks and hand computations: accuracy table and cluster bootstrap, Tukey-Kramer,
+OLS, two-way ANOVA, Kruskal-Wallis and Dunn, McNemar with Holm."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.stats import tukey_hsd
 
-from lib.stats import TooFewObservations, accuracy_table, describe_tukey, ols_regression, tukey_kramer
+from lib.stats import accuracy_table, ols_regression, TooFewObservations, tukey_kramer
 
 # Hollander & Wolfe (1973), "Nonparametric Statistical Methods", p. 116 (the scipy.stats.tukey_hsd example):
 # group means 26.28, 30.88, 26.54.
@@ -107,18 +108,6 @@ def test_tukey_kramer_no_within_group_variance():
 def test_tukey_kramer_missing_column_says_which():
     with pytest.raises(ValueError, match="correct"):
         tukey_kramer(pd.DataFrame({"condition": ["a", "b"]}))
-
-
-def test_describe_tukey_sentences():
-    df = pd.DataFrame({"group1": ["CF", "CF"], "group2": ["MT", "FT"], "meandiff": [0.041, -0.012],
-                       "p_adj": [0.003, 0.41], "ci_low": [0.0, -0.1], "ci_high": [0.1, 0.1], "reject": [True, False]})
-    assert describe_tukey(df) == [
-        "MT beats CF by 4.1 points (p = 0.003).",
-        "CF vs FT: no significant difference (CF ahead by 1.2 points, p = 0.410).",
-    ]
-    df.attrs["value"] = "cec"
-    df.loc[0, "p_adj"] = 0.0001
-    assert describe_tukey(df)[0] == "MT beats CF by 0.041 (p < 0.001)."
 
 
 # --- OLS -------------------------------------------------------------------------------------------
@@ -218,39 +207,6 @@ def test_stats_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     assert out == "[]"
-
-
-# --- figures ---------------------------------------------------------------------------------------
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def test_plots_write_png_files(tmp_path):
-    from matplotlib.figure import Figure
-
-    from lib.report import plot_accuracy, plot_cec, plot_loss_curves
-
-    items = synthetic_items(120)
-    losses = pd.DataFrame([{"run": r, "step": s, "loss": 3 / (s + 1) + k, "term": t}
-                           for r in ("MT-s0", "CF-s0") for s in range(20)
-                           for k, t in enumerate(("answer", "rationale"))])
-    for fn, data, name in [(plot_accuracy, items, "acc.png"), (plot_loss_curves, losses, "loss.png"),
-                           (plot_cec, items, "cec.png"), (plot_cec, items.assign(cec=np.nan), "no_cec.png")]:
-        path = tmp_path / "figs" / name
-        fig = fn(data, path=path)
-        assert isinstance(fig, Figure)
-        data_bytes = path.read_bytes()
-        assert data_bytes.startswith(PNG_MAGIC) and len(data_bytes) > 5000
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["acc.png", "cec.png", "loss.png", "no_cec.png"]
-
-
-def test_plot_without_path_writes_nothing(tmp_path, monkeypatch):
-    from lib.report import plot_accuracy
-
-    monkeypatch.chdir(tmp_path)
-    fig = plot_accuracy(synthetic_items(60))
-    assert fig.axes[0].get_ylabel().startswith("Accuracy")
-    assert list(tmp_path.iterdir()) == []
 
 
 # --- two-way ANOVA -----------------------------------------------------------------------------------------
@@ -385,7 +341,8 @@ def paired_items(both_right: int, only_a: int, only_b: int, both_wrong: int) -> 
 
 
 def test_mcnemar_exact_by_hand():
-    from lib.stats import describe_mcnemar, mcnemar_pairs
+    from lib.findings import describe_mcnemar
+    from lib.stats import mcnemar_pairs
 
     out = mcnemar_pairs(paired_items(5, 10, 3, 2))
     row = out.iloc[0]
@@ -399,7 +356,8 @@ def test_mcnemar_exact_by_hand():
 def test_mcnemar_chi_square_by_hand():
     from scipy.stats import chi2
 
-    from lib.stats import describe_mcnemar, mcnemar_pairs
+    from lib.findings import describe_mcnemar
+    from lib.stats import mcnemar_pairs
 
     out = mcnemar_pairs(paired_items(20, 30, 12, 8))
     row = out.iloc[0]
@@ -443,102 +401,6 @@ def test_ols_rater_fixed_effects_match_lstsq():
     assert "+ C(rater)" in out.attrs["formula"]
 
 
-# --- the analysis of a run: present and absent inputs, too few observations ------------------------------
-
-def run_tables(items: pd.DataFrame, ratings: pd.DataFrame | None = None):
-    from lib.stats import RunTables, join_ratings, with_student_size
-
-    runs = pd.DataFrame({"run": items["run"].unique(), "n_params": 124_000_000})
-    items = with_student_size(items, runs)
-    return RunTables(items=items, runs=runs, ratings=join_ratings(ratings, items) if ratings is not None else None,
-                     losses=None, acceptance=None)
-
-
-def test_analyse_full_inputs_runs_everything():
-    from lib.stats import analyse
-
-    items = synthetic_items(300)
-    items["student"] = np.where(np.arange(300) % 2, "gpt2", "gpt2-medium")
-    items["rationale_source"] = np.where(np.arange(300) % 4 < 2, "unrevised", "revised")
-    items["run"] = items["condition"] + "-" + items["rationale_source"] + "-" + items["student"]
-    items["item_id"] = [f"q{i // 6}" for i in range(300)]
-    for m in ("bleu", "rouge_l", "bertscore"):
-        items[m] = items["cec"] * 0.5 + np.random.default_rng(2).random(300) * 0.1
-    for m in ("loglik_correct", "faithfulness_perturbed", "faithfulness_counterfactual", "faithfulness_cf_follows"):
-        items[m] = np.random.default_rng(4).integers(0, 2, 300)
-    ratings = pd.DataFrame([{"run": r.run, "item_id": r.item_id, "rater": rater, "completeness": (i + j) % 5 + 1,
-                             "contrastiveness": (i * j) % 5 + 1, "soundness": (i + 2 * j) % 5 + 1}
-                            for i, r in enumerate(items.itertuples()) for j, rater in enumerate(("judge:x", "h1"))])
-    tables = run_tables(items, ratings)
-    runs = tables.runs.assign(n_params=tables.runs["run"].str.endswith("medium").map({True: 355e6, False: 124e6}))
-    tables.items["student_size"] = tables.items["run"].map(runs.set_index("run")["n_params"]).astype(str)
-    tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": "gpt2", "seed": 0, "item_id": ["c1", "c2"],
-                                  "cec": [0.5, 0.7], "cec_fc": [0.4, 0.6], "cec_bf": [0.6, 0.8]})
-    sections = analyse(tables, n_boot=200)
-    expected = {"accuracy", "faithfulness", "mcnemar", "tukey_correct", "anova_correct", "anova_revision_correct",
-                "kruskal_correct", "ols_correct", "tukey_cec", "anova_cec", "anova_revision_cec", "kruskal_cec",
-                "ols_cec", "ols_rating_completeness",
-                "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics", "causal_explanations"}
-    assert set(sections) == expected
-    assert all(sections[k].ran for k in expected), {k: s.notes for k, s in sections.items() if not s.ran}
-    assert not any("absent" in n for s in sections.values() for n in s.notes)
-    assert "rater[T.judge:x]" in sections["ols_rating_soundness"].table["term"].tolist()
-    assert set(sections["anova_correct"].table["source"]) == {"condition", "student_size",
-                                                               "condition x student_size", "residual"}
-    assert any("Spearman" in s for s in sections["cec_vs_metrics"].sentences)
-
-
-def test_analyse_absent_inputs_say_so():
-    from lib.stats import analyse
-
-    sections = analyse(run_tables(synthetic_items(120).drop(columns=["cec"])), n_boot=200)
-    for key in ("tukey_cec", "anova_cec", "kruskal_cec", "ols_cec", "ols_ratings", "cec_vs_metrics"):
-        assert not sections[key].ran
-        assert any("absent" in n for n in sections[key].notes), (key, sections[key].notes)
-    assert "no ratings in this run" in sections["ols_ratings"].notes[0]
-    assert sections["tukey_correct"].ran
-
-
-def test_analyse_one_seed_two_items_gives_notes_not_nans(tmp_path):
-    from lib.stats import analyse, write_analysis
-
-    items = pd.DataFrame([{"run": f"{c}-s0", "condition": c, "student": "tiny", "seed": 0, "test_set": "csqa",
-                           "item_id": f"q{i}", "correct": 0, "cec": 0.5 + 0.1 * i,
-                           "rationale_len": 10 + i} for c in ("CF", "MT") for i in range(2)])
-    sections = analyse(run_tables(items), n_boot=200)
-    for key in ("anova_correct", "anova_cec", "ols_correct", "tukey_correct", "kruskal_correct"):
-        assert not sections[key].ran and sections[key].notes, key
-    assert "no variance to explain" in sections["ols_correct"].notes[0]
-    assert "no within-group variance" in sections["tukey_correct"].notes[0]
-    assert any("one training seed" in n for n in sections["accuracy"].notes)
-    assert any("collapses to a point" in n for n in sections["accuracy"].notes)
-    for section in sections.values():
-        if section.ran:
-            assert not section.table.drop(columns=[c for c in section.table if "ci" in c or c in ("statistic",)],
-                                          errors="ignore").isna().all().any(), section.key
-    (tmp_path / "ols_correct.csv").write_text("stale")
-    write_analysis(sections, tmp_path)
-    assert not (tmp_path / "ols_correct.csv").exists() and (tmp_path / "accuracy.csv").exists()
-    assert "Not tested" in (tmp_path / "findings.md").read_text()
-
-
-def test_causal_section_summarises_explanations_and_says_when_absent():
-    from lib.stats import causal_section
-
-    tables = run_tables(synthetic_items(30))
-    assert causal_section(tables).table is None and "no CAUSAL run" in causal_section(tables).notes[0]
-    tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": ["s1"] * 3 + ["s2"] * 2, "seed": 0,
-                                  "item_id": ["c1", "c2", "c3", "c1", "c2"],
-                                  "cec": [0.2, 0.4, None, None, None], "cec_fc": [0.1, 0.3, None, None, None],
-                                  "cec_bf": [0.3, 0.5, None, None, None]})
-    section = causal_section(tables)
-    row = section.table.set_index("student").loc["s1"]
-    assert (row["n"], row["n_scored"]) == (3, 2) and row["cec"] == pytest.approx(0.3)
-    assert section.sentences == ["[s1, seed 0] 2 explanations scored: mean CEC 0.300 (forward coverage 0.200, "
-                                 "backward faithfulness 0.400)."]
-    assert "none of its 2 explanations" in section.notes[0]
-
-
 # --- seeds and items: the unit of every test is the test item -------------------------------------------------
 
 def shared_items(seeds=(0,), n: int = 30, rng_seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -570,54 +432,6 @@ def shared_items(seeds=(0,), n: int = 30, rng_seed: int = 5) -> tuple[pd.DataFra
     items = pd.concat([one.assign(seed=s, run=run(one, s)) for s in seeds], ignore_index=True)
     ratings = pd.concat([scores.assign(run=run(scores, s)) for s in seeds], ignore_index=True)
     return items, ratings.drop(columns=["condition", "student"])
-
-
-def tables_of(items: pd.DataFrame, ratings: pd.DataFrame):
-    """RunTables with a distinct size per student (so the two-way ANOVA has two levels)."""
-    from lib.stats import RunTables, join_ratings, with_student_size
-
-    runs = pd.DataFrame({"run": items["run"].unique()})
-    runs["n_params"] = np.where(runs["run"].str.contains("medium"), 355e6, 124e6)
-    items = with_student_size(items, runs)
-    return RunTables(items=items, runs=runs, ratings=join_ratings(ratings, items), losses=None, acceptance=None)
-
-
-def _not_below(new: pd.Series, old: pd.Series) -> bool:
-    """Every value of `new` at least the matching one of `old` (both missing counts as equal)."""
-    return bool(((new >= old - 1e-12) | (new.isna() & old.isna())).all())
-
-
-def test_three_identical_seeds_do_not_narrow_any_ci_or_lower_any_p():
-    from lib.stats import analyse
-
-    one = analyse(tables_of(*shared_items((0,))), n_boot=300)
-    three = analyse(tables_of(*shared_items((0, 1, 2))), n_boot=300)
-    assert set(one) == set(three)
-    compared = 0
-    for key, a in one.items():
-        b = three[key]
-        assert a.ran == b.ran, key
-        if not a.ran:
-            continue
-        keys = [c for c in ("probe", "test_set", "student", "condition", "group1", "group2", "source", "term", "metric")
-                if c in a.table.columns]
-        merged = a.table.merge(b.table, on=keys, suffixes=("_1", "_3"))
-        assert len(merged) >= len(a.table), key
-        for col in [c for c in a.table.columns if c == "p" or c.startswith("p_") or c.endswith("_p")]:
-            assert _not_below(merged[f"{col}_3"], merged[f"{col}_1"]), (key, col)
-            compared += 1
-        for low in [c for c in a.table.columns if c.endswith("ci_low")]:
-            high = low.replace("ci_low", "ci_high")
-            assert _not_below(merged[f"{high}_3"] - merged[f"{low}_3"], merged[f"{high}_1"] - merged[f"{low}_1"]), \
-                (key, low)
-            compared += 1
-        if "se" in a.table.columns:
-            assert _not_below(merged["se_3"], merged["se_1"]), key
-    assert compared > 20
-    for key in ("accuracy", "tukey_correct", "anova_cec", "kruskal_correct", "ols_correct", "cec_vs_metrics"):
-        assert "mean over 3 seeds" in three[key].explanation and "one seed" in one[key].explanation, key
-    assert "Unit: test item, paired within one seed" in three["mcnemar"].explanation
-    assert all("Unit:" in s.explanation for s in three.values())
 
 
 def test_accuracy_interval_resamples_items_with_all_their_seeds():
@@ -681,7 +495,8 @@ def three_way_pairs(students=("s1",)) -> pd.DataFrame:
 def test_mcnemar_holm_adjusts_within_each_test_set_and_student():
     from statsmodels.stats.multitest import multipletests
 
-    from lib.stats import describe_mcnemar, mcnemar_pairs
+    from lib.findings import describe_mcnemar
+    from lib.stats import mcnemar_pairs
 
     out = mcnemar_pairs(three_way_pairs(("s1", "s2")))
     raw = 2 * (1 + 15 + 105 + 455) / 2 ** 15  # exact: 3 of 15 discordant pairs
@@ -695,167 +510,7 @@ def test_mcnemar_holm_adjusts_within_each_test_set_and_student():
     assert "no significant difference" in ab and "McNemar p = 0.035, Holm-adjusted p = 0.105" in ab
 
 
-# --- the regressions' reference condition and covariates ---------------------------------------------------------
-
-def test_reference_param_sets_the_regression_baseline_and_the_report_says_so():
-    from lib.params import StatisticsParams
-    from lib.stats import analyse
-
-    assert StatisticsParams().reference is None and StatisticsParams(reference="MT").reference == "MT"
-    items, ratings = shared_items((0,), n=20)
-    tables = tables_of(items, ratings)
-    listed = ["MT", "FT-CoT", "CF"]
-    ols = analyse(tables, n_boot=100, conditions=listed)["ols_correct"]
-    assert ols.table.attrs["reference"] == "MT"
-    assert ols.sentences[0] == "Reference condition: MT (the first condition listed in training.conditions)."
-    ols = analyse(tables, n_boot=100, reference="FT-CoT", conditions=listed)["ols_correct"]
-    assert ols.table.attrs["reference"] == "FT-CoT" and "condition[T.MT]" in ols.table["term"].tolist()
-    assert ols.sentences[0] == "Reference condition: FT-CoT (statistics.reference)."
-    assert any(s.startswith("MT vs FT-CoT:") for s in ols.sentences)
-    with pytest.raises(ValueError, match=r"statistics\.reference: 'XX' is not one of training\.conditions "
-                                         r"\(MT, FT-CoT, CF\)"):
-        analyse(tables, reference="XX", conditions=listed)
-    with pytest.raises(ValueError, match=r"statistics\.reference: CAUSAL students answer no test questions"):
-        analyse(tables, reference="CAUSAL", conditions=[*listed, "CAUSAL"])
-
-
-def test_a_reference_without_values_falls_back_to_the_next_listed_condition():
-    from lib.stats import analyse
-
-    items, ratings = shared_items((0,), n=20)
-    items.loc[items["condition"] == "CF", "cec"] = np.nan  # e.g. FT: no rationale, so no CEC
-    sections = analyse(tables_of(items, ratings), n_boot=100, reference="CF", conditions=["CF", "MT", "FT-CoT"])
-    assert sections["ols_correct"].table.attrs["reference"] == "CF"
-    assert sections["ols_cec"].table.attrs["reference"] == "MT"
-    assert sections["ols_cec"].sentences[0] == ("Reference condition: MT (statistics.reference CF has no data here, "
-                                                "so the first condition listed in training.conditions that has).")
-
-
-def test_rationale_length_is_a_covariate_of_the_ratings_model_only():
-    from lib.stats import analyse
-
-    sections = analyse(tables_of(*shared_items((0,), n=20)), n_boot=100)
-    assert "rationale_len" not in sections["ols_correct"].table["term"].tolist()
-    assert "post-treatment" in sections["ols_correct"].explanation
-    rating = sections["ols_rating_soundness"]
-    assert "rationale_len" in rating.table["term"].tolist() and "rater[T.judge:x]" in rating.table["term"].tolist()
-    assert rating.sentences[0] == "Ratings: 60 by the judge (judge:x), 60 by 1 human rater."
-
-
-def test_accuracy_section_headlines_the_per_character_loglik_accuracy():
-    from lib.stats import accuracy_section
-
-    items = synthetic_items(120)
-    items["loglik_correct"] = 0  # the summed pick of a letter-biased model
-    items["loglik_norm_correct"] = (np.arange(len(items)) % 2).astype(float)
-    section = accuracy_section(run_tables(items), n_boot=200)
-    assert {"loglik_norm_accuracy", "loglik_accuracy"} <= set(section.table.columns)
-    assert section.table["loglik_norm_accuracy"].gt(0).all() and (section.table["loglik_accuracy"] == 0).all()
-    assert all("log-likelihood accuracy per character" in s for s in section.sentences)
-
-
-# --- BASE and TEACHER rows, the revision factor -------------------------------------------------------------------
-
-def with_teacher(items: pd.DataFrame, rng_seed: int = 9) -> pd.DataFrame:
-    """The items plus TEACHER rows: the teacher's answers to every csqa item (its own student name, seed 0)."""
-    rng = np.random.default_rng(rng_seed)
-    ids = items.loc[items["test_set"] == "csqa", "item_id"].drop_duplicates()
-    teacher = pd.DataFrame({"run": "TEACHER__unrevised__teacher-lm__seed0", "condition": "TEACHER",
-                            "student": "teacher-lm", "seed": 0, "test_set": "csqa", "item_id": ids,
-                            "correct": (rng.random(len(ids)) < 0.9).astype(int), "cec": np.nan, "rationale_len": 30})
-    return pd.concat([items, teacher], ignore_index=True)
-
-
-def test_teacher_is_in_the_accuracy_table_and_mcnemar_but_not_in_the_tests_between_conditions():
-    from lib.stats import analyse
-
-    items, ratings = shared_items((0,), n=20)
-    plain, framed = analyse(tables_of(items, ratings), n_boot=100), analyse(tables_of(with_teacher(items), ratings),
-                                                                            n_boot=100)
-    teacher = with_teacher(items).query("condition == 'TEACHER'")
-    acc = framed["accuracy"].table.set_index(["test_set", "student", "condition"])
-    assert acc.loc[("csqa", "teacher-lm", "TEACHER"), "accuracy"] == pytest.approx(teacher["correct"].mean())
-    assert ("arc", "teacher-lm", "TEACHER") not in acc.index  # the in-distribution set only
-    mcn = framed["mcnemar"].table
-    vs_teacher = mcn[(mcn["group1"] == "TEACHER") | (mcn["group2"] == "TEACHER")]
-    assert len(vs_teacher) == 2 * 3 and set(vs_teacher["student"]) == {"gpt2", "gpt2-medium"}  # every condition
-    row = vs_teacher.set_index(["student", "group1"]).loc[("gpt2", "MT")]
-    mt = items.query("condition == 'MT' and student == 'gpt2' and test_set == 'csqa'").set_index("item_id")["correct"]
-    right = teacher.set_index("item_id")["correct"]
-    assert row["n_pairs"] == 20 and row["only2"] == int(((right == 1) & (mt == 0)).sum())
-    assert "TEACHER" in framed["mcnemar"].explanation
-    for key in ("tukey_correct", "anova_correct", "kruskal_correct", "ols_correct", "tukey_cec", "ols_cec"):
-        pd.testing.assert_frame_equal(framed[key].table, plain[key].table)  # TEACHER changes none of them
-        assert "TEACHER (the teacher's own answers) is left out" in framed[key].explanation, key
-        assert "TEACHER" not in plain[key].explanation
-
-
-def revision_items(n: int = 60, rng_seed: int = 4) -> pd.DataFrame:
-    """One student on one test set: MT and CF trained on unrevised and revised rationales, BASE (unrevised only)."""
-    rng = np.random.default_rng(rng_seed)
-    p_right = {("MT", "unrevised"): 0.7, ("MT", "revised"): 0.5, ("CF", "unrevised"): 0.4, ("CF", "revised"): 0.45,
-               ("BASE", "unrevised"): 0.2}
-    return pd.DataFrame([{"run": f"{c}__{s}__tiny__seed0", "condition": c, "rationale_source": s, "student": "tiny",
-                          "seed": 0, "test_set": "csqa", "item_id": f"q{i}", "correct": int(rng.random() < p),
-                          "cec": float(rng.uniform(0.4, 0.9)), "rationale_len": int(rng.integers(5, 40))}
-                         for (c, s), p in p_right.items() for i in range(n)])
-
-
-def test_with_arms_names_a_condition_per_source_only_when_it_has_two():
-    from lib.stats import with_arms
-
-    arms = with_arms(revision_items(3))
-    assert sorted(arms["condition"].unique()) == ["BASE", "CF:revised", "CF:unrevised", "MT:revised", "MT:unrevised"]
-    one = revision_items(3).query("rationale_source == 'unrevised'")
-    assert with_arms(one).equals(one)
-
-
-def test_revision_factor_two_way_anova_and_interaction_regression():
-    from lib.stats import analyse, join_ratings, two_way_anova
-
-    items = revision_items()
-    ratings = items[["run", "item_id"]].assign(rater="judge:x", completeness=np.arange(len(items)) % 7 + 1,
-                                               contrastiveness=(np.arange(len(items)) * 3) % 7 + 1,
-                                               soundness=(np.arange(len(items)) * 5) % 7 + 1)
-    tables = tables_of(items, ratings)
-    assert set(join_ratings(ratings, tables.items)["rationale_source"]) == {"unrevised", "revised"}
-    sections = analyse(tables, n_boot=100, conditions=["CF", "MT", "BASE"])
-    crossed = items[items["condition"] != "BASE"]
-    anova = sections["anova_revision_correct"]
-    assert anova.ran and set(anova.table["source"]) == {"condition", "rationale_source",
-                                                         "condition x rationale_source", "residual"}
-    expected = two_way_anova(crossed, b="rationale_source")
-    np.testing.assert_allclose(anova.table["F"].to_numpy(dtype=float), expected["F"].to_numpy(dtype=float))
-    assert any("left out of the condition x revision design: BASE" in n for n in anova.notes)
-    # saturated 2 x 2 (one student, one test set): the coefficients are differences of the cell means
-    cell = crossed.groupby(["condition", "rationale_source"])["correct"].mean()
-    ols = sections["ols_correct"].table.set_index("term")["coef"]
-    assert ols["Intercept"] == pytest.approx(cell[("CF", "unrevised")])
-    assert ols["condition[T.MT]"] == pytest.approx(cell[("MT", "unrevised")] - cell[("CF", "unrevised")])
-    assert ols["rationale_source[T.revised]"] == pytest.approx(cell[("CF", "revised")] - cell[("CF", "unrevised")])
-    assert ols["condition[T.MT]:rationale_source[T.revised]"] == pytest.approx(
-        cell[("MT", "revised")] - cell[("MT", "unrevised")] - cell[("CF", "revised")] + cell[("CF", "unrevised")])
-    assert "* C(rationale_source, reference='unrevised')" in sections["ols_correct"].table.attrs["formula"]
-    assert any(s.startswith("MT x revised (how much more revised rationales change MT than CF)")
-               for s in sections["ols_correct"].sentences)
-    assert "condition[T.MT]:rationale_source[T.revised]" in sections["ols_rating_soundness"].table["term"].tolist()
-    groups = set(sections["tukey_correct"].table[["group1", "group2"]].stack())
-    assert groups == {"BASE", "CF:revised", "CF:unrevised", "MT:revised", "MT:unrevised"}  # BASE takes part
-    assert "MT:revised" in set(sections["accuracy"].table["condition"])
-
-
-def test_one_rationale_source_gives_the_models_of_before_and_says_so():
-    from lib.stats import analyse
-
-    items = revision_items().query("rationale_source == 'unrevised'")
-    sections = analyse(tables_of(items, items[["run", "item_id"]].assign(rater="h1", soundness=3)), n_boot=100)
-    assert not sections["anova_revision_correct"].ran
-    assert "rationale_source has one level only (unrevised)" in sections["anova_revision_correct"].notes[0]
-    ols = sections["ols_correct"]
-    assert ols.ran and not ols.table["term"].str.contains("rationale_source").any()
-    assert any("one level only" in n for n in ols.notes)
-    assert set(sections["accuracy"].table["condition"]) == {"BASE", "CF", "MT"}
-
+# --- OLS with a crossed factor (condition x revision) ----------------------------------------------------------
 
 def test_ols_regression_with_a_crossed_factor_matches_lstsq():
     rng = np.random.default_rng(3)

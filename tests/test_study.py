@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.files import PROJECT_ROOT
+from lib.files import PROJECT_ROOT, read_json
 from lib.params import ParamsError
-from lib.files import read_json
 from lib.runs import STEPS
 from lib.study import parse_steps
 

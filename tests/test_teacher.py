@@ -12,14 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from lib.questions import ClaimEvidence, MCQuestion
-from lib.models import Completion
 from lib.files import PROJECT_ROOT
+from lib.models import Completion
+from lib.openai_api import RateLimiter, retry_after_s
 from lib.params import load_params, TeacherParams
+from lib.prompts import causal_prompt, causal_student_prompt, claim_evidence_text, cot_prompt, load_template, TEMPLATES
+from lib.questions import ClaimEvidence, MCQuestion
 from lib.response_cache import ResponseCache
-from lib.teacher import (REPLAY_ONLY, causal_explanations, causal_failure, cot_rationales, critique_revisions,
-                         make_teacher, parse_causal)
-from lib.teacher_engine import Ask, RateLimiter, retry_after_s
+from lib.teacher import (
+    causal_explanations,
+    causal_failure,
+    cot_rationales,
+    critique_revisions,
+    make_teacher,
+    parse_causal,
+    REPLAY_ONLY,
+    split_rationale,
+)
+from lib.teacher_engine import Answer, Ask
 from tests.fake_openai_server import FakeOpenAI
 
 SECRET = "sk-test-DO-NOT-WRITE-4f9a1c"
@@ -303,8 +313,6 @@ def test_study_switches_to_openai_with_set_only_and_writes_no_key(server, secret
 
 
 def test_templates_end_at_their_last_label():
-    from lib.prompts import TEMPLATES, cot_prompt, load_template
-
     for path in TEMPLATES.glob("*.txt"):
         text = load_template(path.stem).text
         assert not text.endswith((" ", "\n")), f"{path.name}: the model would answer after a line break"
@@ -327,8 +335,6 @@ def test_templates_end_at_their_last_label():
     ("The answerer is sure. Ice melts.", "The answerer is sure. Ice melts."),
 ])
 def test_split_rationale_removes_only_a_concluding_answer_sentence(text, rationale):
-    from lib.teacher import split_rationale
-
     assert split_rationale(text) == rationale
 
 
@@ -341,8 +347,6 @@ class ScriptedEngine:
         self.script, self.prompts = script, []
 
     def ask(self, asks: list[Ask], desc: str = "") -> list:
-        from lib.teacher_engine import Answer
-
         self.prompts.extend((a.template, a.prompt) for a in asks)
         out = []
         for a in asks:
@@ -366,8 +370,6 @@ def test_a_truncated_stage_still_goes_to_the_next_and_the_first_failure_is_recor
 
 
 def test_teacher_and_student_see_one_claim_evidence_block_with_the_evidence_label():
-    from lib.prompts import causal_prompt, causal_student_prompt, claim_evidence_text, load_template
-
     pair = ClaimEvidence(id="c1:0", claim_id="c1", claim="Seas rise.", claim_label="DISPUTED",
                          evidence="Ice sheets are growing.", evidence_label="REFUTES", article="A")
     block = claim_evidence_text(pair)
