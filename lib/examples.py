@@ -64,28 +64,30 @@ def _answer_example(prompt: str, rationale: str, answer: str, task: str, qid: st
     return Example(prompt, f" {rationale} {answer}" if rationale else f" {answer}", task, qid, closing=answer)
 
 
-def _mt_examples(questions: list[MCQuestion], rationales: dict[str, str]) -> list[Example]:
+def _mt_examples(questions: list[MCQuestion], rationales: dict[str, str], fmt: str = "letter") -> list[Example]:
     """MT: one `[answer]` example per question and one `[rationale]` example per question with a rationale."""
     ex = []
     for q in questions:
-        ex.append(_answer_example(qa_prompt(q, ANSWER_PREFIX), "", answer_sentence(q, q.answer), "answer", q.id))
+        ex.append(_answer_example(qa_prompt(q, ANSWER_PREFIX), "", answer_sentence(q, q.answer, fmt), "answer", q.id))
         if rationales.get(q.id):
             ex.append(Example(qa_prompt(q, RATIONALE_PREFIX), " " + rationales[q.id], "rationale", q.id))
     return ex
 
 
-def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rationales: list[dict] | None) -> list[Example]:
+def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rationales: list[dict] | None,
+                 fmt: str = "letter") -> list[Example]:
     """CF (SCOTT): `[factual]` → gold rationale + gold answer; `[counterfactual]` → a wrong option's rationale + it."""
     if cf_rationales is None:
         raise ValueError("CF needs the counterfactual rationales of step 03 (03_counterfactuals/cf_rationales.jsonl)")
     by_id = {q.id: q for q in questions}
-    ex = [_answer_example(qa_prompt(q, FACTUAL_PREFIX), rationales[q.id], answer_sentence(q, q.answer), "factual", q.id)
+    ex = [_answer_example(qa_prompt(q, FACTUAL_PREFIX), rationales[q.id], answer_sentence(q, q.answer, fmt), "factual", q.id)
           for q in questions if rationales.get(q.id)]
     for r in cf_rationales:
         q = by_id.get(r["id"])
         if q is None or not r.get("text") or not 0 <= int(r["option"]) < len(q.choices) or int(r["option"]) == q.answer:
             continue  # a question outside the training set, or a row that does not argue for a wrong option
-        ex.append(_answer_example(qa_prompt(q, COUNTERFACTUAL_PREFIX), r["text"], answer_sentence(q, int(r["option"])),
+        ex.append(_answer_example(qa_prompt(q, COUNTERFACTUAL_PREFIX), r["text"],
+                                  answer_sentence(q, int(r["option"]), fmt),
                                   "counterfactual", q.id))
     if not any(e.task == "counterfactual" for e in ex):
         raise ValueError("CF has no counterfactual examples: 03_counterfactuals/cf_rationales.jsonl has no usable row "
@@ -114,26 +116,29 @@ def _causal_examples(causal_rows: list[dict] | None, rationale_filter: str = "pa
 def condition_examples(condition: str, questions: list[MCQuestion], rationales: dict[str, str],
                        views: list[dict] | None = None, strategy: dict[str, str] | None = None,
                        counterfactuals: list[MCQuestion] | None = None, cf_rationales: list[dict] | None = None,
-                       causal_rows: list[dict] | None = None, rationale_filter: str = "parsed") -> list[Example]:
+                       causal_rows: list[dict] | None = None, rationale_filter: str = "parsed",
+                       answer_format: str = "letter") -> list[Example]:
     """Training examples of one condition from the questions and the teacher's artifacts.
 
     `rationale_filter` (training.rationale_filter) decides which of `causal_rows` are kept; `rationales` come
-    filtered already (`read_rationales`, `revised_rationales`).
+    filtered already (`read_rationales`, `revised_rationales`). `answer_format` (training.answer_format) says whether
+    the closing answer sentence names the option's letter and text or its text alone.
     """
+    fmt = answer_format
     ex: list[Example] = []
     if condition in UNTRAINED:
         raise ValueError(f"{condition} is the untrained student: it has no training examples")
     if condition == "FT":
-        ex = [_answer_example(qa_prompt(q), "", answer_sentence(q, q.answer), "answer", q.id) for q in questions]
+        ex = [_answer_example(qa_prompt(q), "", answer_sentence(q, q.answer, fmt), "answer", q.id) for q in questions]
     elif condition == "FT-CoT":
-        ex = [_answer_example(qa_prompt(q), rationales[q.id], answer_sentence(q, q.answer), "cot", q.id)
+        ex = [_answer_example(qa_prompt(q), rationales[q.id], answer_sentence(q, q.answer, fmt), "cot", q.id)
               for q in questions if rationales.get(q.id)]
     elif condition == "MT":
-        ex = _mt_examples(questions, rationales)
+        ex = _mt_examples(questions, rationales, fmt)
     elif condition == "CF":
-        ex = _cf_examples(questions, rationales, cf_rationales)
+        ex = _cf_examples(questions, rationales, cf_rationales, fmt)
     elif condition == "MT+CF":
-        ex = _mt_examples(questions, rationales) + _cf_examples(questions, rationales, cf_rationales)
+        ex = _mt_examples(questions, rationales, fmt) + _cf_examples(questions, rationales, cf_rationales, fmt)
     elif condition == "CAUSAL":
         ex = _causal_examples(causal_rows, rationale_filter)
     elif condition == "CFD":
@@ -145,7 +150,7 @@ def condition_examples(condition: str, questions: list[MCQuestion], rationales: 
             if q is None:
                 continue
             token = strategy["positive"] if v["strategy"] == "positive" else strategy["negative"]
-            ex.append(_answer_example(qa_prompt(q, token), v["text"], answer_sentence(q, q.answer), "cfd", q.id))
+            ex.append(_answer_example(qa_prompt(q, token), v["text"], answer_sentence(q, q.answer, fmt), "cfd", q.id))
     else:
         raise ValueError(f"unknown condition {condition!r}: not one of lib.conditions.CONDITIONS")
     if not ex:
@@ -182,7 +187,7 @@ def load_condition_examples(ctx: Any) -> dict[tuple[str, str], list[Example]]:
     for c, s in keys:
         questions = revised_questions(c, train, rationales["revised"]) if s == "revised" else train
         out[(c, s)] = condition_examples(c, questions, rationales[s], views, strategy, cfs, cf_rows, causal,
-                                         tp.rationale_filter)
+                                         tp.rationale_filter, tp.answer_format)
     return out
 
 

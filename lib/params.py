@@ -190,6 +190,9 @@ class TrainingParams(_Section):
     lr: float = Field(2e-4, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)  # MT weight: alpha * L_answer + (1 - alpha) * L_rationale
     max_length: int = Field(256, ge=16)  # tokens per example (prompt + target); a longer one loses the end of its rationale, never its answer sentence and EOS (runs.jsonl n_truncated)
+    # closing sentence of every target: "So the answer is (b) bed." (letter) or "So the answer is bed." (text; small
+    # students bind an option's text, not its letter: pair it with evaluation.loglik_scoring: answer_text)
+    answer_format: Literal["letter", "text"] = "letter"
     rationale_filter: Literal["any", "parsed", "correct"] = "parsed"  # teacher rationales trained on: any non-empty, those with a readable answer, or only correct ones (CAUSAL and revised: any keeps failed outputs as written)
     save_steps: int = Field(50, ge=0)  # checkpoint every N optimiser steps so an interrupted run resumes (0 = no checkpoints)
     overrides: dict[str, TrainingOverride] = {}  # per condition: settings that differ, e.g. {CAUSAL: {finetune: qlora, epochs: 10}}
@@ -299,6 +302,15 @@ class StudyParams(_Section):
         if ref is not None and ref not in self.training.conditions:
             raise ValueError(f"statistics.reference {ref!r} is not one of training.conditions "
                              f"({', '.join(self.training.conditions)}); name one of them, or null for the first")
+        return self
+
+    @model_validator(mode="after")
+    def _scoring_reads_the_trained_answer(self) -> "StudyParams":
+        """Students trained to answer with the option's text are not scored on a sentence with its letter."""
+        if self.training.answer_format == "text" and self.evaluation.loglik_scoring == "answer_sentence":
+            raise ValueError("training.answer_format is text but evaluation.loglik_scoring is answer_sentence, which "
+                             "scores 'So the answer is (b) bed.', a sentence these students never saw; use answer_text "
+                             "(or option_text)")
         return self
 
 

@@ -53,8 +53,10 @@ def few_shot_examples() -> tuple[tuple[MCQuestion, str], ...]:
     return tuple(shots)
 
 
-def answer_sentence(q: MCQuestion, index: int) -> str:
-    """The closing sentence every CoT target and prompt uses: `So the answer is (b) text.`"""
+def answer_sentence(q: MCQuestion, index: int, answer_format: str = "letter") -> str:
+    """The closing sentence of every answer: `So the answer is (b) bed.` (letter) or `So the answer is bed.` (text)."""
+    if answer_format == "text":
+        return f"So the answer is {q.choices[index]}."
     return f"So the answer is ({option_letters(len(q.choices))[index]}) {q.choices[index]}."
 
 

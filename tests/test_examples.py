@@ -253,3 +253,30 @@ def test_base_is_asked_like_ft_and_has_no_training_examples():
     assert task_weights("BASE", 0.5) == {}
     with pytest.raises(ValueError, match="untrained"):
         condition_examples("BASE", questions(), RATIONALES)
+
+
+def test_text_answers_close_every_target_with_the_option_text_and_read_back():
+    """training.answer_format: text: "So the answer is bed." (no letter), and the answer reader finds the option."""
+    from lib.metrics import extract_answer
+
+    qs = questions()
+    for condition in ("FT", "FT-CoT", "MT", "CFD"):
+        letters = condition_examples(condition, qs, RATIONALES, VIEWS, STRATEGY)
+        texts = condition_examples(condition, qs, RATIONALES, VIEWS, STRATEGY, answer_format="text")
+        for lx, tx in zip(letters, texts):
+            q = next(q for q in qs if q.id == tx.qid)
+            if not tx.closing:
+                continue  # MT's [rationale] examples have no answer sentence
+            assert tx.closing == f"So the answer is {q.choices[q.answer]}." and "(" not in tx.closing
+            assert lx.closing.startswith("So the answer is (")
+            assert extract_answer(tx.target, q.choices) == q.answer
+
+
+def test_text_answers_are_not_scored_with_a_lettered_sentence():
+    from lib.params import ParamsError, validate_params
+
+    with pytest.raises(ParamsError, match="answer_text"):
+        validate_params({"data": {"train": {"name": "s", "format": "commonsenseqa",
+                                            "source": "data/sample/commonsenseqa_sample.jsonl"}},
+                         "training": {"answer_format": "text"}, "evaluation": {"loglik_scoring": "answer_sentence"}},
+                        "test")
