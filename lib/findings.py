@@ -117,6 +117,13 @@ def _absent(key: str, title: str, explanation: str, note: str) -> Section:
     return Section(key, title, explanation, notes=[note])
 
 
+def _open_section(key: str, title: str, explanation: str, data: pd.DataFrame, outcome: str) -> tuple[Section, bool]:
+    """A new section on `outcome`, and whether `data` has any value of it (if not, the section says it is absent)."""
+    if not has_values(data, outcome):
+        return _absent(key, title, explanation, f"no item has a value for {outcome}; this input is absent."), False
+    return Section(key, title, explanation), True
+
+
 def _label(row: dict | pd.Series, keys: Sequence[str]) -> str:
     """'[csqa, gpt2] ' from a row and the keys that name its subset ('' without keys)."""
     return "[" + ", ".join(str(row[k]) for k in keys) + "] " if keys else ""
@@ -339,11 +346,10 @@ def anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Secti
                    "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals. With "
                    "two rationale sources each condition and source is a level of condition (MT:revised)."
                    f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    key = f"anova_{outcome}"
     data = compared_conditions(tables.items)
-    if not has_values(data, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    section = Section(key, title, expl)
+    section, present = _open_section(f"anova_{outcome}", title, expl, data, outcome)
+    if not present:
+        return section
     _anova_by(section, over_seeds(data, [outcome]), outcome, ["test_set"], "student_size", alpha)
     return section
 
@@ -357,11 +363,10 @@ def revision_anova_section(tables: RunTables, outcome: str, alpha: float = 0.05)
                    "conditions trained on both kinds of rationale take part (the crossed design). Levene's test "
                    "checks equal variances and Shapiro-Wilk normal residuals."
                    f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    key = f"anova_revision_{outcome}"
     data = tables.items[tables.items["condition"] != TEACHER]
-    if not has_values(data, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    section = Section(key, title, expl)
+    section, present = _open_section(f"anova_revision_{outcome}", title, expl, data, outcome)
+    if not present:
+        return section
     if not has_revision(data):
         section.notes += _revision_notes(data) or [f"the items have no {SOURCE} column, so there is no revision "
                                                    "factor to test."]
@@ -416,11 +421,10 @@ def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Sec
                    "Compares conditions by ranks, without assuming normal residuals or equal variances; Dunn's "
                    "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail."
                    f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    key = f"kruskal_{outcome}"
     data = compared_conditions(tables.items)
-    if not has_values(data, outcome):
-        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    section = Section(key, title, expl)
+    section, present = _open_section(f"kruskal_{outcome}", title, expl, data, outcome)
+    if not present:
+        return section
     parts = []
     for (test_set, student), grp in over_seeds(data, [outcome]).groupby(["test_set", "student"], sort=True):
         try:
