@@ -301,3 +301,41 @@ def test_evaluate_grid_reads_each_runs_adapter_field_and_adds_base_and_teacher(t
     assert [r.correct for r in by_condition["TEACHER"]] == [0, 1]
     assert all(not math.isnan(r.cec) for r in by_condition["MT"] + by_condition["BASE"])  # scored against the teacher
     assert all(math.isnan(r.cec) for r in by_condition["TEACHER"])  # the reference itself
+
+
+def test_bf16_scores_and_generates_under_autocast_and_is_cached_apart_from_fp32(tmp_path, monkeypatch):
+    """run.precision: a student's outputs and scores in bf16 are other cache entries than in fp32."""
+    import torch
+
+    import lib.models
+    import lib.scoring
+
+    seen = {"generate": [], "score": []}
+    real_generate, real_score = lib.models.generate_texts, lib.scoring.continuation_logliks
+
+    def generate(*args, **kwargs):
+        seen["generate"].append(torch.is_autocast_enabled("cpu"))
+        return real_generate(*args, **kwargs)
+
+    def score(*args, **kwargs):
+        seen["score"].append(torch.is_autocast_enabled("cpu"))
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(lib.models, "generate_texts", generate)
+    monkeypatch.setattr("lib.evaluation.continuation_logliks", score)
+    adapter, cache = tmp_path / "adapter", tmp_path / "student_cache.sqlite"
+    make_adapter(adapter, seed=0)
+
+    def run(precision: str) -> None:
+        params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"run.precision": precision,
+                                                                      "evaluation.max_new_tokens": 8,
+                                                                      "evaluation.score_max_items": 2})
+        evaluate_run(run_info("FT"), adapter, {"csqa": [q(1), q(2)]}, params, "cpu", cache=cache)
+
+    run("fp32")
+    assert seen["generate"] == [False] and seen["score"] and not any(seen["score"])
+    scored = len(seen["score"])
+    run("fp32")
+    assert seen["generate"] == [False] and len(seen["score"]) == scored  # all from the cache
+    run("bf16")
+    assert seen["generate"] == [False, True] and len(seen["score"]) > scored and all(seen["score"][scored:])
