@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lib.files import read_json
 from lib.conditions import eval_prompts, TEACHER
 from lib.metrics import cec_batch, extract_answer, rationale_length
 from lib.params import StudyParams
@@ -53,6 +54,7 @@ from lib.student_cache import (
 from lib.teacher import split_rationale
 
 log = logging.getLogger(__name__)
+ADDED_TOKENS = "added_tokens.json"  # a published adapter's tokens added to its base tokenizer (CFD strategy tokens)
 
 
 @dataclasses.dataclass
@@ -142,7 +144,7 @@ def load_student(base_spec: str, adapter_dir: Path | None, device: str, finetune
 
     if adapter_dir is None:
         return load_student_lm(base_spec, device, load_in_4bit=finetune == "qlora"), load_tokenizer(base_spec)
-    tokenizer = load_tokenizer(str(adapter_dir))
+    tokenizer = adapter_tokenizer(base_spec, Path(adapter_dir))
     if finetune == "full":
         _require_saved(adapter_dir, "config.json", "model weights")
         return load_student_lm(str(adapter_dir), device), tokenizer
@@ -158,6 +160,19 @@ def load_student(base_spec: str, adapter_dir: Path | None, device: str, finetune
     # merged into the base weights: generation then costs what the base model costs (no adapter or
     # trainable-token wrappers rebuilding weights at every step)
     return student.merge_and_unload(), tokenizer
+
+
+def adapter_tokenizer(base_spec: str, adapter_dir: Path) -> Any:
+    """The tokenizer saved with a run; a published adapter (lib.publish) has the base's plus its added tokens."""
+    from lib.models import load_tokenizer
+
+    if (adapter_dir / "tokenizer_config.json").exists():
+        return load_tokenizer(str(adapter_dir))
+    tokenizer = load_tokenizer(base_spec)
+    added = adapter_dir / ADDED_TOKENS
+    if added.exists():  # in training order, so they get the ids they were trained with
+        tokenizer.add_special_tokens({"extra_special_tokens": read_json(added)}, replace_extra_special_tokens=False)
+    return tokenizer
 
 
 def _require_saved(folder: Path, marker: str, what: str) -> None:

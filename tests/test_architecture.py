@@ -16,7 +16,7 @@ LAYERS: dict[str, list[str]] = {
     "foundation": ["conditions", "params", "runs", "response_cache", "models", "prompts", "ratings"],
     "stage": ["question_checks", "data", "recorded", "teacher_engine", "openai_api", "teacher", "counterfactual", "multiview", "examples", "training",
               "scoring", "student_cache", "evaluation", "evaluation_tables"],
-    "analysis": ["stats", "run_tables", "findings", "figures", "report"],
+    "analysis": ["stats", "run_tables", "findings", "figures", "report", "publish"],
     "runner": ["study"],
 }
 ORDER = [m for layer in LAYERS.values() for m in layer]

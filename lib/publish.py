@@ -1,0 +1,128 @@
+"""Publishing a finished run: the files a reader needs, in the run folder's own layout, small enough for git.
+
+    python -m lib.publish outputs/reference-csqa results/reference-csqa
+
+What goes (everything else in outputs/ stays there):
+- manifest.json and params.json (params, versions, code and input hashes, each step's status, wall time and number
+  formats), and timings.csv: the wall time of every step;
+- 03_counterfactuals/acceptance.json; 04_training/runs.jsonl and each run's losses.jsonl and config.json;
+- 05_evaluation: items.jsonl (every item's output and scores), summary.csv, ood_matrix.csv, picks.csv,
+  faithfulness.csv, summary.json and the ratings a run has; 06_statistics: every table, findings.md and report.html;
+- adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
+  `max_adapter_mb`; a larger one is listed in adapters/README.md with the command that retrains it.
+
+Because the layout is the run folder's, `python -m lib.report results/<run> -o report.html` rebuilds the report
+from the published files alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from lib.evaluation import ADDED_TOKENS
+from lib.files import atomic_write_text, read_json, read_jsonl, write_json
+from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
+
+log = logging.getLogger(__name__)
+
+FILES = ("manifest.json", "params.json", HUMAN_RATINGS, "03_counterfactuals/acceptance.json",
+         "04_training/runs.jsonl", "05_evaluation/items.jsonl", "05_evaluation/summary.csv",
+         "05_evaluation/summary.json", "05_evaluation/ood_matrix.csv", "05_evaluation/picks.csv",
+         "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
+         "05_evaluation/causal_items.jsonl")
+RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/
+MAX_REPORT_MB = 2.0
+
+
+def publish(run_dir: Path, dest: Path, max_adapter_mb: float = 10.0) -> list[Path]:
+    """Copy a run's publishable files to `dest` (emptied first); returns the files written."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    if not (run_dir / "manifest.json").exists():
+        raise FileNotFoundError(f"{run_dir} has no manifest.json: publish a run folder written by python -m lib.study")
+    if dest.exists():
+        shutil.rmtree(dest)
+    written = [_copy(run_dir / name, dest / name) for name in FILES if (run_dir / name).exists()]
+    for path in sorted((run_dir / "06_statistics").glob("*")):
+        if path.suffix in (".csv", ".md", ".html"):
+            written.append(_copy(path, dest / "06_statistics" / path.name))
+    report = dest / "06_statistics" / "report.html"
+    if report.exists() and report.stat().st_size > MAX_REPORT_MB * 2**20:
+        log.warning("%s is %.1f MB, over the %.0f MB meant for git", report, report.stat().st_size / 2**20, MAX_REPORT_MB)
+    runs = read_jsonl(run_dir / "04_training" / "runs.jsonl") if (run_dir / "04_training" / "runs.jsonl").exists() else []
+    for row in runs:
+        for name in RUN_FILES:
+            src = run_dir / "04_training" / row["run"] / name
+            if src.exists():
+                written.append(_copy(src, dest / "04_training" / row["run"] / name))
+    written += publish_adapters(run_dir, dest, runs, max_adapter_mb)
+    written.append(write_timings(read_json(run_dir / "manifest.json"), dest / "timings.csv"))
+    return written
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """Copy one file, creating its folder."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def publish_adapters(run_dir: Path, dest: Path, runs: list[dict], max_mb: float) -> list[Path]:
+    """Each trained run's adapter in bf16 under dest/adapters/<run>/, unless larger than `max_mb` (then listed)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    written, too_large = [], []
+    for row in runs:
+        if not row.get("adapter"):
+            continue  # BASE: nothing trained
+        src = run_dir / "04_training" / row["adapter"]
+        weights = load_file(str(src / "adapter_model.safetensors"))
+        half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
+        size_mb = sum(v.numel() * v.element_size() for v in half.values()) / 2**20
+        if size_mb > max_mb:
+            too_large.append((row, size_mb))
+            continue
+        out = dest / "adapters" / row["run"]
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(half, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+        written += [out / "adapter_model.safetensors", _copy(src / "adapter_config.json", out / "adapter_config.json"),
+                    write_json(out / ADDED_TOKENS, list(row.get("added_tokens") or []))]
+    lines = ["# Adapters", "", "LoRA adapters of the trained runs, weights in bf16. Each is loaded on its base student",
+             "(runs.jsonl `student`) with `lib.evaluation.load_student(student, adapter_folder, device, 'lora')`.", ""]
+    for row, size_mb in too_large:
+        lines.append(f"- {row['run']}: {size_mb:.1f} MB in bf16, over {max_mb:.0f} MB, not published; retrain it with "
+                     f"`python -m lib.study params/<study>.yaml --set 'training.conditions=[{row['condition']}]' "
+                     f"--set 'training.seeds=[{row['seed']}]' --steps 01-04`")
+    written.append(atomic_write_text(dest / "adapters" / "README.md", "\n".join(lines) + "\n"))
+    return written
+
+
+def write_timings(manifest: dict, path: Path) -> Path:
+    """One row per step: status, wall seconds, when it finished and the number formats it used."""
+    rows = ["step,status,wall_s,finished,precision"]
+    for step, rec in manifest.get("steps", {}).items():
+        formats = ";".join(f"{k}={v}" for k, v in (rec.get("precision") or {}).items())
+        rows.append(f"{step},{rec.get('status', '')},{rec.get('wall_s', '')},{rec.get('finished', '')},{formats}")
+    return atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lib.publish RUN_DIR DEST [--max-adapter-mb 10]`."""
+    ap = argparse.ArgumentParser(prog="python -m lib.publish", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("dest", type=Path)
+    ap.add_argument("--max-adapter-mb", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    written = publish(args.run_dir, args.dest, args.max_adapter_mb)
+    total = sum(p.stat().st_size for p in written) / 2**20
+    print(f"published {len(written)} files ({total:.1f} MB) to {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
