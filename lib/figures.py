@@ -23,7 +23,7 @@ from lib.files import atomic_write_bytes
 from lib.ratings import DIMENSIONS
 from lib.run_tables import rated_dimensions, ratings_absent_note, RunTables, TEXT_METRICS, with_arms
 from lib.stats import accuracy_table, over_seeds
-from lib.training import multi_term_losses
+from lib.training_tables import multi_term_losses
 
 log = logging.getLogger(__name__)
 

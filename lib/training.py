@@ -20,17 +20,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from lib.conditions import condition_sources, condition_task, task_weights, UNTRAINED
-from lib.examples import collate, Example, tokenize_examples
+from lib.examples import collate, Example, load_condition_examples, tokenize_examples
 from lib.files import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from lib.params import TrainingParams
 from lib.precision import autocast, precision_plan
+from lib.runs import open_step
 
 log = logging.getLogger(__name__)
 
@@ -396,8 +399,6 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     train_s = time.perf_counter() - t_train
-    model.save_pretrained(out_dir / "adapter")
-    tokenizer.save_pretrained(out_dir / "adapter")
     target_tokens = sum(sum(x != -100 for x in d["labels"]) for d in data)
     trainable = (model.get_nb_trainable_parameters()[0] if hasattr(model, "get_nb_trainable_parameters")
                  else sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -414,9 +415,12 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
         "added_tokens": tokenizer.convert_ids_to_tokens(new_ids),
         "adapter": f"{out_dir.name}/adapter", "training": config["training"],
     }
-    write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
-    write_json(out_dir / "config.json", config)
-    write_json(done, result)
+    if trainer.is_world_process_zero():  # under `accelerate launch` every process holds the same trained weights
+        model.save_pretrained(out_dir / "adapter")
+        tokenizer.save_pretrained(out_dir / "adapter")
+        write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
+        write_json(out_dir / "config.json", config)
+        write_json(done, result)
     return result
 
 
@@ -491,46 +495,26 @@ def train_grid(ctx: Any, examples: dict[tuple[str, str], list[Example]]) -> Any:
         results.append(train_run(run, exs, ctx.params.training, ctx.out / run.name, device,
                                  strategy_tokens=list(ctx.params.counterfactual.strategy_tokens.model_dump().values()),
                                  force=force, fmt=fmt, progress=getattr(ctx, "progress", None)))
-    write_jsonl(ctx.out / "runs.jsonl", results)
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process of `accelerate launch` (or the only one)
+        write_jsonl(ctx.out / "runs.jsonl", results)
     return pd.DataFrame(results)
 
 
-def read_losses(train_dir: Path) -> Any:
-    """The per-step losses (columns run, step, term, loss) of the trained runs of the grid, listed in runs.jsonl.
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lib.training RUN_DIR`: step 04 outside its notebook, for `accelerate launch` (one process per GPU).
 
-    Folders of runs no longer in the params (an earlier condition or student) stay on disk, as they are expensive
-    to retrain, but are never read. BASE rows (untrained, `adapter: null`) have no losses and are skipped.
+    Trains the grid of a run folder whose steps 01-03 are done, with the params recorded in RUN_DIR/params.json;
+    `python -m lib.study PARAMS --steps 04-06` afterwards finds every run finished and reuses it.
     """
-    import pandas as pd
-
-    runs_file = Path(train_dir) / "runs.jsonl"
-    if not runs_file.exists():
-        raise FileNotFoundError(f"{runs_file} is missing: step 04_training writes it once every run of the grid has "
-                                "finished; run that step first")
-    frames = []
-    for row in read_jsonl(runs_file):
-        if row.get("condition") in UNTRAINED:
-            continue
-        path = Path(train_dir) / row["run"] / "losses.jsonl"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing although {runs_file} lists run {row['run']}; "
-                                    "rerun step 04_training (with --force if its outputs were deleted)")
-        frames.append(pd.DataFrame(read_jsonl(path)))
-    frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "step", "term", "loss"])
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    run_dir = Path(args[0])
+    ctx = open_step("04_training", read_json(run_dir / "params.json"), "", str(run_dir))
+    train_grid(ctx, load_condition_examples(ctx))
+    return 0
 
 
-def multi_term_losses(losses: Any) -> Any:
-    """The per-term loss rows of runs whose condition has several terms (MT, CF, MT+CF), for the term plots."""
-    runs = losses["run"].astype(str)
-    multi = runs.str.split("__").str[0].isin(["MT", "CF", "MT+CF"])
-    return losses[multi].reset_index(drop=True)
-
-
-def run_costs(results: Any) -> Any:
-    """What each run cost: optimiser steps, wall time, target tokens per second and trainable parameters."""
-    df = results.copy()
-    df["trainable_%"] = (100 * df["n_trainable"] / df["n_params"]).round(3)
-    cols = ["run", "task", "condition", "rationale_source", "student", "seed", "n_examples", "n_truncated", "steps", "wall_s", "train_s",
-            "target_tokens_per_s", "n_trainable", "trainable_%"]
-    return df[[c for c in cols if c in df]]
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,7 +59,7 @@ force: bool = False  # recompute what this step would reuse: trained runs, cache
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import conditions, examples, figures, models, runs, training
+from lib import conditions, examples, figures, models, runs, training, training_tables
 
 ctx = runs.open_step("04_training", params, params_file, run_dir, force)
 ctx.out
@@ -111,7 +111,7 @@ results
 
 # %%
 # loss curves of the trained runs (BASE has none), one panel per loss term
-losses = training.read_losses(ctx.out)
+losses = training_tables.read_losses(ctx.out)
 figures.plot_losses(losses, path=ctx.out / "loss_curves.png");
 
 # %% [markdown]
@@ -132,7 +132,7 @@ figures.plot_term_losses(losses, path=ctx.out / "loss_terms.png");
 
 # %%
 # the cost of each run
-training.run_costs(results)
+training_tables.run_costs(results)
 
 # %% [markdown]
 # ## Try it

@@ -14,7 +14,7 @@ LIB = Path(__file__).resolve().parents[1] / "lib"
 LAYERS: dict[str, list[str]] = {
     "leaf": ["files", "questions", "metrics", "head_loss", "precision"],
     "foundation": ["conditions", "params", "runs", "response_cache", "models", "prompts", "ratings"],
-    "stage": ["question_checks", "data", "recorded", "teacher_engine", "openai_api", "teacher", "counterfactual", "multiview", "examples", "training",
+    "stage": ["question_checks", "data", "recorded", "teacher_engine", "openai_api", "teacher", "counterfactual", "multiview", "examples", "training", "training_tables",
               "scoring", "student_cache", "evaluation", "evaluation_tables"],
     "analysis": ["stats", "run_tables", "findings", "figures", "report", "publish"],
     "runner": ["study"],

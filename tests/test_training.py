@@ -11,7 +11,7 @@ import torch
 
 from lib.conditions import eval_prompts, task_weights
 from lib.examples import collate, condition_examples, Example, tokenize_examples
-from lib.files import read_json, read_jsonl, sha256_file, write_json, write_jsonl
+from lib.files import PROJECT_ROOT, read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from lib.models import (
     generate_texts,
     load_causal_lm,
@@ -22,18 +22,8 @@ from lib.models import (
     TINY_T5,
 )
 from lib.params import CounterfactualParams, RunParams, TrainingParams
-from lib.training import (
-    add_special_tokens,
-    grid,
-    lora_model,
-    read_losses,
-    run_config,
-    StudentRun,
-    train_grid,
-    train_run,
-    training_code_sha256,
-    weighted_target_loss,
-)
+from lib.training import add_special_tokens, grid, lora_model, run_config, StudentRun, train_grid, train_run, training_code_sha256, weighted_target_loss
+from lib.training_tables import read_losses
 from tests.test_examples import ALL_CONDITIONS, all_examples, LONG_RATIONALES, questions, RATIONALES, STRATEGY, VIEWS
 
 
@@ -522,3 +512,23 @@ def test_a_run_reports_its_progress(tmp_path):
     train_run(StudentRun("FT", TINY_GEMMA, 0), all_examples("FT"), params, tmp_path / "FT", "cpu", progress=lines.append)
     assert lines[0].endswith("training 2 steps (from step 0)")
     assert lines[-1].startswith("FT__unrevised__tiny-random-gemma3__seed0: step 2/2, loss ")
+
+
+def test_step_04_runs_outside_its_notebook_for_accelerate(tmp_path):
+    """`python -m lib.training RUN_DIR` trains the grid of a run folder, as notebook 04 does (runs.jsonl, done.json)."""
+    from lib import training
+    from lib.params import load_params
+
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml",
+                         {"training.conditions": ["BASE", "FT"], "training.max_steps": 1, "training.save_steps": 0})
+    write_json(tmp_path / "params.json", params.model_dump(mode="json"))
+    write_jsonl(tmp_path / "01_data" / "train.jsonl", questions())
+    write_jsonl(tmp_path / "02_teacher" / "rationales.jsonl",
+                [{"id": q.id, "split": "train", "rationale": RATIONALES[q.id], "failure": None, "correct": True}
+                 for q in questions()])
+    assert training.main([str(tmp_path)]) == 0
+    rows = read_jsonl(tmp_path / "04_training" / "runs.jsonl")
+    trained = [r for r in rows if r["condition"] == "FT"]
+    assert {r["condition"] for r in rows} == {"BASE", "FT"} and trained and all(r["steps"] == 1 for r in trained)
+    assert all((tmp_path / "04_training" / r["run"] / "done.json").exists() for r in trained)
+    assert training.main([]) == 2  # no run folder: the usage, not a traceback
