@@ -85,7 +85,6 @@ examples.examples_frame(training_examples)
 # %% tags=["under-the-hood"]
 # one batch: which labels are -100, each task's mean cross-entropy, and the weighted sum, against the library
 import torch
-import torch.nn.functional as F
 
 key = ("MT", "unrevised") if ("MT", "unrevised") in training_examples else next(iter(training_examples))  # (condition, rationale source)
 settings = ctx.params.training.for_condition(key[0])  # the training section with this condition's overrides
@@ -96,7 +95,7 @@ one_per_task = [next(e for e in training_examples[key] if e.task == t) for t in 
 batch = examples.collate(examples.tokenize_examples(one_per_task, tok, settings.max_length, list(weights)), tok.pad_token_id)
 labels, task = batch["labels"][:, 1:], batch["task_ids"][:, None].expand(-1, batch["labels"].shape[1] - 1)
 with torch.no_grad():
-    token_ce = F.cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    token_ce = torch.nn.functional.cross_entropy(lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     terms = {t: token_ce[(task == i) & (labels != -100)].mean() for i, t in enumerate(weights)}
     library, _ = training.weighted_target_loss(lm, batch, list(weights.values()))
 by_hand = sum(weights[t] * terms[t] for t in weights)
