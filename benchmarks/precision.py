@@ -20,6 +20,12 @@ For each operation it runs the same work twice, once in float32 and once under `
 It also prints what `run.precision: auto` picks here. On a CPU without native bf16 (no avx512_bf16 / amx_bf16 in
 /proc/cpuinfo) torch emulates bf16, so the bf16 column shows what auto avoids; the load average before and after
 says whether other processes shared the cores.
+
+Measured (2026-11-30, 2-core AMD EPYC at 2.0 GHz, Zen 1: AVX2, no native bf16, so auto = fp32 everywhere; cores
+idle): training 3.04 s/step in fp32 against 95.0 s in emulated bf16 (0.03x; max |loss diff| 0.011 on a loss of
+3.33; `--steps 3`); scoring 25 options 2.89 s against 17.39 s (0.17x; same picks; `--items 5`); CEC of 100
+PaLM/CoS-E pairs 1.08 s against 7.78 s (0.14x; mean |CEC diff| 0.0004; `--pairs 100`). Decoding was not run
+here. On such a CPU bf16 is 6-30x slower, which is why auto keeps fp32 without avx512_bf16 / amx_bf16.
 """
 
 from __future__ import annotations
