@@ -27,6 +27,7 @@ while a block runs.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -119,16 +120,18 @@ class _HeadNLL(torch.autograd.Function):
         return grad * grad_nll[:, None], None, None, None, None, None
 
 
-_BF16_COPY: dict[tuple[int, int], torch.Tensor] = {}  # the frozen head weight in bf16, keyed by storage and version
+_BF16_COPY: list = []  # [weakref to the head weight, its version, its bf16 copy]: one head at a time (Gemma's: 335 MB)
 
 
 def _bf16_copy(weight: torch.Tensor) -> torch.Tensor:
-    """A bf16 copy of a frozen head weight, made once per weight version (not again at every step)."""
-    key = (weight.data_ptr(), weight._version)
-    if key not in _BF16_COPY:
-        _BF16_COPY.clear()  # one head at a time: the copy of Gemma's is 335 MB
-        _BF16_COPY[key] = weight.detach().to(torch.bfloat16)
-    return _BF16_COPY[key]
+    """A bf16 copy of a frozen head weight, made once per weight and version (not again at every step).
+
+    The copy is tied to the tensor object itself (a weak reference), not to its address: another model's head
+    allocated where a freed one was must never be read through the old copy.
+    """
+    if not _BF16_COPY or _BF16_COPY[0]() is not weight or _BF16_COPY[1] != weight._version:
+        _BF16_COPY[:] = [weakref.ref(weight), weight._version, weight.detach().to(torch.bfloat16)]
+    return _BF16_COPY[2]
 
 
 class _VocabularyMajorLinear(torch.nn.Linear):

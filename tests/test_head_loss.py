@@ -117,3 +117,21 @@ def test_under_bf16_autocast_the_blockwise_path_matches_autocast_full_logits(sof
     torch.testing.assert_close(grad_ours, grad_ref, rtol=5e-2, atol=2e-2)
     exact = reference_nll(hidden.detach(), head, labels, softcap)
     assert not torch.equal(ours.detach(), exact), "the bf16 path must really compute in bf16"
+
+
+def test_the_bf16_head_copy_follows_the_weight_not_its_address(monkeypatch):
+    """A new head (another student) or an edited one is never read through an earlier head's bf16 copy."""
+    from lib.head_loss import _bf16_copy
+
+    import numpy as np
+
+    memory = np.zeros((40, 8), dtype=np.float32)
+    first = torch.from_numpy(memory)
+    assert torch.equal(_bf16_copy(first), first.to(torch.bfloat16))
+    memory[:] = 5.0  # new weights at the same address, as when a freed head's memory is reused
+    second = torch.from_numpy(memory)
+    assert second.data_ptr() == first.data_ptr() and second._version == first._version
+    assert torch.equal(_bf16_copy(second), second.to(torch.bfloat16))
+    with torch.no_grad():
+        second.add_(1.0)  # same tensor, new version
+    assert torch.equal(_bf16_copy(second), second.to(torch.bfloat16))
