@@ -2,7 +2,7 @@
 
 Reads the first `--n` questions of the CommonsenseQA dev file, asks them with the FT student's prompt
 (`lib.conditions.eval_prompts("FT", q, ...)["answer"]`: the question, its lettered options and "A:") and
-scores every option with each scoring of `lib.evaluation.LOGLIK_SCORINGS`. For each scoring it prints
+scores every option with each scoring of `lib.scoring.LOGLIK_SCORINGS`. For each scoring it prints
 the accuracy of the summed log-likelihood (lm-evaluation-harness's `acc`) and of the log-likelihood per
 character of the continuation (`acc_norm`), how often each letter was picked, and the largest share of
 one letter; the gold letters' counts come first. An unbiased scorer of an untrained model picks each
