@@ -1,4 +1,4 @@
-"""Figures of the study: accuracy, CEC, ratings, loss curves, counterfactual acceptance, rationale lengths.
+"""Figures of the study: accuracy, CEC, ratings, loss curves, counterfactual acceptance, rationale lengths, data size.
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot), so they render the same in a notebook, a script
 or a headless job and never pile up in pyplot's figure registry. Each function returns the Figure; given `path`, it
@@ -90,6 +90,36 @@ def plot_accuracy(items: pd.DataFrame, path: str | Path | None = None, n_boot: i
            title="Error bars: 95% CI, cluster bootstrap over test items")
     fig.suptitle("Accuracy by condition")
     ax.legend(title="Test set", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _finish(fig, path)
+
+
+def plot_data_size(curve: pd.DataFrame, path: str | Path | None = None) -> Figure:
+    """Accuracy (%) against training questions (log axis), a line per condition with 95% CI bars, a panel per test
+    set (the table of lib.data_size); BASE, untrained, is a dashed line at its first size's accuracy."""
+    _require(curve, ["train_questions", "test_set", "condition", "accuracy", "ci_low", "ci_high"], "plot_data_size")
+    test_sets = sorted(curve["test_set"].astype(str).unique())
+    fig = _new_figure(4.5 * len(test_sets) + 1.5, 4.0)
+    axes = fig.subplots(1, len(test_sets), squeeze=False, sharey=True)[0]
+    conditions = sorted(curve["condition"].astype(str).unique())
+    colours = dict(zip(conditions, sns.color_palette(n_colors=len(conditions))))
+    for ax, test_set in zip(axes, test_sets):
+        for condition in conditions:
+            rows = curve[(curve["test_set"].astype(str) == test_set) & (curve["condition"] == condition)]
+            rows = rows.sort_values("train_questions")
+            if rows.empty:
+                continue
+            acc = rows["accuracy"].to_numpy() * 100
+            if condition == "BASE":
+                ax.axhline(acc[0], color=colours[condition], linestyle="--", label="BASE (untrained)")
+                continue
+            err = np.vstack([acc - rows["ci_low"].to_numpy() * 100, rows["ci_high"].to_numpy() * 100 - acc])
+            ax.errorbar(rows["train_questions"], acc, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                        color=colours[condition], label=condition)
+        ax.set_xscale("log")
+        ax.set(title=test_set, xlabel="Training questions (log scale)", ylim=(0, 100))
+    axes[0].set_ylabel("Accuracy (% of test items correct)")
+    axes[-1].legend(title="Condition", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("Accuracy by training-set size (error bars: 95% CI over test items)")
     return _finish(fig, path)
 
 

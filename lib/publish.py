@@ -12,7 +12,8 @@ What goes (everything else in outputs/ stays there):
   `max_adapter_mb`; a larger one is listed in adapters/README.md with the command that retrains it.
 
 Because the layout is the run folder's, `python -m lib.report results/<run> -o report.html` rebuilds the report
-from the published files alone.
+from the published files alone. Publishing again replaces what an earlier publish wrote (the run's folders and files
+above) and keeps what a person wrote beside them (a recipe sweep's notes, the data-size curve).
 """
 
 from __future__ import annotations
@@ -23,28 +24,37 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from lib.conditions import CONDITIONS
 from lib.evaluation import ADDED_TOKENS
 from lib.files import atomic_write_text, read_json, read_jsonl, write_json
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
 
 log = logging.getLogger(__name__)
 
-FILES = ("manifest.json", "params.json", HUMAN_RATINGS, "03_counterfactuals/acceptance.json",
+FILES = ("manifest.json", "params.json", HUMAN_RATINGS, "01_data/summary.json", "03_counterfactuals/acceptance.json",
          "04_training/runs.jsonl", "05_evaluation/items.jsonl", "05_evaluation/summary.csv",
          "05_evaluation/summary.json", "05_evaluation/ood_matrix.csv", "05_evaluation/picks.csv",
          "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
          "05_evaluation/causal_items.jsonl")
 RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/
+OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
+         "params.json", HUMAN_RATINGS, "timings.csv")  # what publish writes in dest, and replaces on the next publish
 MAX_REPORT_MB = 2.0
 
 
 def publish(run_dir: Path, dest: Path, max_adapter_mb: float = 10.0) -> list[Path]:
-    """Copy a run's publishable files to `dest` (emptied first); returns the files written."""
+    """Copy a run's publishable files to `dest`, replacing an earlier publish's (`OWNED`); returns the files written."""
     run_dir, dest = Path(run_dir), Path(dest)
     if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{run_dir} has no manifest.json: publish a run folder written by python -m lib.study")
-    if dest.exists():
-        shutil.rmtree(dest)
+    for name in OWNED:
+        old = dest / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
     written = [_copy(run_dir / name, dest / name) for name in FILES if (run_dir / name).exists()]
     for path in sorted((run_dir / "06_statistics").glob("*")):
         if path.suffix in (".csv", ".md", ".html"):
@@ -110,14 +120,70 @@ def write_timings(manifest: dict, path: Path) -> Path:
     return atomic_write_text(path, "\n".join(rows) + "\n")
 
 
+def _cell(row: pd.Series, column: str) -> str:
+    """`33.0 (27.0–39.5)`: a proportion in percent with its 95% interval, or `–` where it was not measured."""
+    value = row.get(column)
+    if value is None or pd.isna(value):
+        return "–"
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    if low is None or pd.isna(low):
+        return f"{100 * value:.1f}"
+    return f"{100 * value:.1f} ({100 * low:.1f}–{100 * high:.1f})"
+
+
+def results_table(dest: Path) -> str:
+    """The README's results table from a published run: accuracy (generated and scored) per condition and test set,
+    with 95% intervals, and CEC against the teacher; values from 05_evaluation/summary.csv, intervals from
+    06_statistics/accuracy.csv (which must agree with it)."""
+    summary = pd.read_csv(dest / "05_evaluation" / "summary.csv")
+    table = pd.read_csv(dest / "06_statistics" / "accuracy.csv").rename(
+        columns={"ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high"})
+    merged = summary.merge(table, on=["test_set", "student", "condition"], suffixes=("", "_stats"), validate="1:1")
+    for column in ("accuracy", "loglik_norm_accuracy"):
+        differ = (merged[column] - merged[f"{column}_stats"]).abs() > 1e-9
+        if differ.any():
+            raise ValueError(f"{dest}: {column} in 05_evaluation/summary.csv and 06_statistics/accuracy.csv differ for "
+                             f"{merged.loc[differ, 'condition'].tolist()}: step 06 ran on other items; rerun it")
+    test_sets = list(dict.fromkeys(merged["test_set"]))
+    head = ["condition", "student"] + [f"{t} {kind}" for t in test_sets for kind in ("generated", "scored")]
+    head += [f"CEC vs teacher ({test_sets[0]})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {c: i for i, c in enumerate(CONDITIONS)}
+    keys = merged[["condition", "student"]].drop_duplicates()
+    keys = keys.assign(rank=keys["condition"].map(lambda c: order.get(c, len(order)))).sort_values(["rank", "student"])
+    for condition, student in zip(keys["condition"], keys["student"]):
+        rows = merged[(merged["condition"] == condition) & (merged["student"] == student)].set_index("test_set")
+        cells = [condition, student]
+        for t in test_sets:
+            cells += [_cell(rows.loc[t], "accuracy"), _cell(rows.loc[t], "loglik_norm_accuracy")] if t in rows.index \
+                else ["–", "–"]
+        first = rows.loc[test_sets[0]] if test_sets[0] in rows.index else pd.Series(dtype=float)
+        cec = first.get("cec")
+        wrote = first.get("rationale_words", 1)  # FT writes no rationale: its CEC of 0 is by definition, not shown
+        cells.append("–" if cec is None or pd.isna(cec) or not wrote else f"{cec:.3f} ({first['cec_ci_low']:.3f}–{first['cec_ci_high']:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    n = sorted(set(merged["n"].astype(int)))
+    lines += ["", f"Accuracy in % of n = {', '.join(map(str, n))} items per cell, 95% interval in parentheses (cluster "
+              "bootstrap over items). *generated*: the option the student's own output names; *scored*: the option "
+              "whose text it finds most likely (log-likelihood per character). CEC: how much of the teacher's rationale the "
+              "student's covers and the reverse (sentence embeddings, 0–1), where the student wrote a rationale."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lib.publish RUN_DIR DEST [--max-adapter-mb 10]`."""
+    """`python -m lib.publish RUN_DIR DEST [--max-adapter-mb 10]`, or `python -m lib.publish --table DEST`."""
     ap = argparse.ArgumentParser(prog="python -m lib.publish", description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("dest", type=Path)
+    ap.add_argument("run_dir", type=Path, nargs="?")
+    ap.add_argument("dest", type=Path, nargs="?")
     ap.add_argument("--max-adapter-mb", type=float, default=10.0)
+    ap.add_argument("--table", type=Path, metavar="DEST", help="print the README's results table of a published run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.table:
+        print(results_table(args.table), end="")
+        return 0
+    if args.dest is None:
+        ap.error("give RUN_DIR and DEST (or --table DEST)")
     written = publish(args.run_dir, args.dest, args.max_adapter_mb)
     total = sum(p.stat().st_size for p in written) / 2**20
     print(f"published {len(written)} files ({total:.1f} MB) to {args.dest}")

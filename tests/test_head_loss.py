@@ -121,9 +121,9 @@ def test_under_bf16_autocast_the_blockwise_path_matches_autocast_full_logits(sof
 
 def test_the_bf16_head_copy_follows_the_weight_not_its_address(monkeypatch):
     """A new head (another student) or an edited one is never read through an earlier head's bf16 copy."""
-    from lib.head_loss import _bf16_copy
-
     import numpy as np
+
+    from lib.head_loss import _bf16_copy
 
     memory = np.zeros((40, 8), dtype=np.float32)
     first = torch.from_numpy(memory)

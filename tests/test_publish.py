@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from lib.evaluation import load_student
-from lib.files import read_json, write_json, write_jsonl
+from lib.files import PROJECT_ROOT, read_json, write_json, write_jsonl
 from lib.models import TINY_GEMMA
 from lib.params import TrainingParams
-from lib.publish import publish
+from lib.publish import publish, results_table
 from lib.training import StudentRun, train_run
 from tests.test_examples import all_examples
 
@@ -59,3 +61,64 @@ def test_an_adapter_over_the_size_limit_is_listed_with_the_command_that_retrains
     assert not (tmp_path / "results" / "adapters" / row["run"]).exists()
     readme = (tmp_path / "results" / "adapters" / "README.md").read_text()
     assert row["run"] in readme and "training.conditions=[CFD]" in readme
+
+
+def test_publishing_again_replaces_the_runs_files_and_keeps_notes_written_beside_them(tmp_path):
+    run_dir, row = finished_run(tmp_path)
+    dest = tmp_path / "results"
+    publish(run_dir, dest)
+    (dest / "recipe_sweep.md").write_text("# the sweep\n")
+    (dest / "06_statistics" / "tukey_stale.csv").write_text("from an earlier configuration\n")
+    (run_dir / "05_evaluation" / "summary.csv").write_text("condition,accuracy\nCFD,0.5\n")
+    publish(run_dir, dest)
+    assert (dest / "recipe_sweep.md").read_text() == "# the sweep\n"
+    assert not (dest / "06_statistics" / "tukey_stale.csv").exists()
+    assert "CFD,0.5" in (dest / "05_evaluation" / "summary.csv").read_text()
+
+
+def published_tables(dest, ft_accuracy: float = 0.33):
+    """A published run's summary.csv and 06 accuracy table: BASE, FT and TEACHER on two test sets."""
+    rows, stats = [], []
+    for test_set in ("csqa", "arc"):
+        for condition, student, acc, scored, words in (("TEACHER", "PaLM", 0.765, None, 24.0),
+                                                       ("FT", "gemma", 0.33, 0.33, 0.0), ("BASE", "gemma", 0.08, 0.225, 32.0)):
+            rows.append({"condition": condition, "student": student, "test_set": test_set, "n": 500, "accuracy": acc,
+                         "loglik_norm_accuracy": scored, "cec": None if scored is None else 0.39 * bool(words),
+                         "rationale_words": words})
+            stats.append({"test_set": test_set, "student": student, "condition": condition, "n": 500,
+                          "accuracy": ft_accuracy if condition == "FT" else acc, "ci_low": acc - 0.05,
+                          "ci_high": acc + 0.05, "loglik_norm_accuracy": scored,
+                          "loglik_norm_accuracy_ci_low": None if scored is None else scored - 0.04,
+                          "loglik_norm_accuracy_ci_high": None if scored is None else scored + 0.04,
+                          "cec": 0.39, "cec_ci_low": 0.36, "cec_ci_high": 0.42})
+    (dest / "05_evaluation").mkdir(parents=True)
+    (dest / "06_statistics").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(dest / "05_evaluation" / "summary.csv", index=False)
+    pd.DataFrame(stats).to_csv(dest / "06_statistics" / "accuracy.csv", index=False)
+
+
+def test_the_results_table_lists_conditions_in_study_order_with_intervals_and_no_cec_without_a_rationale(tmp_path):
+    published_tables(tmp_path)
+    lines = results_table(tmp_path).splitlines()
+    assert lines[0] == ("| condition | student | csqa generated | csqa scored | arc generated | arc scored "
+                        "| CEC vs teacher (csqa) |")
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| BASE", "| FT", "| TEACHER"]
+    assert lines[2] == ("| BASE | gemma | 8.0 (3.0–13.0) | 22.5 (18.5–26.5) | 8.0 (3.0–13.0) | 22.5 (18.5–26.5) "
+                        "| 0.390 (0.360–0.420) |")
+    assert lines[3].endswith("| – |") and lines[4] == "| TEACHER | PaLM | 76.5 (71.5–81.5) | – | 76.5 (71.5–81.5) | – | – |"
+    assert "n = 500 items" in results_table(tmp_path)
+
+
+def test_the_results_table_refuses_statistics_computed_on_other_items(tmp_path):
+    published_tables(tmp_path, ft_accuracy=0.31)
+    with pytest.raises(ValueError, match="differ for"):
+        results_table(tmp_path)
+
+
+def test_the_readme_shows_the_published_reference_results():
+    dest = PROJECT_ROOT / "results" / "reference-csqa"
+    if not (dest / "06_statistics" / "accuracy.csv").exists():
+        pytest.skip("no reference study published yet")
+    assert results_table(dest) in (PROJECT_ROOT / "README.md").read_text(), (
+        "README.md's Results table differs from results/reference-csqa: paste "
+        "`python -m lib.publish --table results/reference-csqa` into it")

@@ -22,7 +22,17 @@ from lib.models import (
     TINY_T5,
 )
 from lib.params import CounterfactualParams, RunParams, TrainingParams
-from lib.training import add_special_tokens, grid, lora_model, run_config, StudentRun, train_grid, train_run, training_code_sha256, weighted_target_loss
+from lib.training import (
+    add_special_tokens,
+    grid,
+    lora_model,
+    run_config,
+    StudentRun,
+    train_grid,
+    train_run,
+    training_code_sha256,
+    weighted_target_loss,
+)
 from lib.training_tables import read_losses
 from tests.test_examples import ALL_CONDITIONS, all_examples, LONG_RATIONALES, questions, RATIONALES, STRATEGY, VIEWS
 
