@@ -258,29 +258,32 @@ def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyPara
 
 def evaluate_run(run_info: dict, adapter_dir: Path | None, test_sets: dict[str, list[MCQuestion]],
                  params: StudyParams, device: str, cf_rationales: dict[str, tuple[int, str]] | None = None,
-                 cache: ResponseCache | str | Path | None = None) -> list[ItemResult]:
-    """Generate and score one student (a run of step 04, or BASE without `adapter_dir`) on every test set
-    (reference-based metrics come later).
+                 cache: ResponseCache | str | Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> list[ItemResult]:
+    """Generate and score one student (a run of step 04, or BASE without `adapter_dir`) on every test set.
 
-    Faithfulness is measured on the first (in-distribution) test set only, where counterfactual
-    rationales can exist; log-likelihood accuracy on every set. Both score every option of an item with
-    a forward pass each, so only the first `evaluation.score_max_items` items of a set get them (null = all).
-    `cache` (a ResponseCache or its path, e.g. <run_dir>/student_cache.sqlite; None = none) keeps every
-    generated output and option score under the student's weights hash: a rerun loads the student only
-    for what the cache lacks.
+    Faithfulness is measured on the first (in-distribution) test set only, where counterfactual rationales can
+    exist; log-likelihood accuracy on every set. Both score every option of an item with a forward pass each, so
+    only the first `evaluation.score_max_items` items of a set get them (null = all).
+    `cache` (a ResponseCache or its path, e.g. <run_dir>/student_cache.sqlite; None = none) keeps every generated
+    output and option score under the student's weights hash: a rerun loads the student only for what the cache
+    lacks. `progress` receives a line as each test set's generation and scoring finish. Reference-based metrics
+    (CEC, text metrics) come later, over every run at once.
     """
     store, opened = open_cache(cache)
     try:
         student = _prepare_student(run_info, adapter_dir, params, device, store)
         return [row for t, (name, qs) in enumerate(test_sets.items())
-                for row in _evaluate_set(student, name, qs, params, t == 0, cf_rationales or {}, store)]
+                for row in _evaluate_set(student, name, qs, params, t == 0, cf_rationales or {}, store,
+                                         progress or (lambda _: None))]
     finally:
         if opened:
             store.close()
 
 
 def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: StudyParams, in_distribution: bool,
-                  cf_rationales: dict[str, tuple[int, str]], cache: ResponseCache | None) -> list[ItemResult]:
+                  cf_rationales: dict[str, tuple[int, str]], cache: ResponseCache | None,
+                  progress: Callable[[str], None]) -> list[ItemResult]:
     """One student on one test set: generated answers and rationales, option scores and faithfulness."""
     ev, info = params.evaluation, student.info
     prompts = [eval_prompts(info["condition"], q, params.counterfactual.strategy_tokens.positive) for q in qs]
@@ -289,12 +292,17 @@ def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: St
         outs[role], took = generate_cached(student.load, [p[role] for p in prompts], [q.id for q in qs],
                                            student.settings, ev.batch_size, cache, f"{info['run']} on {name} ({role})")
         seconds = [_add_seconds(a, b) for a, b in zip(seconds, took)]
+        cached = [math.isnan(t) for t in took]  # NaN: taken from the cache
+        progress(f"{info['run']} on {name}: {len(qs)} {role} outputs, {sum(cached)} from the cache "
+                 f"({math.fsum(t for t, c in zip(took, cached) if not c):.0f} s generating)")
     answer_prompts = [p["answer"] for p in prompts]
     k = len(qs) if ev.score_max_items is None else min(len(qs), ev.score_max_items)  # scoring costs a pass per option
     k = k if student.scorable else 0
     picks: list[OptionPick | None] = []
     if ev.loglik:
+        t0 = time.perf_counter()
         picks = loglik_choices(student.score, answer_prompts[:k], qs[:k], ev.loglik_scoring)
+        progress(f"{info['run']} on {name}: options of {k} items scored in {time.perf_counter() - t0:.0f} s")
     picks += [None] * (len(qs) - len(picks))
     rows = []
     for i, q in enumerate(qs):
@@ -422,7 +430,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
         mc_runs = [r for r in runs if r.get("task", "mc") == "mc"]  # CAUSAL runs: evaluate_causal_grid
         for i, info in enumerate(mc_runs, 1):
             t0 = time.perf_counter()
-            rows.extend(evaluate_run(info, adapter_path(ctx, info), tests, ctx.params, device, cf, cache))
+            rows.extend(evaluate_run(info, adapter_path(ctx, info), tests, ctx.params, device, cf, cache, ctx.progress))
             ctx.progress(f"run {i}/{len(mc_runs)} {info['run']} evaluated on {', '.join(tests)} "
                          f"in {time.perf_counter() - t0:.0f} s")
     finally:

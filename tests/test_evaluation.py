@@ -143,8 +143,13 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
     tests = {"csqa": [q(1), q(2), q(3)]}
     first = evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
     assert generated == [3, 3] and len(loads) == 1  # MT: the answer and the rationale task
-    again = evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
+    said = []
+    again = evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache, progress=said.append)
     assert generated == [3, 3] and len(loads) == 1  # nothing generated, scored or even loaded
+    run = info["run"]
+    assert said[:2] == [f"{run} on csqa: 3 answer outputs, 3 from the cache (0 s generating)",
+                        f"{run} on csqa: 3 rationale outputs, 3 from the cache (0 s generating)"]
+    assert said[2].startswith(f"{run} on csqa: options of 2 items scored in ")
     assert [(r.output, r.loglik_pred, r.loglik_norm_pred, r.faithfulness_perturbed) for r in again] == \
            [(r.output, r.loglik_pred, r.loglik_norm_pred, r.faithfulness_perturbed) for r in first]
     assert all(not math.isnan(r.seconds) for r in first) and all(math.isnan(r.seconds) for r in again)
