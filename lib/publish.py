@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.conditions import CONDITIONS
+from lib.conditions import CONDITIONS, TEACHER
 from lib.evaluation import ADDED_TOKENS
 from lib.files import atomic_write_text, read_json, read_jsonl, write_json
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
@@ -132,8 +132,8 @@ def _cell(row: pd.Series, column: str) -> str:
 
 
 def results_table(dest: Path) -> str:
-    """The README's results table from a published run: accuracy (generated and scored) per condition and test set,
-    with 95% intervals, and CEC against the teacher; values from 05_evaluation/summary.csv, intervals from
+    """The README's results table from a published run: accuracy (generated and scored) per condition and test set
+    (the teacher's, in distribution, first), with 95% intervals, and CEC against the teacher; values from 05_evaluation/summary.csv, intervals from
     06_statistics/accuracy.csv (which must agree with it)."""
     summary = pd.read_csv(dest / "05_evaluation" / "summary.csv")
     table = pd.read_csv(dest / "06_statistics" / "accuracy.csv").rename(
@@ -144,7 +144,8 @@ def results_table(dest: Path) -> str:
         if differ.any():
             raise ValueError(f"{dest}: {column} in 05_evaluation/summary.csv and 06_statistics/accuracy.csv differ for "
                              f"{merged.loc[differ, 'condition'].tolist()}: step 06 ran on other items; rerun it")
-    test_sets = list(dict.fromkeys(merged["test_set"]))
+    teacher_sets = set(merged.loc[merged["condition"] == TEACHER, "test_set"])
+    test_sets = sorted(set(merged["test_set"]), key=lambda t: (t not in teacher_sets, t))  # in distribution first
     head = ["condition", "student"] + [f"{t} {kind}" for t in test_sets for kind in ("generated", "scored")]
     head += [f"CEC vs teacher ({test_sets[0]})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
