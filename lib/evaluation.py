@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lib.files import read_json
 from lib.conditions import eval_prompts, TEACHER
+from lib.files import read_json
 from lib.metrics import cec_batch, extract_answer, rationale_length
 from lib.params import StudyParams
 from lib.precision import autocast, precision_plan

@@ -101,8 +101,9 @@ def publish_adapters(run_dir: Path, dest: Path, runs: list[dict], max_mb: float)
         save_file(half, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
         written += [out / "adapter_model.safetensors", _copy(src / "adapter_config.json", out / "adapter_config.json"),
                     write_json(out / ADDED_TOKENS, list(row.get("added_tokens") or []))]
-    lines = ["# Adapters", "", "LoRA adapters of the trained runs, weights in bf16. Each is loaded on its base student",
-             "(runs.jsonl `student`) with `lib.evaluation.load_student(student, adapter_folder, device, 'lora')`.", ""]
+    lines = ["# Adapters", "", "LoRA adapters of the trained runs, weights in bf16. To ask one of these students another",
+             "test set as step 05 asked it: `python -m lib.published <this run's folder> <run> --test FILE --format FMT`;",
+             "in Python, `lib.evaluation.load_student(student, adapter_folder, device, 'lora')` loads it on its base.", ""]
     for row, size_mb in too_large:
         lines.append(f"- {row['run']}: {size_mb:.1f} MB in bf16, over {max_mb:.0f} MB, not published; retrain it with "
                      f"`python -m lib.study params/<study>.yaml --set 'training.conditions=[{row['condition']}]' "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -125,3 +127,26 @@ def test_the_readme_shows_the_published_reference_results():
     assert results_table(dest) in (PROJECT_ROOT / "README.md").read_text(), (
         "README.md's Results table differs from results/reference-csqa: paste "
         "`python -m lib.publish --table results/reference-csqa` into it")
+
+
+def test_a_published_student_answers_another_test_set_as_step_05_would(tmp_path, monkeypatch):
+    import lib.evaluation as ev
+    from lib.params import load_params
+    from lib.published import evaluate_published
+
+    run_dir, row = finished_run(tmp_path)
+    params = load_params(PROJECT_ROOT / "params" / "smoke.yaml", {"evaluation.max_new_tokens": 8})
+    write_json(run_dir / "params.json", params.model_dump(mode="json"))
+    dest = tmp_path / "results"
+    publish(run_dir, dest)
+    shutil.rmtree(run_dir)  # the published folder alone
+    lines = (PROJECT_ROOT / "data" / "sample" / "arc_sample.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "other.jsonl").write_text("\n".join(lines) + "\n")
+    loaded, real_load = [], ev.load_student
+    monkeypatch.setattr(ev, "load_student", lambda *a: loaded.append(a) or real_load(*a))
+    rows = evaluate_published(dest, row["run"], str(tmp_path / "other.jsonl"), "arc", device="cpu")
+    assert [r.test_set for r in rows] == ["other"] * 3 and {r.condition for r in rows} == {"CFD"}
+    assert loaded[0][1] == dest / "adapters" / row["run"]  # the published bf16 adapter, not a retrained one
+    assert all(r.loglik_pred is not None for r in rows) and all(r.faithfulness_perturbed is None for r in rows)
+    with pytest.raises(KeyError, match="has no run 'FT__x'"):
+        evaluate_published(dest, "FT__x", str(tmp_path / "other.jsonl"), "arc", device="cpu")
