@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -71,9 +72,9 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file; blank lines are skipped and a bad line is reported with its number."""
+    """Read a JSON-lines file (gzip-compressed when named *.gz); blank lines are skipped and a bad line is reported."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    with (gzip.open if Path(path).suffix == ".gz" else open)(path, "rt", encoding="utf-8") as fh:  # published: .gz
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

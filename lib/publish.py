@@ -6,10 +6,11 @@ What goes (everything else in outputs/ stays there):
 - manifest.json and params.json (params, versions, code and input hashes, each step's status, wall time and number
   formats), and timings.csv: the wall time of every step;
 - 03_counterfactuals/acceptance.json; 04_training/runs.jsonl and each run's losses.jsonl and config.json;
-- 05_evaluation: items.jsonl (every item's output and scores), summary.csv, ood_matrix.csv, picks.csv,
+- 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
   faithfulness.csv, summary.json and the ratings a run has; 06_statistics: every table, findings.md and report.html;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
-  `max_adapter_mb`; a larger one is listed in adapters/README.md with the command that retrains it.
+  `max_adapter_mb` (1 MB: git holds no large binaries); a larger one is listed in adapters/README.md with the
+  command that retrains it.
 
 Because the layout is the run folder's, `python -m lib.report results/<run> -o report.html` rebuilds the report
 from the published files alone. Publishing again replaces what an earlier publish wrote (the run's folders and files
@@ -19,6 +20,7 @@ above) and keeps what a person wrote beside them (a recipe sweep's notes, the da
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import shutil
 import sys
@@ -28,13 +30,13 @@ import pandas as pd
 
 from lib.conditions import CONDITIONS, TEACHER
 from lib.evaluation import ADDED_TOKENS
-from lib.files import atomic_write_text, read_json, read_jsonl, write_json
+from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, write_json
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
 
 log = logging.getLogger(__name__)
 
 FILES = ("manifest.json", "params.json", HUMAN_RATINGS, "01_data/summary.json", "03_counterfactuals/acceptance.json",
-         "04_training/runs.jsonl", "05_evaluation/items.jsonl", "05_evaluation/summary.csv",
+         "04_training/runs.jsonl", "05_evaluation/summary.csv",
          "05_evaluation/summary.json", "05_evaluation/ood_matrix.csv", "05_evaluation/picks.csv",
          "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
          "05_evaluation/causal_items.jsonl")
@@ -42,9 +44,10 @@ RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_trainin
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
          "params.json", HUMAN_RATINGS, "timings.csv")  # what publish writes in dest, and replaces on the next publish
 MAX_REPORT_MB = 2.0
+ITEMS_GZ = "05_evaluation/items.jsonl.gz"
 
 
-def publish(run_dir: Path, dest: Path, max_adapter_mb: float = 10.0) -> list[Path]:
+def publish(run_dir: Path, dest: Path, max_adapter_mb: float = 1.0) -> list[Path]:
     """Copy a run's publishable files to `dest`, replacing an earlier publish's (`OWNED`); returns the files written."""
     run_dir, dest = Path(run_dir), Path(dest)
     if not (run_dir / "manifest.json").exists():
@@ -56,6 +59,9 @@ def publish(run_dir: Path, dest: Path, max_adapter_mb: float = 10.0) -> list[Pat
         elif old.exists():
             old.unlink()
     written = [_copy(run_dir / name, dest / name) for name in FILES if (run_dir / name).exists()]
+    items = run_dir / "05_evaluation" / "items.jsonl"
+    if items.exists():  # every item's output: gzip keeps it small enough for git, and lib.files reads it as it is
+        written.append(atomic_write_bytes(dest / ITEMS_GZ, gzip.compress(items.read_bytes(), mtime=0)))
     for path in sorted((run_dir / "06_statistics").glob("*")):
         if path.suffix in (".csv", ".md", ".html"):
             written.append(_copy(path, dest / "06_statistics" / path.name))
@@ -177,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.publish", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path, nargs="?")
     ap.add_argument("dest", type=Path, nargs="?")
-    ap.add_argument("--max-adapter-mb", type=float, default=10.0)
+    ap.add_argument("--max-adapter-mb", type=float, default=1.0, help="larger adapters are listed with the command "
+                    "that retrains them, not copied (large binaries do not belong in git)")
     ap.add_argument("--table", type=Path, metavar="DEST", help="print the README's results table of a published run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

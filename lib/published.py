@@ -1,7 +1,7 @@
 """A published student on another test set, without retraining.
 
-    python -m lib.published results/reference-csqa FT__unrevised__gemma3-270m-gguf__seed0 \
-        --test ../shared/data/arc/ARC-Challenge/ARC-Challenge-Test.jsonl --format arc --max-items 200 -o arc-challenge.jsonl
+    python -m lib.published outputs/reference-csqa FT__unrevised__gemma3-270m-gguf__seed0 \
+        --test ../shared/data/arc/ARC-Easy/ARC-Easy-Dev.jsonl --format arc --max-items 200 -o arc-easy-dev.jsonl
 
 The student is the run's base model with its published adapter (`adapters/<run>/`; BASE, the untrained student, has
 none) and is asked and scored exactly as step 05 asked and scored it, under the run's own params (`params.json`:
@@ -29,17 +29,17 @@ log = logging.getLogger(__name__)
 
 
 def published_run(dest: Path, run: str) -> tuple[dict, Path | None]:
-    """The runs.jsonl row of `run` in a published folder and its adapter folder (None for BASE)."""
+    """The runs.jsonl row of `run` in a published or run folder and its adapter folder (None for BASE)."""
     runs = {r["run"]: r for r in read_jsonl(dest / "04_training" / "runs.jsonl")}
     if run not in runs:
         raise KeyError(f"{dest}/04_training/runs.jsonl has no run {run!r}; it has: {', '.join(runs)}")
     info = runs[run]
     if not info.get("adapter"):
         return info, None
-    adapter = dest / "adapters" / run
-    if not (adapter / "adapter_model.safetensors").exists():
-        raise FileNotFoundError(f"{adapter} holds no adapter: {dest}/adapters/README.md says how to retrain {run}")
-    return info, adapter
+    for adapter in (dest / "adapters" / run, dest / "04_training" / info["adapter"]):  # published, or a run folder
+        if (adapter / "adapter_model.safetensors").exists():
+            return info, adapter
+    raise FileNotFoundError(f"{dest} holds no adapter of {run} (adapters/README.md says how to retrain it)")
 
 
 def evaluate_published(dest: Path, run: str, source: str, fmt: str, max_items: int | None = None,

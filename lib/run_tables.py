@@ -66,6 +66,8 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
     """
     run_dir = Path(run_dir)
     items_path = run_dir / "05_evaluation" / "items.jsonl"
+    if not items_path.exists() and items_path.with_suffix(".jsonl.gz").exists():
+        items_path = items_path.with_suffix(".jsonl.gz")  # a published run (lib.publish)
     if not items_path.exists():
         raise FileNotFoundError(f"{items_path} is missing: step 05_evaluation makes it; run it first")
     items = read_table(items_path)

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from lib.evaluation import load_student
-from lib.files import PROJECT_ROOT, read_json, write_json, write_jsonl
+from lib.files import PROJECT_ROOT, read_json, read_jsonl, write_json, write_jsonl
 from lib.models import TINY_GEMMA
 from lib.params import TrainingParams
 from lib.publish import publish, results_table
+from lib.run_tables import load_run_tables
 from lib.training import StudentRun, train_run
 from tests.test_examples import all_examples
 
@@ -40,8 +41,10 @@ def finished_run(tmp_path):
 def test_a_published_run_keeps_its_layout_and_its_adapters_load_as_trained(tmp_path):
     run_dir, row = finished_run(tmp_path)
     dest = tmp_path / "results"
-    publish(run_dir, dest)
-    assert (dest / "05_evaluation" / "items.jsonl").exists() and (dest / "06_statistics" / "tukey_correct.csv").exists()
+    publish(run_dir, dest, max_adapter_mb=10.0)
+    assert read_jsonl(dest / "05_evaluation" / "items.jsonl.gz") == read_jsonl(run_dir / "05_evaluation" / "items.jsonl")
+    assert (dest / "06_statistics" / "tukey_correct.csv").exists()
+    assert load_run_tables(dest).items["item_id"].tolist() == ["q0"]  # the report reads the published .gz
     assert not (dest / "06_statistics" / "accuracy.png").exists()  # the report embeds the figures
     assert (dest / "04_training" / row["run"] / "losses.jsonl").exists()
     assert "04_training,ok,12.5" in (dest / "timings.csv").read_text()
