@@ -209,15 +209,15 @@ def read_cf_rationales(path: Path | None) -> dict[str, tuple[int, str]]:
 # ---------------------------------------------------------------- one run
 
 
-def output_code_sha256() -> str:
-    """sha256 of the code a cached student output depends on: loading, generation, the LM head and option scoring."""
+def output_code_sha256(kind: str) -> str:
+    """sha256 of the code a cached "generation" or "scoring" output depends on (apart: a fix to one keeps the other)."""
     import inspect
 
     from lib.files import sha256_file, sha256_json
 
-    here = Path(__file__).resolve().parent
-    return sha256_json({"files": {name: sha256_file(here / name) for name in ("models.py", "head_loss.py")},
-                        "functions": [inspect.getsource(f) for f in (load_student, continuation_logliks)]})
+    files = {"generation": ("models.py", "head_loss.py"), "scoring": ("models.py", "head_loss.py", "scoring.py")}[kind]
+    return sha256_json({"files": {name: sha256_file(Path(__file__).resolve().parent / name) for name in files},
+                        "functions": [inspect.getsource(load_student)]})
 
 
 @dataclasses.dataclass
@@ -241,18 +241,17 @@ def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyPara
     finetune = run_info["finetune"]
     load = functools.cache(functools.partial(load_student, run_info["student"], adapter_dir, device, finetune))
     # finetune decides how the weights are loaded (a 4-bit base for qlora), so it is part of what an output depends on
-    identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "finetune": finetune,
-                "device": device, "code": output_code_sha256()}
+    identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "finetune": finetune, "device": device}
     plan = precision_plan(params.run.precision, device)
 
     def scored(pairs: Sequence[tuple[str, str]]) -> list[float]:
         with autocast(plan["scoring"], device):
             return continuation_logliks(*load(), pairs, ev.batch_size)
 
-    score = cached_scorer(scored, cache, {**identity, "precision": plan["scoring"]})
+    score = cached_scorer(scored, cache, {**identity, "code": output_code_sha256("scoring"), "precision": plan["scoring"]})
     return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
-                    settings={**identity, "precision": plan["decoding"], "max_new_tokens": ev.max_new_tokens,
-                              "stop": NEXT_QUESTION},
+                    settings={**identity, "code": output_code_sha256("generation"), "precision": plan["decoding"],
+                              "max_new_tokens": ev.max_new_tokens,                              "stop": NEXT_QUESTION},
                     train_set="" if adapter_dir is None else params.data.train.name)
 
 
@@ -263,8 +262,8 @@ def evaluate_run(run_info: dict, adapter_dir: Path | None, test_sets: dict[str, 
     """Generate and score one student (a run of step 04, or BASE without `adapter_dir`) on every test set.
 
     Faithfulness is measured on the first (in-distribution) test set only, where counterfactual rationales can
-    exist; log-likelihood accuracy on every set. Both score every option of an item with a forward pass each, so
-    only the first `evaluation.score_max_items` items of a set get them (null = all).
+    exist; log-likelihood accuracy on every set. Both score every option of an item (its prompt read once, each
+    option on the prompt's cache), so only the first `evaluation.score_max_items` items of a set get them (null = all).
     `cache` (a ResponseCache or its path, e.g. <run_dir>/student_cache.sqlite; None = none) keeps every generated
     output and option score under the student's weights hash: a rerun loads the student only for what the cache
     lacks. `progress` receives a line as each test set's generation and scoring finish. Reference-based metrics
@@ -296,7 +295,7 @@ def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: St
         progress(f"{info['run']} on {name}: {len(qs)} {role} outputs, {sum(cached)} from the cache "
                  f"({math.fsum(t for t, c in zip(took, cached) if not c):.0f} s generating)")
     answer_prompts = [p["answer"] for p in prompts]
-    k = len(qs) if ev.score_max_items is None else min(len(qs), ev.score_max_items)  # scoring costs a pass per option
+    k = len(qs) if ev.score_max_items is None else min(len(qs), ev.score_max_items)  # scoring reads every option
     k = k if student.scorable else 0
     picks: list[OptionPick | None] = []
     if ev.loglik:

@@ -27,24 +27,54 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
                          desc: str = "scoring options") -> list[float]:
     """Sum of log p(continuation tokens | context) for each (context, continuation), tokenised as in training.
 
+    The options of a question share their context, so a context is read once and its key/value cache serves
+    each of its continuations (`_shared_context_logliks`); a context of a single pair, or one too long for a
+    sliding-window layer to see whole, is read with its continuation as one sequence (`_joint_logliks`).
     The LM head runs only at the continuation's positions (Gemma's 262k-token vocabulary would make
     full logits the dominant cost on a CPU), through `lib.head_loss.target_nll`.
     """
+    encoded = encode_pairs(tokenizer, pairs)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    window = getattr(base.config, "sliding_window", None) or float("inf")
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx_ids, _) in enumerate(encoded):
+        by_context.setdefault(tuple(ctx_ids), []).append(i)
+    shared = [idx for ctx, idx in by_context.items()
+              if len(idx) > 1 and len(ctx) + max(len(encoded[i][1]) for i in idx) <= window]
+    alone = sorted(set(range(len(pairs))) - {i for idx in shared for i in idx})
+    out = [0.0] * len(pairs)
+    model.eval()
+    out_shared = _shared_context_logliks(base, tokenizer, [[encoded[i] for i in idx] for idx in shared], batch_size,
+                                         window, desc)
+    for idx, values in zip(shared, out_shared):
+        for i, v in zip(idx, values):
+            out[i] = v
+    for i, v in zip(alone, _joint_logliks(base, tokenizer, [encoded[i] for i in alone], batch_size, desc)):
+        out[i] = v
+    return out
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per pair, tokenised apart as in training: <bos> + context, continuation."""
+    bos = bos_ids(tokenizer)
+    ids = [(tokenizer(c, add_special_tokens=False)["input_ids"], tokenizer(t, add_special_tokens=False)["input_ids"])
+           for c, t in pairs]
+    return [(bos + c, t) for c, t in ids]
+
+
+def _joint_logliks(base: Any, tokenizer: Any, encoded: list[tuple[list[int], list[int]]], batch_size: int,
+                   desc: str) -> list[float]:
+    """Summed continuation log-likelihoods, each (context ids, continuation ids) read as one sequence."""
     import torch
     from tqdm.auto import tqdm
 
     from lib.head_loss import target_nll
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(model.parameters()).device
-    bos = bos_ids(tokenizer)
-    encoded = [(bos + tokenizer(c, add_special_tokens=False)["input_ids"], tokenizer(t, add_special_tokens=False)["input_ids"])
-               for c, t in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-    out = [0.0] * len(pairs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(base.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    out = [0.0] * len(encoded)
+    pad = _pad_id(tokenizer)
     cap = getattr(base.config, "final_logit_softcapping", None)
-    model.eval()
     for lo in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=len(order) <= batch_size):
         idx = order[lo:lo + batch_size]
         width = max(len(encoded[i][0]) + len(encoded[i][1]) for i in idx)
@@ -62,9 +92,82 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
             next_ids = torch.roll(ids, -1, dims=1)[target].to(device)
             token_lp = -target_nll(hidden[target.to(device)], base.get_output_embeddings(), next_ids, cap).cpu()
         counts = target.sum(dim=1).tolist()
-        for row, (i, piece) in enumerate(zip(idx, torch.split(token_lp, counts))):
+        for i, piece in zip(idx, torch.split(token_lp, counts)):
             out[i] = float(piece.sum())
     return out
+
+
+def _shared_context_logliks(base: Any, tokenizer: Any, groups: list[list[tuple[list[int], list[int]]]],
+                            batch_size: int, window: float, desc: str) -> list[list[float]]:
+    """Per group of pairs sharing one context: each continuation's summed log-likelihood, the context read once.
+
+    A batch of contexts (right-padded) is run once with a key/value cache; the cache's rows are repeated per
+    continuation, and the continuations (but their last token, which predicts nothing scored) run on it at their
+    true positions (context length onwards). The first continuation token is predicted from the context's last
+    hidden state, the others from the continuation's.
+    `window`: a batch is split further until padded context plus continuation fit a sliding-window layer whole.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from lib.head_loss import target_nll
+
+    device = next(base.parameters()).device
+    pad = _pad_id(tokenizer)
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    head = base.get_output_embeddings()
+    order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0][0]))
+    batches, current = [], []
+    for g in order:  # longest contexts first, so a batch's padding stays small
+        trial = current + [g]
+        width = max(len(groups[k][0][0]) for k in trial) + max(len(t) for k in trial for _, t in groups[k])
+        if current and (len(trial) > batch_size or width > window):
+            batches.append(current)
+            trial = [g]
+        current = trial
+    if current:
+        batches.append(current)
+    out: list[list[float]] = [[] for _ in groups]
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=len(batches) <= 1):
+        contexts = [groups[g][0][0] for g in batch]
+        lengths = torch.tensor([len(c) for c in contexts])
+        ids = torch.full((len(batch), int(lengths.max())), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, c in enumerate(contexts):
+            ids[row, :len(c)] = torch.tensor(c)
+            mask[row, :len(c)] = 1
+        rows = torch.tensor([row for row, g in enumerate(batch) for _ in groups[g]])
+        conts = [t for g in batch for _, t in groups[g]]
+        cont_ids = torch.full((len(conts), max(1, max(map(len, conts)))), pad, dtype=torch.long)
+        cont_mask = torch.zeros_like(cont_ids)
+        for r, t in enumerate(conts):
+            cont_ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
+            cont_mask[r, :len(t)] = 1
+        with torch.no_grad():
+            first = base.base_model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
+            last = first.last_hidden_state[torch.arange(len(batch)), lengths - 1][rows.to(device)]
+            predicting = last[:, None, :]  # the state before each continuation token: first the context's last
+            if cont_ids.shape[1] > 1:  # the last continuation token predicts nothing scored, so it is not read
+                cache = first.past_key_values
+                cache.batch_select_indices(rows.to(device))
+                positions = lengths[rows][:, None] + torch.arange(cont_ids.shape[1] - 1)[None, :]
+                hidden = base.base_model(input_ids=cont_ids[:, :-1].to(device), position_ids=positions.to(device),
+                                         attention_mask=torch.cat([mask[rows], cont_mask[:, :-1]], dim=1).to(device),
+                                         past_key_values=cache, use_cache=True).last_hidden_state
+                predicting = torch.cat([predicting, hidden], dim=1)
+            target = cont_mask.bool().to(device)
+            token_lp = -target_nll(predicting[target], head, cont_ids.to(device)[target], cap).cpu()
+        sums = [float(piece.sum()) for piece in torch.split(token_lp, cont_mask.sum(dim=1).tolist())]
+        k = 0
+        for g in batch:
+            out[g] = sums[k:k + len(groups[g])]
+            k += len(groups[g])
+    return out
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (0 where it has none): padded slots are masked, so any id serves."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 Scorer = Callable[[Sequence[tuple[str, str]]], list[float]]  # (context, continuation) pairs -> summed log-likelihoods

@@ -123,8 +123,8 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
     import lib.evaluation as ev
     import lib.models
 
-    generated, loads = [], []
-    real_generate, real_load = lib.models.generate_texts, ev.load_student
+    generated, loads, scored = [], [], []
+    real_generate, real_load, real_score = lib.models.generate_texts, ev.load_student, ev.continuation_logliks
 
     def counting_generate(model, tokenizer, prompts, *args, **kwargs):
         generated.append(len(prompts))
@@ -132,6 +132,8 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lib.models, "generate_texts", counting_generate)
     monkeypatch.setattr(ev, "load_student", lambda *a: loads.append(a) or real_load(*a))
+    monkeypatch.setattr(ev, "continuation_logliks", lambda m, t, pairs, *a: scored.append(len(pairs))
+                        or real_score(m, t, pairs, *a))
 
     def params(max_new_tokens: int):
         return load_params(PROJECT_ROOT / "params" / "smoke.yaml",
@@ -158,9 +160,14 @@ def test_a_rerun_is_answered_from_the_student_cache(tmp_path, monkeypatch):
     make_adapter(adapter, seed=1)
     evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
     assert generated == [3, 3, 3, 3, 3, 3]  # other weights: everything is generated again
-    monkeypatch.setattr(ev, "output_code_sha256", lambda: "a fix to generate_texts")
+    before = len(scored)
+    real_code = ev.output_code_sha256
+    monkeypatch.setattr(ev, "output_code_sha256", lambda kind: "a fix" if kind == "scoring" else real_code(kind))
     evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
-    assert generated == [3] * 8  # other generation or scoring code: generated again
+    assert generated == [3] * 6 and len(scored) > before  # other scoring code: scored again, nothing generated
+    monkeypatch.setattr(ev, "output_code_sha256", lambda kind: "another fix" if kind == "generation" else "a fix")
+    evaluate_run(info, adapter, tests, params(8), "cpu", cache=cache)
+    assert generated == [3] * 8  # other generation code: generated again
 
 
 def test_causal_explanations_are_cached_too(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lib.models import bos_ids
 from lib.params import EvaluationParams
 from lib.questions import MCQuestion
 from lib.scoring import (
@@ -41,6 +42,59 @@ def test_continuation_logliks_match_a_direct_computation(tiny):
         assert value == pytest.approx(want, abs=1e-3)
     # batching and order do not change the scores
     assert continuation_logliks(model, tok, pairs[::-1], batch_size=1) == pytest.approx(got[::-1], abs=1e-4)
+
+
+def _joint(model, tok, pairs):
+    """Each pair scored as one sequence, one at a time: the reference the shared-context path must agree with."""
+    from lib.scoring import _joint_logliks, encode_pairs
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _joint_logliks(base, tok, encode_pairs(tok, pairs), batch_size=1, desc="")
+
+
+def test_options_sharing_a_context_score_as_if_each_were_read_whole(tiny):
+    # contexts of different lengths in one batch, options of different lengths, one context over the tiny
+    # Gemma's sliding window (128 tokens: read whole instead), one pair alone, an empty continuation
+    model, tok = tiny
+    long = "Q: " + " ".join(f"word{i}" for i in range(80)) + "\nA: So the answer is"
+    contexts = ["Q: Where is ice?\nA: So the answer is", "Q: Hi\nA: Ice is cold, so the answer is", long]
+    pairs = [(c, o) for c in contexts for o in (" cold.", " a very hot place.", " bed.", "")] + [("Q: x\nA:", " y.")]
+    got = continuation_logliks(model, tok, pairs, batch_size=2)
+    assert got == pytest.approx(_joint(model, tok, pairs), abs=1e-4)
+    assert got[3] == 0.0  # nothing to score
+
+
+def test_a_shared_context_is_read_once(tiny, monkeypatch):
+    model, tok = tiny
+    read = []
+    forward = model.model.forward
+
+    def counting(*args, **kwargs):
+        read.append(int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", counting)
+    pairs = [("Q: Where would you find ice on a winter morning?\nA: So the answer is", o)
+             for o in (" cold.", " hot.", " bed.", " sofa.", " lake.")]
+    continuation_logliks(model, tok, pairs, batch_size=8)
+    context = len(bos_ids(tok)) + len(tok(pairs[0][0], add_special_tokens=False)["input_ids"])
+    options = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for _, o in pairs)
+    assert read[0] == context and len(read) == 2 and read[1] < options  # not 5 x context; the options on its cache
+
+
+def test_shared_context_scoring_agrees_through_a_lora_adapter(tiny):
+    import torch
+    from peft import get_peft_model, LoraConfig
+
+    model, tok = tiny
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    try:
+        pairs = [(c, o) for c in ("Q: a b c\nA:", "Q: d\nA:") for o in (" one.", " two three.")]
+        assert continuation_logliks(lora, tok, pairs, batch_size=4) == pytest.approx(_joint(lora, tok, pairs),
+                                                                                       abs=1e-4)
+    finally:
+        lora.unload()
 
 
 def test_loglik_choices_picks_the_most_likely_option(tiny):
