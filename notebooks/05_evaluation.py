@@ -143,7 +143,9 @@ assert row is None or np.isclose(row.cec, library.cec, atol=1e-4)  # the value s
 # %% [markdown]
 # And one item's log-likelihood answer: each option's continuation after the student's prompt is scored token by
 # token from the model's next-token distribution; the summed log-probability gives `loglik_pred`, the sum divided by
-# the continuation's length in characters gives `loglik_norm_pred`.
+# the continuation's length in characters gives `loglik_norm_pred`. Here each option is read whole, prompt and
+# all; the library reads the prompt once and runs every option on its key/value cache (the attention keys and values
+# the prompt's tokens left), which gives the same sums up to rounding at a fraction of the cost.
 
 # %% tags=["under-the-hood"]
 # the log-probability of each option's text after the prompt, summed and per character, against the library's picks
