@@ -28,14 +28,17 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
     """Sum of log p(continuation tokens | context) for each (context, continuation), tokenised as in training.
 
     The options of a question share their context, so a context is read once and its key/value cache serves
-    each of its continuations (`_shared_context_logliks`); a context of a single pair, or one too long for a
-    sliding-window layer to see whole, is read with its continuation as one sequence (`_joint_logliks`).
+    each of its continuations (`_shared_context_logliks`); a context of a single pair, one too long for a
+    sliding-window layer to see whole, or any under flash attention, is read with its continuation as one
+    sequence (`_joint_logliks`).
     The LM head runs only at the continuation's positions (Gemma's 262k-token vocabulary would make
     full logits the dominant cost on a CPU), through `lib.head_loss.target_nll`.
     """
     encoded = encode_pairs(tokenizer, pairs)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     window = getattr(base.config, "sliding_window", None) or float("inf")
+    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash"):
+        window = 0  # flash attention takes no padding between a context and its continuation: read each pair whole
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx_ids, _) in enumerate(encoded):
         by_context.setdefault(tuple(ctx_ids), []).append(i)

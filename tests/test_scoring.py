@@ -82,6 +82,31 @@ def test_a_shared_context_is_read_once(tiny, monkeypatch):
     assert read[0] == context and len(read) == 2 and read[1] < options  # not 5 x context; the options on its cache
 
 
+def test_flash_attention_reads_each_pair_whole(tiny, monkeypatch):
+    import lib.scoring
+
+    model, tok = tiny
+    calls = []
+
+    def joint(base, tokenizer, encoded, *args):
+        calls.append(("joint", len(encoded)))
+        return [0.0] * len(encoded)
+
+    def shared(base, tokenizer, groups, *args):
+        calls.append(("shared", len(groups)))
+        return [[0.0] * len(g) for g in groups]
+
+    monkeypatch.setattr(lib.scoring, "_joint_logliks", joint)
+    monkeypatch.setattr(lib.scoring, "_shared_context_logliks", shared)
+    pairs = [("Q: a\nA:", " one."), ("Q: a\nA:", " two.")]
+    continuation_logliks(model, tok, pairs)
+    assert calls == [("shared", 1), ("joint", 0)]
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
+    calls.clear()
+    continuation_logliks(model, tok, pairs)  # flash attention takes no padding between context and continuation
+    assert calls == [("shared", 0), ("joint", 2)]
+
+
 def test_shared_context_scoring_agrees_through_a_lora_adapter(tiny):
     import torch
     from peft import get_peft_model, LoraConfig
