@@ -4,7 +4,8 @@
 
 What goes (everything else in outputs/ stays there):
 - manifest.json and params.json (params, versions, code and input hashes, each step's status, wall time and number
-  formats), and timings.csv: the wall time of every step;
+  formats), timings.csv: the wall time of every step's last run, and progress.log: every line the runner and the
+  long steps wrote (each stage's and each trained or evaluated run's time, where a study ran in stages);
 - 03_counterfactuals/acceptance.json; 04_training/runs.jsonl and each run's losses.jsonl and config.json;
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
   faithfulness.csv, summary.json and the ratings a run has; 06_statistics: every table, findings.md and report.html;
@@ -32,17 +33,18 @@ from lib.conditions import CONDITIONS, TEACHER
 from lib.evaluation import ADDED_TOKENS
 from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, write_json
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
+from lib.runs import PROGRESS_LOG
 
 log = logging.getLogger(__name__)
 
-FILES = ("manifest.json", "params.json", HUMAN_RATINGS, "01_data/summary.json", "03_counterfactuals/acceptance.json",
+FILES = ("manifest.json", "params.json", HUMAN_RATINGS, PROGRESS_LOG, "01_data/summary.json", "03_counterfactuals/acceptance.json",
          "04_training/runs.jsonl", "05_evaluation/summary.csv",
          "05_evaluation/summary.json", "05_evaluation/ood_matrix.csv", "05_evaluation/picks.csv",
          "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
          "05_evaluation/causal_items.jsonl")
 RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
-         "params.json", HUMAN_RATINGS, "timings.csv")  # what publish writes in dest, and replaces on the next publish
+         "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)  # what publish writes in dest, and replaces on the next publish
 MAX_REPORT_MB = 2.0
 ITEMS_GZ = "05_evaluation/items.jsonl.gz"
 

@@ -35,6 +35,7 @@ def finished_run(tmp_path):
     (run_dir / "06_statistics" / "accuracy.png").write_bytes(b"not published")
     write_json(run_dir / "manifest.json", {"steps": {"04_training": {"status": "ok", "wall_s": 12.5,
                                                                      "precision": {"training": "fp32"}}}})
+    (run_dir / "progress.log").write_text("2026-11-30 04:52:14 04_training CFD: step 1/1\n")
     return run_dir, row
 
 
@@ -48,6 +49,7 @@ def test_a_published_run_keeps_its_layout_and_its_adapters_load_as_trained(tmp_p
     assert not (dest / "06_statistics" / "accuracy.png").exists()  # the report embeds the figures
     assert (dest / "04_training" / row["run"] / "losses.jsonl").exists()
     assert "04_training,ok,12.5" in (dest / "timings.csv").read_text()
+    assert (dest / "progress.log").read_text() == (run_dir / "progress.log").read_text()  # every stage's times
     adapter = dest / "adapters" / row["run"]
     assert {t.dtype for t in load_file(str(adapter / "adapter_model.safetensors")).values()} == {torch.bfloat16}
     assert read_json(adapter / "added_tokens.json") == row["added_tokens"] and row["added_tokens"]
