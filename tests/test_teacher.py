@@ -329,6 +329,12 @@ def test_templates_end_at_their_last_label():
     ("Beds are soft. The answer is bed.", "Beds are soft."),
     ("Beds are soft. So the answer is (b) bed. So the answer is (b) bed.", "Beds are soft."),
     ("So the answer is (b", ""),
+    ("Beds are soft. So the answer must be (b) bed.", "Beds are soft."),
+    # PaLM's rationales open with "The answer must be ...": a premise, kept when it is the only sentence left
+    ("The answer must be a place where people sleep. So the answer is (b) bed.",
+     "The answer must be a place where people sleep."),
+    ('The answer must be where "The Greatest Showman." plays. So the answer is (d) movie theatre.',
+     'The answer must be where "The Greatest Showman." plays.'),
     # not a conclusion: an answer named before more reasoning, or a clause that does not start one
     ("So the answer is (b). Beds are soft.", "So the answer is (b). Beds are soft."),
     ("Birds fly, and also the answer is (c) sky.", "Birds fly, and also the answer is (c) sky."),
