@@ -37,14 +37,15 @@ from lib.runs import PROGRESS_LOG
 
 log = logging.getLogger(__name__)
 
-FILES = ("manifest.json", "params.json", HUMAN_RATINGS, PROGRESS_LOG, "01_data/summary.json", "03_counterfactuals/acceptance.json",
-         "04_training/runs.jsonl", "05_evaluation/summary.csv",
+FILES = ("manifest.json", "params.json", HUMAN_RATINGS, PROGRESS_LOG, "01_data/summary.json",
+         "03_counterfactuals/acceptance.json", "04_training/runs.jsonl", "05_evaluation/summary.csv",
          "05_evaluation/summary.json", "05_evaluation/ood_matrix.csv", "05_evaluation/picks.csv",
          "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
          "05_evaluation/causal_items.jsonl")
 RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/
+# what publish writes in dest, and replaces on the next publish
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
-         "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)  # what publish writes in dest, and replaces on the next publish
+         "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)
 MAX_REPORT_MB = 2.0
 ITEMS_GZ = "05_evaluation/items.jsonl.gz"
 
@@ -176,7 +177,8 @@ def results_table(dest: Path) -> str:
     lines += ["", f"Accuracy in % of n = {', '.join(map(str, n))} items per cell, 95% interval in parentheses (cluster "
               "bootstrap over items). *generated*: the option the student's own output names; *scored*: the option "
               "whose text it finds most likely (log-likelihood per character). CEC: how much of the teacher's rationale the "
-              "student's covers and the reverse (sentence embeddings, 0–1), where the student wrote a rationale."]
+              "student's covers and the reverse (sentence embeddings, 0–1), over every item of a student that writes "
+              "rationales (an empty one counts 0); – for one that writes none."]
     return "\n".join(lines) + "\n"
 
 
