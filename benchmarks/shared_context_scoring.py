@@ -17,8 +17,8 @@ study itself paused so the cores were idle):
     the FT prompt (55 tokens on average)          18.9 s                  6.5 s          2.92x     3.3e-05 nats
     with a 40-word rationale (92 tokens)          29.8 s                  9.1 s          3.29x     1.9e-05 nats
 
-The picks were identical. What is left is mostly the LM head at the options' tokens (Gemma's 262k-token
-vocabulary), which both paths pay alike.
+The picks were identical. Both paths pay the same LM head at the options' tokens (Gemma's 262k-token vocabulary):
+in a profile of 20 questions beside other work it was 2.0 s of the shared path's 14.6 s.
 """
 
 from __future__ import annotations
