@@ -251,7 +251,7 @@ def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyPara
     score = cached_scorer(scored, cache, {**identity, "code": output_code_sha256("scoring"), "precision": plan["scoring"]})
     return _Student(info=run_info, load=load, score=score, scorable=not is_encoder_decoder(run_info["student"]),
                     settings={**identity, "code": output_code_sha256("generation"), "precision": plan["decoding"],
-                              "max_new_tokens": ev.max_new_tokens,                              "stop": NEXT_QUESTION},
+                              "max_new_tokens": ev.max_new_tokens, "stop": NEXT_QUESTION},
                     train_set="" if adapter_dir is None else params.data.train.name)
 
 

@@ -143,8 +143,8 @@ def _cell(row: pd.Series, column: str) -> str:
 
 def results_table(dest: Path) -> str:
     """The README's results table from a published run: accuracy (generated and scored) per condition and test set
-    (the teacher's, in distribution, first), with 95% intervals, and CEC against the teacher; values from 05_evaluation/summary.csv, intervals from
-    06_statistics/accuracy.csv (which must agree with it)."""
+    (the teacher's, in distribution, first), with 95% intervals, and CEC against the teacher; values from
+    05_evaluation/summary.csv, intervals from 06_statistics/accuracy.csv (which must agree with it)."""
     summary = pd.read_csv(dest / "05_evaluation" / "summary.csv")
     table = pd.read_csv(dest / "06_statistics" / "accuracy.csv").rename(
         columns={"ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high"})

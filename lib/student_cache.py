@@ -1,8 +1,8 @@
 """The student cache: students' generated outputs and option scores, kept in `<run_dir>/student_cache.sqlite`.
 
 Each entry is keyed (lib.response_cache.request_key) by what it depends on: the student's weights hash (its saved
-folder and base model), how it is loaded, the device and the code that loads, generates and scores
-(`lib.evaluation.output_code_sha256`: generation and scoring code apart), the item, the prompt and the generation settings. So a rerun of step 05
+folder and base model), how it is loaded, the device and the code that loads and generates, or loads and scores
+(`lib.evaluation.output_code_sha256`), the item, the prompt and the generation settings. So a rerun of step 05
 loads a student only for what the cache lacks, and the cache sits outside the step folders so that a hit never
 changes an artifact.
 """

@@ -39,13 +39,13 @@ log = logging.getLogger(__name__)
 
 # A concluding answer clause at the very end of a text: it starts the text, a line, or a sentence or clause
 # (after . ! ? ; : or a comma), names the answer ("So the answer is (b) bed.", "Thus the answer would be b",
-# "The answer is bed.", "Answer: (b)", "So the answer must be b") and runs to the end without starting another sentence.
+# "The answer is bed.", "Answer: (b)", "So the answer must be b") and runs to the end without starting another
+# sentence. "The answer must be a place where ..." opens PaLM's rationales: "must/should be" concludes only after
+# "so" and the like.
+_SO, _THE_ANSWER = r"(?:so|thus|therefore|hence)\b,?\s*", r"(?:the\s+)?(?:(?:correct|final|right|best)\s+)?answer\s+"
 _CONCLUDING_ANSWER = re.compile(
     r"(?:^|(?<=[.!?;:,])[ \t]+|\n\s*)"
-    r"(?:(?:(?:so|thus|therefore|hence)\b,?\s*)?(?:the\s+)?(?:(?:correct|final|right|best)\s+)?"
-    r"answer\s+(?:is|would\s+be)\b"
-    # "The answer must be a place where ..." opens PaLM's rationales: "must/should be" concludes only after "so" & co.
-    r"|(?:so|thus|therefore|hence)\b,?\s*(?:the\s+)?(?:(?:correct|final|right|best)\s+)?answer\s+(?:should|must)\s+be\b"
+    rf"(?:(?:{_SO})?{_THE_ANSWER}(?:is|would\s+be)\b|{_SO}{_THE_ANSWER}(?:should|must)\s+be\b"
     r"|(?:the\s+)?answer\s*:)"
     r"(?:[^.!?\n]|[.!?](?=\S))*[.!?]*[\"')\]]*\s*$",
     re.IGNORECASE,
