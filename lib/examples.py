@@ -225,7 +225,8 @@ def examples_frame(examples: dict[tuple[str, str], list[Example]]) -> Any:
 
 def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, tasks: list[str],
                       seq2seq: bool = False) -> list[dict]:
-    """Token ids with labels = -100 on prompt tokens, fitted to max_length, plus each example's task index.
+    """Token ids with labels = -100 on prompt tokens, fitted to max_length, plus each example's task index and
+    question id (`qid`: lib.batching keeps a question's examples in one batch).
 
     An example longer than `max_length` is cut in this order of sacrifice, and its row has `truncated: True`:
     1. the end of the rationale (the target's tokens just before its closing answer sentence);
@@ -258,7 +259,7 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, 
         enc = head + kept_prompt + tail
         rows.append({"input_ids": enc if seq2seq else enc + target,
                      "labels": target if seq2seq else [-100] * len(enc) + target,
-                     "task_id": tasks.index(e.task),
+                     "task_id": tasks.index(e.task), "qid": e.qid,
                      "truncated": len(kept_prompt) < len(prompt) or len(kept_body) < len(body)})
     return rows
 

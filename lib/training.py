@@ -1,11 +1,11 @@
 """Student training: the grid of runs, one weighted loss, LoRA on a causal LM or an encoder-decoder.
 
-Each run trains on its condition's `Example`s (lib.examples) with `transformers.Trainer` and one override of
-`compute_loss`:
-- the loss is cross-entropy on target tokens only, averaged per task and combined with the
-  condition's task weights (MT: alpha * L_answer + (1 - alpha) * L_rationale);
-- the LM head is applied only at target positions: with Gemma's 262k-token vocabulary the full
-  logits tensor would dominate CPU time and memory.
+Each run trains on its condition's `Example`s (lib.examples) with `transformers.Trainer` and two overrides:
+- `compute_loss`: cross-entropy on target tokens only, averaged per task and combined with the condition's task
+  weights (MT: alpha * L_answer + (1 - alpha) * L_rationale), with the LM head applied only at target positions
+  (with Gemma's 262k-token vocabulary the full logits tensor would dominate CPU time and memory);
+- the batch order (lib.batching): a question's examples share a batch, so MT's loss weighs both tasks of the same
+  questions in every step, as Distilling step-by-step trains; batches are still grouped by length.
 
 A finished run is skipped, and an interrupted one resumed, only when its config matches: params, examples, the
 training code and the student's weights (`run_config`).
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lib.batching import QuestionGroupedSampler
 from lib.conditions import condition_sources, condition_task, task_weights, UNTRAINED
 from lib.examples import collate, Example, load_condition_examples, tokenize_examples
 from lib.files import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
@@ -137,6 +138,12 @@ def _trainer_class() -> type:
             self.term_log.append({"step": step, "term": "total", "loss": float(loss.detach())})
             return (loss, None) if return_outputs else loss
 
+        def _get_train_sampler(self, train_dataset=None):  # noqa: D401
+            """A question's examples in one batch (MT: both tasks), batches of similar length: lib.batching."""
+            rows = train_dataset if train_dataset is not None else self.train_dataset
+            return QuestionGroupedSampler(rows, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                          self.args.seed)
+
         def _save_checkpoint(self, model, trial):  # noqa: D401
             if self.args.should_save:  # before the rest, so a checkpoint with a trainer state has its loss log
                 folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
@@ -151,7 +158,7 @@ def _trainer_class() -> type:
 TERM_LOG = "term_log.jsonl"  # the per-term losses so far, saved inside each checkpoint
 CHECKPOINT_CONFIG = "run_config.json"  # the config_sha256 of the run that wrote a checkpoint
 # the lib modules that decide what a run trains on and computes (its examples and tokens, loss, model loading)
-CODE_FILES = ("training.py", "examples.py", "head_loss.py", "models.py")
+CODE_FILES = ("training.py", "examples.py", "head_loss.py", "models.py", "batching.py")
 
 
 def training_code_sha256() -> dict[str, str]:
@@ -459,7 +466,7 @@ def _training_arguments(params: TrainingParams, ckpt_dir: Path, device: str, see
         max_steps=params.max_steps, logging_steps=1, report_to="none", seed=seed,
         save_strategy="steps" if params.save_steps else "no", save_steps=params.save_steps or 500, save_total_limit=1,
         use_cpu=device == "cpu", remove_unused_columns=False,  # bf16: compute_loss's own autocast (run.precision)
-        train_sampling_strategy="group_by_length", dataloader_num_workers=0, disable_tqdm=False,
+        dataloader_num_workers=0, disable_tqdm=False,  # batch order: DistillTrainer._get_train_sampler
     )
 
 

@@ -12,7 +12,7 @@ LIB = Path(__file__).resolve().parents[1] / "lib"
 # The layer order, lowest first. A module imports only modules listed before it; a leaf imports nothing of ours.
 # Notebooks call the stage and analysis modules; stage modules call foundations and the stages upstream of them.
 LAYERS: dict[str, list[str]] = {
-    "leaf": ["files", "questions", "metrics", "head_loss", "precision"],
+    "leaf": ["files", "questions", "metrics", "head_loss", "precision", "batching"],
     "foundation": ["conditions", "params", "runs", "response_cache", "models", "prompts", "ratings"],
     "stage": ["question_checks", "data", "recorded", "teacher_engine", "openai_api", "teacher", "counterfactual", "multiview", "examples", "training", "training_tables",
               "scoring", "student_cache", "evaluation", "evaluation_tables"],
