@@ -27,9 +27,10 @@
 # student such as T5, at the decoder's positions). A question's examples share a batch (`lib.batching`): MT's loss
 # weighs both tasks of the same questions in every step, as Distilling step-by-step trains, where batches of one task
 # alone would let a run end on a stretch of answer-only steps that unlearns the rationale. Within that, batches group
-# questions of similar length and are padded only to their own longest example. CF students are asked with `[factual]` at test time; CAUSAL students answer the
-# claim-evidence pairs of the test split, not questions (`task: causal` in `runs.jsonl`). BASE is the reference every
-# trained condition must beat: its row in `runs.jsonl` has `steps: 0` and `adapter: null`, and no folder is written.
+# questions of similar length and are padded only to their own longest example. CF students are asked with
+# `[factual]` at test time; CAUSAL students answer the claim-evidence pairs of the test split, not questions
+# (`task: causal` in `runs.jsonl`). BASE is the reference every trained condition must beat: its row in `runs.jsonl`
+# has `steps: 0` and `adapter: null`, and no folder is written.
 #
 # **The Revised factor** (`training.rationale_sources`). Hendriks et al. compare students trained on the teacher's
 # first explanations with students trained on explanations the teacher critiqued and revised (step 02's

@@ -240,7 +240,7 @@ def test_training_code_sha256_covers_the_training_modules():
     import lib.training
 
     digests = training_code_sha256()
-    assert set(digests) == {"lib/training.py", "lib/examples.py", "lib/head_loss.py", "lib/models.py", "lib/batching.py"}
+    assert set(digests) == {f"lib/{name}.py" for name in ("training", "examples", "head_loss", "models", "batching")}
     assert digests["lib/training.py"] == sha256_file(lib.training.__file__)
 
 
