@@ -70,6 +70,19 @@ def test_an_adapter_over_the_size_limit_is_listed_with_the_command_that_retrains
     assert row["run"] in readme and "training.conditions=[CFD]" in readme
 
 
+def test_an_adapter_the_size_of_the_reference_studys_is_published_by_default(tmp_path):
+    from safetensors.torch import save_file
+
+    run_dir, row = finished_run(tmp_path)
+    src = run_dir / "04_training" / row["adapter"] / "adapter_model.safetensors"
+    weights = load_file(str(src))
+    weights["lora_wide.weight"] = torch.zeros(3_780_000)  # 7.2 MB in bf16, as LoRA r 16 on Gemma 3 270M
+    save_file(weights, str(src))
+    publish(run_dir, tmp_path / "results")
+    published = load_file(str(tmp_path / "results" / "adapters" / row["run"] / "adapter_model.safetensors"))
+    assert published["lora_wide.weight"].dtype == torch.bfloat16
+
+
 def test_publishing_again_replaces_the_runs_files_and_keeps_notes_written_beside_them(tmp_path):
     run_dir, row = finished_run(tmp_path)
     dest = tmp_path / "results"
