@@ -16,9 +16,10 @@ training questions:
    mask by mask, rather than rewriting the whole question, keeps every word outside the masks provably unchanged.
    A refill is rejected when it is empty, has a phrase count other than the mask count, leaves the question
    unchanged, rewrites words outside the masks, or names the old or the new answer (`refill_problem`).
-4. **Vote.** `votes` sampled teacher reasoning paths answer the new question; it is accepted when at least
-   `accept_threshold` of them reach the new target (self-consistency). `acceptance_summary` also counts what
-   every other bar (1/k ... k/k) would accept, from the recorded votes.
+4. **Vote.** `votes` sampled teacher reasoning paths (up to `vote_max_new_tokens` each) answer the new question;
+   it is accepted when at least `accept_threshold` of them reach the new target (self-consistency). A path cut off
+   before its answer sentence names no option and counts against acceptance, so `acceptance_summary` counts those
+   (`votes_unparsed`) beside what every other bar (1/k ... k/k) would accept, from the recorded votes.
 
 Counterfactual rationales (`build_cf_rationales`): for a question, a rationale written as if a randomly drawn wrong
 option were right. The multi-view CoT of the originals and the accepted counterfactuals is `lib.multiview`.
@@ -266,7 +267,7 @@ def build_counterfactuals(questions: list[MCQuestion], teacher: Teacher, params:
     _refill(rows, by_id, teacher)
     pending = [r for r in rows if r.reason == "pending"]
     cf_qs = [as_question(r, by_id[r.source_id]) for r in pending]
-    paths = teacher.complete([cot_prompt(q, n_shots) for q in cf_qs], max_new_tokens=params.max_new_tokens,
+    paths = teacher.complete([cot_prompt(q, n_shots) for q in cf_qs], max_new_tokens=params.vote_max_new_tokens,
                              temperature=params.vote_temperature, n=params.votes, desc="self-consistency votes")
     for r, q, completions in zip(pending, cf_qs, paths):
         r.votes = [extract_answer(c.text, q.choices) for c in completions]
@@ -343,7 +344,8 @@ def acceptance_summary(rows: list[Counterfactual], questions: list[MCQuestion]) 
 
     `new_target_distractor_rank` counts, over the attempts with masks, which former distractor (1 = the first wrong
     option) became the answer, or "new option" (policy new_option). `acceptance_by_bar` counts, over the voted
-    attempts, how many j of k votes for the new target would accept ({"1/3": n, "2/3": n, "3/3": n}).
+    attempts, how many j of k votes for the new target would accept ({"1/3": n, "2/3": n, "3/3": n}); `votes_cast`,
+    `votes_unparsed` (paths that named no option) and `votes_for_target` count the votes themselves.
     """
     by_id = {q.id: q for q in questions}
     voted = [r for r in rows if r.votes]
@@ -353,6 +355,9 @@ def acceptance_summary(rows: list[Counterfactual], questions: list[MCQuestion]) 
         "acceptance_rate": sum(r.accepted for r in rows) / len(rows) if rows else 0.0,
         "reasons": dict(Counter(_reason_kind(r.reason) for r in rows)),
         "voted": len(voted),
+        "votes_cast": sum(len(r.votes) for r in voted),
+        "votes_unparsed": sum(v is None for r in voted for v in r.votes),
+        "votes_for_target": sum(v == r.new_target for r in voted for v in r.votes),
         "acceptance_by_bar": acceptance_by_bar(rows),
         "masks_per_question": {str(k): n for k, n in sorted(Counter(len(r.spans) for r in rows).items())},
         "new_target_distractor_rank": dict(sorted(Counter(_target_rank(r, by_id[r.source_id]) for r in rows

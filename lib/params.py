@@ -146,7 +146,8 @@ class CounterfactualParams(_Section):
     accept_threshold: float = Field(0.6, gt=0, le=1)  # share of paths that must reach the new target
     negative_views: int | None = Field(None, ge=0)  # refutations per question, of wrong options drawn with run.seed (null = every wrong option, as seed 002; 0 = none)
     cf_rationale_questions: int | None = Field(None, ge=1)  # training questions given a counterfactual rationale (null = all)
-    max_new_tokens: int = Field(48, ge=8)  # tokens per teacher call in this step
+    max_new_tokens: int = Field(48, ge=8)  # tokens per teacher call in this step, votes aside
+    vote_max_new_tokens: int = Field(96, ge=8)  # tokens per vote: a reasoning path must reach its answer sentence
     strategy_tokens: StrategyTokens = StrategyTokens()
 
 

@@ -57,8 +57,9 @@ cf_teacher = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx
 # `new_target: new_option` a new answer the teacher proposes, which takes the place of a randomly drawn distractor (the
 # option count and the other letters stay). The teacher fills the masks towards it: one mask gets one phrase, several
 # get one phrase each, in order, separated by ";" (`refill_masks.txt`), so no word outside the masks changes. Then
-# `votes` sampled reasoning paths (temperature `vote_temperature`) answer the new question; it is accepted when at
-# least `accept_threshold` of them pick the new target.
+# `votes` sampled reasoning paths (temperature `vote_temperature`, up to `vote_max_new_tokens` tokens: a path cut off
+# before its answer names no option) answer the new question; it is accepted when at least `accept_threshold` of them
+# pick the new target.
 
 # %%
 # build counterfactual questions
@@ -102,11 +103,14 @@ figures.plot_acceptance(acceptance, path=ctx.out / "acceptance.png");
 
 # %% [markdown]
 # Every vote is recorded, so the bar can be moved afterwards without asking the teacher again: the table counts, of the
-# `voted` counterfactuals, how many each bar j/k (at least j of the k paths reach the new target) would accept.
+# `voted` counterfactuals, how many each bar j/k (at least j of the k paths reach the new target) would accept, and of
+# the votes, how many named no option (a path cut off or rambling) and how many named the new target.
 
 # %%
 # counterfactuals accepted at every vote bar, and how many masks the questions got
 report.show_markdown_table([{"voted": acceptance["voted"], **acceptance["acceptance_by_bar"],
+                             "votes": acceptance["votes_cast"], "naming no option": acceptance["votes_unparsed"],
+                             "for the new target": acceptance["votes_for_target"],
                              "masks per question": acceptance["masks_per_question"]}])
 
 # %%

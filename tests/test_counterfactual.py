@@ -54,9 +54,11 @@ class ScriptedTeacher:
                  refutation: str = "it does not fit.", positive: str = "Because it fits. So the answer is (a)."):
         self.fill, self.letters, self.topic, self.new_option = fill, letters, topic, new_option
         self.refutation, self.positive, self.calls, self.prompts = refutation, positive, [], []
+        self.max_new_tokens = {}  # by desc: the token budget each kind of call was given
 
     def complete(self, prompts, max_new_tokens=None, temperature=None, n=1, desc=""):
         self.calls.append((desc, len(prompts), n))
+        self.max_new_tokens[desc] = max_new_tokens
         self.prompts.extend(prompts)
         out = []
         for p in prompts:
@@ -228,6 +230,17 @@ def test_acceptance_is_reported_at_every_vote_bar():
     assert acceptance_by_bar([row([])]) == {}
     summary = acceptance_summary(rows, [MCQuestion("s", "o", ["x", "y"], ["A", "B"], 0)])
     assert summary["acceptance_by_bar"] == {"1/3": 3, "2/3": 2, "3/3": 1} and summary["voted"] == 4
+    assert (summary["votes_cast"], summary["votes_unparsed"], summary["votes_for_target"]) == (12, 1, 6)
+
+
+def test_votes_get_their_own_token_budget_so_a_reasoning_path_reaches_its_answer():
+    # the reference run's 270M teacher, voting within step 03's 40 tokens, was cut off before its answer sentence on
+    # 297 of 498 votes: a vote that names no option counts against acceptance
+    params = CounterfactualParams(max_questions=1, votes=3, max_new_tokens=40, vote_max_new_tokens=96)
+    teacher = ScriptedTeacher("frozen pizza", ["b", "b", "b"])
+    build_counterfactuals([q("q1")], teacher, params, n_shots=0, seed=0)
+    assert teacher.max_new_tokens["self-consistency votes"] == 96
+    assert teacher.max_new_tokens["refill masks"] != 96
 
 
 # ---------------------------------------------------------------- multi-view CoT
