@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from lib.files import read_jsonl, resolve_path
 from lib.metrics import extract_answer
@@ -111,12 +111,13 @@ REPLAY_ONLY = "not available from replay"
 
 
 def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Path | None = None,
-                 seed: int = 0) -> CachedTeacher:
+                 seed: int = 0, progress: Callable[[str], None] | None = None) -> CachedTeacher:
     """The cached generative teacher (a `Teacher`) for params: `local` or `openai`; `replay` uses the local `model`.
 
     The response cache is `teacher.cache`, else `<run_dir>/teacher_cache.sqlite` (outside the step folders,
     so cache hits never change a step's artifacts), else `<DISTILL_CACHE>/teacher_cache.sqlite`. `seed` (params
-    run.seed) seeds sampled requests and is part of their cache key.
+    run.seed) seeds sampled requests and is part of their cache key. `progress` (a step's `ctx.progress`) gets a line
+    per minute of a long task and one when it ends, for the run's progress.log.
     """
     if params.cache:
         path = resolve_path(params.cache)
@@ -127,7 +128,7 @@ def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Pat
     backend = OpenAIBackend(params) if params.backend == "openai" else LocalBackend(params, device)
     log.info("teacher %s (%s), response cache %s", params.model, backend.name, path)
     return CachedTeacher(backend, ResponseCache(path), params, usage_log=path.with_name(path.stem + "_usage.jsonl"),
-                         seed=seed)
+                         seed=seed, progress=progress)
 
 
 def cot_rationales(questions: dict[str, list[MCQuestion]], params: TeacherParams, device: str = "auto",

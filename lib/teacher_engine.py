@@ -193,8 +193,11 @@ class CachedTeacher:
     """A generative teacher behind the response cache: the `Teacher` protocol plus validated `ask`."""
 
     def __init__(self, backend: Backend, cache: ResponseCache, params: TeacherParams,
-                 usage_log: Path | None = None, seed: int = 0):
+                 usage_log: Path | None = None, seed: int = 0, progress: Callable[[str], None] | None = None,
+                 progress_every_s: float = 60.0):
         self.backend = backend
+        self.progress = progress  # e.g. StepContext.progress: a line in the run's progress.log
+        self.progress_every_s = progress_every_s  # how often a long task notes how far it is
         self.seed = seed  # the run's seed: sampled requests carry a seed derived from it
         self.cache = cache
         self.params = params
@@ -263,11 +266,18 @@ class CachedTeacher:
             if failure is None or reask == self.params.max_reasks:
                 finish(i, last[i])
 
+        noted = [t0]
+        before = {k: stats[k] for k in ("cached", "calls", "failed")}  # stats add up over a task's calls to ask
+
         def finish(i: int, answer: Answer) -> None:
             answers[i] = answer
             stats["failed"] += answer.failure is not None
             bar.update(1)
             show()
+            now = time.perf_counter()
+            if self.progress is not None and now - noted[0] >= self.progress_every_s:
+                noted[0] = now
+                self.progress(self._progress_line(desc, bar.n, len(asks), now - t0, stats["calls"] - before["calls"]))
 
         for reask in range(self.params.max_reasks + 1):
             todo = [i for i in range(len(asks)) if answers[i] is None]
@@ -310,8 +320,18 @@ class CachedTeacher:
                 await self.backend.run(misses, admit, done)
         bar.close()
         stats["wall_s"] += time.perf_counter() - t0
+        if self.progress is not None:
+            new = {k: stats[k] - before[k] for k in before}
+            self.progress(f"{desc}: {len(asks)} items in {time.perf_counter() - t0:.0f} s ({new['cached']} from the "
+                          f"cache, {new['calls']} generated, {new['failed']} failed)")
         self._log_usage(desc, stats)
         return [a if a is not None else last[i] for i, a in enumerate(answers)]
+
+    @staticmethod
+    def _progress_line(desc: str, done: int, total: int, elapsed_s: float, calls: int) -> str:
+        """How far a task is, with the time left at the rate of its generated calls so far."""
+        left = f", about {(total - done) * elapsed_s / calls / 60:.1f} min left" if calls else ""
+        return f"{desc}: {done}/{total} items, {elapsed_s / 60:.1f} min{left}"
 
     def _log_usage(self, desc: str, stats: dict[str, Any]) -> None:
         """Log a task's accounting and append it to the run's usage log (outside the step folders)."""

@@ -84,7 +84,8 @@ letter
 
 # %%
 # open the cached teacher (the model loads only if a request misses the cache)
-engine = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed)
+engine = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed,
+                              progress=ctx.progress)
 
 # %%
 # ask the teacher for a rationale per question (train and in-distribution test)

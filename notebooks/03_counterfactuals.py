@@ -45,7 +45,8 @@ len(splits.train), len(step02_rows)
 # %%
 # open the cached teacher of this step: it finds topic words, refills masks, votes and writes views (the cache of
 # step 02: a rerun makes no calls)
-cf_teacher = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed)
+cf_teacher = teacher.make_teacher(ctx.params.teacher, ctx.params.run.device, ctx.run_dir, seed=ctx.params.run.seed,
+                                  progress=ctx.progress)
 
 # %% [markdown]
 # ## Mask, refill, vote

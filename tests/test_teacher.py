@@ -390,3 +390,16 @@ def test_teacher_and_student_see_one_claim_evidence_block_with_the_evidence_labe
     assert dict(engine.prompts)["causal"] == causal_prompt(written)
     with pytest.raises(ValueError, match="lacks evidence_label.*rerun step 02_teacher"):
         causal_student_prompt({k: v for k, v in written.items() if k != "evidence_label"})
+
+
+def test_a_long_teacher_task_notes_how_far_it_is_in_the_progress_log(server, secret, tmp_path):
+    lines: list[str] = []
+    engine = make_teacher(params(server), run_dir=tmp_path, progress=lines.append)
+    engine.progress_every_s = 0.0  # a line per finished item (a study notes one a minute)
+    engine.complete(["p1", "p2", "p3"], desc="votes")
+    assert lines[0].startswith("votes: 1/3 items, ") and "min left" in lines[0]
+    assert lines[-1].startswith("votes: 3 items in ")
+    assert lines[-1].endswith("(0 from the cache, 3 generated, 0 failed)")
+    engine.progress_every_s = 60.0
+    engine.complete(["p1", "p2", "p3"], desc="votes")
+    assert lines[-1].endswith("(3 from the cache, 0 generated, 0 failed)") and len(lines) == 5
