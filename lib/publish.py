@@ -10,8 +10,8 @@ What goes (everything else in outputs/ stays there):
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
   faithfulness.csv, summary.json and the ratings a run has; 06_statistics: every table, findings.md and report.html;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
-  `max_adapter_mb` (10 MB: small enough for git, large enough for a LoRA r 16 adapter of a 270M student, 7.2 MB);
-  a larger one is listed in adapters/README.md with the command that retrains it.
+  `max_adapter_mb` (1 MB: git holds no large binaries); a larger one is listed in adapters/README.md with the
+  command that retrains it.
 
 Because the layout is the run folder's, `python -m lib.report results/<run> -o report.html` rebuilds the report
 from the published files alone. Publishing again replaces what an earlier publish wrote (the run's folders and files
@@ -47,7 +47,7 @@ RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_trainin
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
          "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)
 MAX_REPORT_MB = 2.0
-MAX_ADAPTER_MB = 10.0  # a larger adapter is listed with the command that retrains it
+MAX_ADAPTER_MB = 1.0  # a larger adapter is listed with the command that retrains it (no large binaries in git)
 ITEMS_GZ = "05_evaluation/items.jsonl.gz"
 
 
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.publish", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path, nargs="?")
     ap.add_argument("dest", type=Path, nargs="?")
-    ap.add_argument("--max-adapter-mb", type=float, default=MAX_ADAPTER_MB, help="larger adapters are listed with the command "
-                    "that retrains them, not copied (large binaries do not belong in git)")
+    ap.add_argument("--max-adapter-mb", type=float, default=MAX_ADAPTER_MB, help="larger adapters are listed with "
+                    "the command that retrains them, not copied (large binaries do not belong in git)")
     ap.add_argument("--table", type=Path, metavar="DEST", help="print the README's results table of a published run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

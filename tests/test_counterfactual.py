@@ -234,8 +234,8 @@ def test_acceptance_is_reported_at_every_vote_bar():
 
 
 def test_votes_get_their_own_token_budget_so_a_reasoning_path_reaches_its_answer():
-    # the reference run's 270M teacher, voting within step 03's 40 tokens, was cut off before its answer sentence on
-    # 297 of 498 votes: a vote that names no option counts against acceptance
+    # the reference run's 270M teacher, voting within step 03's 40 tokens, hit the cap on 297 of 498 votes: a vote cut
+    # off before its answer names no option and counts against acceptance
     params = CounterfactualParams(max_questions=1, votes=3, max_new_tokens=40, vote_max_new_tokens=96)
     teacher = ScriptedTeacher("frozen pizza", ["b", "b", "b"])
     build_counterfactuals([q("q1")], teacher, params, n_shots=0, seed=0)

@@ -70,7 +70,7 @@ def test_an_adapter_over_the_size_limit_is_listed_with_the_command_that_retrains
     assert row["run"] in readme and "training.conditions=[CFD]" in readme
 
 
-def test_an_adapter_the_size_of_the_reference_studys_is_published_by_default(tmp_path):
+def test_an_adapter_the_size_of_the_reference_studys_stays_out_of_git_by_default(tmp_path):
     from safetensors.torch import save_file
 
     run_dir, row = finished_run(tmp_path)
@@ -79,8 +79,8 @@ def test_an_adapter_the_size_of_the_reference_studys_is_published_by_default(tmp
     weights["lora_wide.weight"] = torch.zeros(3_780_000)  # 7.2 MB in bf16, as LoRA r 16 on Gemma 3 270M
     save_file(weights, str(src))
     publish(run_dir, tmp_path / "results")
-    published = load_file(str(tmp_path / "results" / "adapters" / row["run"] / "adapter_model.safetensors"))
-    assert published["lora_wide.weight"].dtype == torch.bfloat16
+    assert not (tmp_path / "results" / "adapters" / row["run"]).exists()
+    assert f"{row['run']}: 7.2 MB in bf16, over 1 MB" in (tmp_path / "results" / "adapters" / "README.md").read_text()
 
 
 def test_publishing_again_replaces_the_runs_files_and_keeps_notes_written_beside_them(tmp_path):
