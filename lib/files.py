@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
 
 
 class DataError(ValueError):
@@ -35,6 +37,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide reports and tables from a shared folder's readers
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
