@@ -134,8 +134,14 @@ def _trainer_class() -> type:
                 loss, terms = weighted_target_loss(model, inputs, self.task_weight_list)
             self.target_tokens += int((inputs["labels"] != -100).sum())
             step = self.state.global_step + 1
+            total = float(loss.detach())
+            if total < NEGATIVE_LOSS_TOLERANCE:
+                raise NegativeLoss(f"{Path(self.args.output_dir).name}: the training loss at step {step} is {total:.4f} "
+                                   f"({self.precision[0]}); a cross-entropy is never below 0, so the loss computation is "
+                                   f"wrong (lib/head_loss.py, lib/training.py). Report it; retrain with run.precision: "
+                                   f"fp32 to go on meanwhile")
             self.term_log.extend({"step": step, "term": self.task_names[t], "loss": v} for t, v in terms.items())
-            self.term_log.append({"step": step, "term": "total", "loss": float(loss.detach())})
+            self.term_log.append({"step": step, "term": "total", "loss": total})
             return (loss, None) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):  # noqa: D401
@@ -155,10 +161,18 @@ def _trainer_class() -> type:
     return DistillTrainer
 
 
+NEGATIVE_LOSS_TOLERANCE = -1e-4  # float32 rounding of log(sum exp) - z_y for a token at p ~ 1; anything lower is a defect
+
+
+class NegativeLoss(RuntimeError):
+    """A training step computed a cross-entropy below 0: the loss is wrong, and training on it would be too."""
+
+
 TERM_LOG = "term_log.jsonl"  # the per-term losses so far, saved inside each checkpoint
 CHECKPOINT_CONFIG = "run_config.json"  # the config_sha256 of the run that wrote a checkpoint
-# the lib modules that decide what a run trains on and computes (its examples and tokens, loss, model loading)
-CODE_FILES = ("training.py", "examples.py", "head_loss.py", "models.py", "batching.py")
+# the lib modules that decide what a run trains on and computes (its examples and tokens, task weights, loss, number
+# format, model loading)
+CODE_FILES = ("training.py", "examples.py", "head_loss.py", "models.py", "batching.py", "conditions.py", "precision.py")
 
 
 def training_code_sha256() -> dict[str, str]:

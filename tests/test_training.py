@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import logging
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -240,8 +241,36 @@ def test_training_code_sha256_covers_the_training_modules():
     import lib.training
 
     digests = training_code_sha256()
-    assert set(digests) == {f"lib/{name}.py" for name in ("training", "examples", "head_loss", "models", "batching")}
+    assert set(digests) == {f"lib/{name}.py" for name in ("training", "examples", "head_loss", "models", "batching",
+                                                          "conditions", "precision")}
     assert digests["lib/training.py"] == sha256_file(lib.training.__file__)
+
+
+def test_a_change_to_the_task_weights_code_changes_a_runs_config(monkeypatch):
+    """MT's weights are computed in lib/conditions.py (0.5/0.5 there and 0.9/0.1 must not hash the same): it is keyed."""
+    import lib.training
+
+    run, examples = StudentRun("MT", TINY_GEMMA, 0), all_examples("MT")
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["MT"])
+    before = run_config(run, examples, params)
+    real = lib.training.sha256_file
+    monkeypatch.setattr(lib.training, "sha256_file",
+                        lambda path: "edited" if Path(path).name == "conditions.py" else real(path))
+    assert lib.training.sha256_json(run_config(run, examples, params)) != lib.training.sha256_json(before)
+
+
+def test_a_negative_training_loss_stops_the_run_with_what_to_do(tmp_path, monkeypatch):
+    """A cross-entropy below 0 is a defect in the loss, never a result: training stops at that step and says so."""
+    import lib.training
+
+    real = lib.training.weighted_target_loss
+    monkeypatch.setattr(lib.training, "weighted_target_loss",
+                        lambda model, inputs, weights: (lambda loss, terms: (loss - loss.detach() - 0.3, terms))(
+                            *real(model, inputs, weights)))
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["FT"], max_steps=2, batch_size=4, max_length=128,
+                            save_steps=0)
+    with pytest.raises(lib.training.NegativeLoss, match=r"step 1 is -0\.3000 \(bf16\).*run\.precision: fp32"):
+        train_run(StudentRun("FT", TINY_GEMMA, 0), all_examples("FT"), params, tmp_path / "FT", "cpu", fmt="bf16")
 
 
 def test_finished_run_retrains_when_code_weights_or_saved_adapter_change(tmp_path, monkeypatch):
