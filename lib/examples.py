@@ -25,7 +25,7 @@ from lib.conditions import (
 )
 from lib.data import read_questions
 from lib.files import read_jsonl
-from lib.models import bos_ids
+from lib.models import prefix_ids, special_ends
 from lib.prompts import answer_sentence, causal_student_prompt
 from lib.questions import MCQuestion
 from lib.teacher import read_rationales, split_rationale
@@ -241,12 +241,12 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, max_length: int, 
     keeps its special tokens and the end of the prompt, the labels keep the closing sentence and EOS.
     """
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = bos_ids(tokenizer)
+    bos = prefix_ids(tokenizer)  # Gemma's <bos>, as generation and scoring start too (lib.models.input_ids)
     rows = []
     for e in examples:
         body, closing = _split_target(tokenizer, e.target, e.closing)
         if seq2seq:
-            head, prompt, tail = _special_ends(tokenizer, e.prompt)
+            head, prompt, tail = special_ends(tokenizer, e.prompt)
             kept_prompt = _keep_end(prompt, max_length - len(head) - len(tail))
             kept_body = body[:max(max_length - len(closing) - len(eos), 0)]
         else:
@@ -280,16 +280,6 @@ def _split_target(tokenizer: Any, target: str, closing: str) -> tuple[list[int],
     ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     n_closing = len(tokenizer(target[start:], add_special_tokens=False)["input_ids"])
     return ids[:len(ids) - n_closing], ids[len(ids) - n_closing:]
-
-
-def _special_ends(tokenizer: Any, text: str) -> tuple[list[int], list[int], list[int]]:
-    """The ids of `text` tokenised with special tokens, as (special tokens before, the text's own, special after)."""
-    full = tokenizer(text)["input_ids"]
-    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
-    for i in range(len(full) - len(plain) + 1):
-        if full[i:i + len(plain)] == plain:
-            return full[:i], plain, full[i + len(plain):]
-    return [], full, []  # a tokenizer that merges across its special tokens: cut like plain text
 
 
 def _keep_end(ids: list[int], room: int) -> list[int] | None:

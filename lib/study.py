@@ -25,7 +25,6 @@ from typing import Any
 
 from lib.files import atomic_write_text, PROJECT_ROOT, read_json, resolve_path, sha256_file, sha256_json, write_json
 from lib.params import load_params, ParamsError, StudyParams
-from lib.precision import precision_plan
 from lib.ratings import HUMAN_RATINGS
 from lib.runs import note_progress, PROGRESS_LOG, STEPS
 
@@ -155,9 +154,9 @@ def artifact_hashes(step_dir: Path) -> dict[str, str]:
 
 def precision_used(params: StudyParams) -> dict[str, str]:
     """The number format of each operation on this machine (run.precision resolved on run.device, lib.precision)."""
-    from lib.models import pick_device
+    from lib.models import number_formats
 
-    return precision_plan(params.run.precision, pick_device(params.run.device))
+    return number_formats(params.run)
 
 
 def fingerprint(step: str, params: StudyParams, run_dir: Path, code: str, inputs: dict[str, str]) -> str:

@@ -129,7 +129,8 @@ def test_examples_that_fit_are_not_cut(tiny):
     examples = condition_examples("FT-CoT", questions(), RATIONALES)
     rows = tokenize_examples(examples, tok, 512, ["cot"])
     for e, r in zip(examples, rows):
-        prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+        prompt = tok(e.prompt)["input_ids"]  # <bos> and the prompt, as generation reads it
+        assert prompt[0] == tok.bos_token_id
         assert r["input_ids"] == prompt + tok(e.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert r["labels"][:len(prompt)] == [-100] * len(prompt) and not r["truncated"]
 
@@ -140,7 +141,7 @@ def test_truncation_shortens_the_rationale_and_keeps_the_answer_sentence_and_eos
     rows = tokenize_examples(examples, tok, 96, ["cot"])
     assert len(rows) == 3
     for e, r in zip(examples, rows):
-        prompt = tok(e.prompt, add_special_tokens=False)["input_ids"]
+        prompt = tok(e.prompt)["input_ids"]  # <bos> and the prompt
         assert r["input_ids"][-1] == tok.eos_token_id
         assert tok.decode(r["input_ids"][:-1]).endswith(" So the answer is " + e.target.rsplit("is ", 1)[1])
         assert len(r["input_ids"]) == len(r["labels"]) == 96 and r["truncated"]
@@ -157,9 +158,9 @@ def test_truncation_cuts_the_prompt_start_when_the_prompt_alone_is_too_long(tiny
     (row,) = tokenize_examples([e], tok, n_closing + 10, ["cot"])
     target = [x for x in row["labels"] if x != -100]
     assert tok.decode(target[:-1]).strip() == "So the answer is (a) box." and target[-1] == tok.eos_token_id
-    assert row["input_ids"][:10] == prompt[-10:] and len(row["input_ids"]) == 10 + len(target)  # the prompt's end
-    assert row["truncated"]
-    assert tokenize_examples([e], tok, n_closing, ["cot"]) == []  # not even one prompt token fits: skipped
+    assert row["input_ids"][:10] == [tok.bos_token_id] + prompt[-9:]  # <bos> stays, then the prompt's end
+    assert len(row["input_ids"]) == 10 + len(target) and row["truncated"]
+    assert tokenize_examples([e], tok, n_closing + 1, ["cot"]) == []  # <bos> and no prompt token: skipped
 
 
 def test_truncation_of_a_target_without_answer_sentence_keeps_its_eos(tiny):
@@ -180,8 +181,9 @@ def test_seq2seq_truncation_keeps_the_answer_sentence_and_eos():
         assert len(r["labels"]) == 40 and r["labels"][-1] == tok.eos_token_id
         assert tok.decode(r["labels"][:-1]).endswith(" So the answer is " + e.target.rsplit("is ", 1)[1])
         assert r["truncated"]
-        prompt = tok(e.prompt)["input_ids"]
-        assert r["input_ids"] == prompt[-40:]  # the end of the prompt (with any EOS the tokenizer adds)
+        head, prompt = tok(e.prompt)["input_ids"][:1], tok(e.prompt)["input_ids"][1:]  # the tiny T5 adds <bos>
+        assert head == [tok.bos_token_id]
+        assert r["input_ids"] == head + prompt[-39:]  # its special tokens, then the end of the prompt
 
 
 REVISIONS = [{"id": "q0", "split": "train", "revised": "Boxes are made to keep things. So the answer is (a) box.",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from lib.models import bos_ids
 from lib.params import EvaluationParams
 from lib.questions import MCQuestion
 from lib.scoring import (
@@ -33,8 +32,7 @@ def test_continuation_logliks_match_a_direct_computation(tiny):
     pairs = [("Q: Where is ice?\nA:", " So the answer is (a) cold."), ("Q: Hi\nA:", " So the answer is (b) hot place.")]
     got = continuation_logliks(model, tok, pairs, batch_size=2)
     for (ctx, cont), value in zip(pairs, got):
-        bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", True) else []  # as lib.training tokenises
-        c = bos + tok(ctx, add_special_tokens=False)["input_ids"]
+        c = tok(ctx)["input_ids"]  # the tokenizer's own encoding, <bos> and all
         t = tok(cont, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([c + t])).logits[0].float(), -1)
@@ -77,7 +75,7 @@ def test_a_shared_context_is_read_once(tiny, monkeypatch):
     pairs = [("Q: Where would you find ice on a winter morning?\nA: So the answer is", o)
              for o in (" cold.", " hot.", " bed.", " sofa.", " lake.")]
     continuation_logliks(model, tok, pairs, batch_size=8)
-    context = len(bos_ids(tok)) + len(tok(pairs[0][0], add_special_tokens=False)["input_ids"])
+    context = len(tok(pairs[0][0])["input_ids"])  # <bos> and the context
     options = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for _, o in pairs)
     assert read[0] == context and len(read) == 2 and read[1] < options  # not 5 x context; the options on its cache
 
