@@ -1,5 +1,11 @@
 """Per-item metrics: answer extraction, sentence splitting, rationale length, CEC, BLEU, ROUGE-L and BERTScore.
 
+Answer extraction is strict: `extract_answer` reads a generated answer only from the answer sentence the students are
+trained, and the teachers prompted, to write ("So the answer is (b) bed.", `ANSWER_SENTENCE`); anything else is
+unparseable (None), and the parse rate is reported. `extract_answer_lenient` is the old, lenient reading ("The answer
+must be ...", "Answer: b", a last bracketed letter ...): it may stand beside the strict one, labelled, never as the
+headline.
+
 CEC (Causal Explanation Coherence, Muhebwa & Osman 2025) compares a generated explanation G with a
 reference R sentence by sentence in embedding space:
 
@@ -50,6 +56,18 @@ _LEADING_FILLER = re.compile(r"^(?:[\s*_\"'`]|option\b|choice\b|letter\b)*", re.
 _BARE_LETTER = re.compile(r"([A-Za-z])(?:[.)](?!\w))?(?=\s|$|[,;:!?\]])")
 _CHOICES_BLOCK = re.compile(r"answer\s+choices\s*:?[^\n]*(?:\n[ \t]*\([A-Za-z]\)[^\n]*)*", re.IGNORECASE)
 
+# The answer sentence (lib.prompts.answer_sentence): "So the answer is (b) bed." or "So the answer is bed.". This
+# matches its opening words "so the answer is" (any case, "So," too; "so" a whole word after whitespace or at the
+# start, so "also the answer is" is none) and, as group `answer`, the rest of its line (in a lookahead, so that a
+# later answer sentence on the same line is found too). What the answer must be is read by `extract_answer`: "(b)",
+# "(b) bed" or "bed" (an option's text), then "." or "!" or nothing, and the end of the sentence. "The answer must
+# be ...", "Answer: b", "Of the choices, bed ..." and echoed option lists open no answer sentence.
+ANSWER_SENTENCE = re.compile(r"(?<!\S)so,?[ \t]+the[ \t]+answer[ \t]+is\b[ \t]*(?=(?P<answer>[^\n]*))", re.IGNORECASE)
+# The answer's bracketed positional letter, "(b)" or "(B)", at the start of the answer.
+_ANSWER_LETTER = re.compile(r"\(([A-Za-z])\)")
+# The end of the answer: optional spaces, then "." or "!" before whitespace or the end, or the end of the line.
+_ANSWER_END = re.compile(r"[ \t]*(?:[.!](?=\s|$)|$)")
+
 
 @dataclasses.dataclass
 class CECScore:
@@ -91,7 +109,48 @@ def rationale_length(text: str) -> int:
 
 
 def extract_answer(text: str, choices: list[str]) -> int | None:
-    """Index of the option a model's output chose, or None when no valid option can be read from it.
+    """Index of the option a model's output states in its answer sentence, or None when it is unparseable.
+
+    The output is cut at the first "\\nQ:" (a hallucinated next question). The last answer sentence
+    (`ANSWER_SENTENCE`, "So the answer is ...", any case) decides, and only when it is well formed: a bracketed
+    positional letter "(b)", optionally followed by that option's text "(b) bed", or an option's text alone "bed"
+    (case- and spacing-insensitive), then at most "." or "!" and the sentence's end. Anything else is None: no
+    answer sentence, a letter beyond the choices, a letter and a text that disagree ("(b) lake" when (b) is sofa),
+    a bare letter "b", an article "a bed", more words in the sentence ("(b) bed, not (a) ice").
+    """
+    text = text.split("\nQ:", 1)[0]
+    sentences = list(ANSWER_SENTENCE.finditer(text))
+    return _read_answer(sentences[-1].group("answer"), choices) if sentences else None
+
+
+def _read_answer(answer: str, choices: list[str]) -> int | None:
+    """The option a well-formed answer ("(b)", "(b) bed" or "bed", then its end) names, or None."""
+    m = _ANSWER_LETTER.match(answer)
+    if m is None:
+        named = [i for i, choice in enumerate(choices) if _states_option(answer, choice)]
+        return named[0] if named else None
+    index = _letter_index(m.group(1), len(choices))
+    rest = answer[m.end():]
+    if index is None or _ANSWER_END.match(rest):
+        return index
+    return index if rest[:1].isspace() and _states_option(rest.lstrip(), choices[index]) else None
+
+
+def _states_option(answer: str, choice: str) -> bool:
+    """Whether `answer` is exactly the option's text (whole words, any case and spacing), then the answer's end."""
+    words = choice.split()
+    if not words:
+        return False
+    m = re.match(r"\s+".join(map(re.escape, words)) + r"(?!\w)", answer, re.IGNORECASE)
+    return m is not None and _ANSWER_END.match(answer, m.end()) is not None
+
+
+def extract_answer_lenient(text: str, choices: list[str]) -> int | None:
+    """The labelled lenient reading of a model's output: the option it seems to choose, or None; never the headline.
+
+    This is the reader before the strict rule (`extract_answer`); it credits conclusions the student did not state
+    as an answer sentence ("The answer must be ... only (b) fits", an echoed option list's last letter), so it is
+    reported only beside the strict reading, labelled as lenient.
 
     Options are shown with positional letters (a), (b), ... The output is cut at the first "\\nQ:"
     (a hallucinated next question). The last conclusion ("answer is", "Answer:", "option is")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.files import read_jsonl
-from lib.metrics import extract_answer
+from lib.metrics import extract_answer, extract_answer_lenient
 from lib.models import Completion
 from lib.params import CounterfactualParams
 from lib.prompts import load_template, view_prompt
@@ -105,14 +105,16 @@ def view_text(strategy: str, option: int, choices: list[str], prompt: str, c: Co
 
     The completion is cut at an invented next question ("\nQ:") or a blank line; its concluding answer sentence
     is removed (`split_rationale`). A negative view that concludes the option it should refute, and a positive
-    view that concludes another option, are dropped, as are empty ones.
+    view that concludes another option, are dropped, as are empty ones; any conclusion counts here, however it is
+    phrased (`extract_answer_lenient`), since the filter must catch a view that argues the wrong way.
     """
     if c.finish_reason == "error":
         return "", "no teacher response"
     body = re.split(r"\nQ:|\n\s*\n", c.text.strip(), maxsplit=1)[0].strip()
     reasoning = split_rationale(body)
     tail = body[len(reasoning):] if body.startswith(reasoning) else body
-    concluded = extract_answer(tail, choices) if tail.strip() else None
+    # a filter of teacher text: any conclusion it draws counts, so the lenient reader ("The answer is (c)" too)
+    concluded = extract_answer_lenient(tail, choices) if tail.strip() else None
     text = " ".join(p for p in (prompt_lead(prompt), reasoning) if p)
     if strategy == "negative" and concluded == option:
         return text, "argues for the refuted option"

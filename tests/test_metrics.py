@@ -1,4 +1,4 @@
-"""Tests of lib.metrics: sentence splitting, answer extraction, rationale length and CEC."""
+"""Tests of lib.metrics: sentence splitting, answer extraction (strict and lenient), rationale length and CEC."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.metrics import cec_batch, cec_from_embeddings, CECScore, extract_answer, rationale_length, split_sentences
+from lib.metrics import (ANSWER_SENTENCE, cec_batch, cec_from_embeddings, CECScore, extract_answer,
+                         extract_answer_lenient, rationale_length, split_sentences)
 
 CHOICES = ["ice", "fire", "wooded area", "ice cream", "bed"]
 
@@ -40,7 +41,170 @@ def test_rationale_length_counts_words():
     assert rationale_length("   ") == 0
 
 
-# --- extract_answer --------------------------------------------------------------------------------
+# --- extract_answer: the strict reader (only the answer sentence counts) ------------------------------------------
+
+SOFA = ["bed", "sofa", "lake"]
+MASK = ["gloves", "breathing mask", "hat"]
+FEELINGS = ["joy", "frustration", "calm"]
+
+
+@pytest.mark.parametrize("text, choices", [
+    # PaLM's rationales open with "The answer must be ...": a premise, not an answer sentence
+    ("The answer must be something that keeps spores out. Of the above choices, only (b) breathing mask fits.", MASK),
+    ("The answer must be something that keeps spores out. Of the above choices, only breathing mask fits.", MASK),
+    # an echoed option list, with and without its header, on one line and on several
+    ("(a) bed (b) sofa (c) lake", SOFA),
+    ("(a) bed\n(b) sofa\n(c) lake", SOFA),
+    ("Answer Choices: (a) bed (b) sofa (c) lake", SOFA),
+    ("Answer Choices:\n(a) bed\n(b) sofa\n(c) lake", SOFA),
+    ("Choices:\n(a) bed\n(b) sofa\n(c) lake", SOFA),
+    ("Options: (a) bed (b) sofa (c) lake", SOFA),
+    # a rationale that names an option is not an answer sentence
+    ("Of the choices, frustration is the feeling of ...", FEELINGS),
+    ("Of the choices, (b) frustration is the feeling of losing.", FEELINGS),
+    ("Of the choices, the best choice is frustration, the feeling of losing.", FEELINGS),
+])
+def test_extract_answer_reads_no_answer_from_rationales_or_echoed_options(text, choices):
+    assert extract_answer(text, choices) is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So the answer is (b) sofa.", 1),
+    ("Lakes are wet and beds are for sleeping. So the answer is (c)", 2),
+    ("so the answer is sofa", 1),
+    ("SO THE ANSWER IS (B) SOFA.", 1),
+    ("So, the answer is  Sofa!", 1),
+    ("So the answer is (a).", 0),
+    ("People sit on a sofa, so the answer is (b) sofa.", 1),
+    ("So the answer is (b) sofa.\n\nAnswer Choices:\n(a) bed\n(b) sofa\n(c) lake", 1),  # an echo after it
+    ("So the answer is (b). People sit on sofas.", 1),
+])
+def test_extract_answer_reads_the_answer_sentence(text, expected):
+    assert extract_answer(text, SOFA) == expected
+
+
+def test_extract_answer_rationale_then_answer_sentence():
+    text = ("The answer must be something that keeps spores out. Of the above choices, only gloves and a breathing "
+            "mask cover something, and spores are breathed in. So the answer is (b) breathing mask.")
+    assert extract_answer(text, MASK) == 1
+    assert extract_answer("Of the choices, (a) bed is for sleeping. So the answer is (c) lake.", SOFA) == 2
+
+
+def test_extract_answer_last_answer_sentence_decides():
+    assert extract_answer("So the answer is (a) bed. Wait, people sit on it. So the answer is (b) sofa.", SOFA) == 1
+    assert extract_answer("So the answer is (a).\nSo the answer is lake.", SOFA) == 2
+    # a malformed last answer sentence is not made good by an earlier one
+    assert extract_answer("So the answer is (a) bed. So the answer is unclear.", SOFA) is None
+
+
+@pytest.mark.parametrize("text", [
+    "So the answer is (b) lake.",                 # the letter names sofa, the text lake
+    "So the answer is (d) pond.",                 # a letter beyond the choices
+    "So the answer is (d).",
+    "So the answer is either (a) bed or (b) sofa.",
+    "So the answer is (b) sofa, not (a) bed.",
+    "So the answer is (b) sofa because people sit on it.",
+    "So the answer is b.",                        # a bare letter is not the trained form
+    "So the answer is a sofa.",                   # nor is an article before the option
+    "So the answer is (b) sofa?",
+    "So the answer is: (b)",
+    "The answer is (b) sofa.",                    # "so" opens the answer sentence
+    "Answer: (b)",
+    "Also the answer is (b) sofa.",
+    "(b)",
+    "sofa",
+    "Hmm.\nQ: Which?\nA: So the answer is (b) sofa.",  # a hallucinated next question never counts
+])
+def test_extract_answer_anything_but_a_well_formed_answer_sentence_is_none(text):
+    assert extract_answer(text, SOFA) is None
+
+
+def test_extract_answer_option_text_needs_its_whole_words():
+    assert extract_answer("So the answer is ice cream.", CHOICES) == 3
+    assert extract_answer("So the answer is ice.", CHOICES) == 0
+    assert extract_answer("so the answer is ice cream", ["ice cream", "ice"]) == 0
+    assert extract_answer("So the answer is (d) Ice  Cream.", CHOICES) == 3
+    assert extract_answer("So the answer is (a) ice cream.", CHOICES) is None  # (a) is ice
+
+
+def test_answer_sentence_marks_where_the_answer_is_read():
+    text = "Beds are soft. So the answer is (b) sofa.\nSo the answer is lake."
+    assert [m.group("answer") for m in ANSWER_SENTENCE.finditer(text)] == ["(b) sofa.", "lake."]
+    assert ANSWER_SENTENCE.search("The answer must be something that keeps spores out.") is None
+
+
+def test_extract_answer_reads_the_sentences_the_study_writes():
+    from lib.prompts import answer_sentence, cot_prompt, few_shot_examples
+    from lib.questions import MCQuestion
+
+    q = MCQuestion("q", "Where do people sit?", SOFA, ["a", "b", "c"], 1)
+    for fmt in ("letter", "text"):
+        assert extract_answer("People sit on sofas. " + answer_sentence(q, 1, fmt), q.choices) == 1
+    # the teacher's few-shot demonstrations end with the same sentence, and it reads back as the shot's answer
+    shots = few_shot_examples()
+    demos = cot_prompt(q, len(shots)).split("\n\n")[:len(shots)]
+    assert [extract_answer(d.rsplit("\nA:", 1)[1], s.choices) for d, (s, _) in zip(demos, shots)] == \
+        [s.answer for s, _ in shots]
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the lenient reader's forms (below); the strict reader credits only the answer sentences among them
+    ("Ice melts in heat. So the answer is (b) wooded area.", None),  # (b) is fire: letter and text disagree
+    ("the answer is (B)", None),
+    ("Answer: b", None),
+    ("ANSWER: C.", None),
+    ("So the answer is wooded area.", 2),
+    ("So the answer is Wooded Area", 2),
+    ("(c)", None),
+    ("I pick (D) here", None),
+    ("**Answer:** (e)", None),
+    ("so the answer is option c", None),
+    ("Answer: d) ice cream", None),
+    ("The answer is A.", None),
+    ("At first the answer is (a). Wait, fire burns wood, so the answer is (b) fire.", 1),
+    ("The answer is (a)? No. The answer is clearly (c).", None),
+    ("(a) ice is wrong and (e) bed is wrong. So the answer is (c).", 2),
+    ("So the answer is (f).", None),
+    ("So the answer is a bed.", None),
+    ("Answer Choices:\n(a) ice\n(b) fire\n(c) wooded area", None),
+    (" B ", None),
+    ("Ice Cream.", None),
+    ("So the answer is (b).\nQ: next\nA: So the answer is (c).", 1),
+    ("Answer:\n(c)", None),
+    ("the answer is: **(D)**", None),
+    ("So the answer is (B) fire, not (a) ice.", None),
+    ('Therefore, the answer is "wooded area".', None),
+    ("answer is e)", None),
+    ("So the answer is (z)", None),
+])
+def test_extract_answer_strict_on_the_lenient_forms(text, expected):
+    assert extract_answer(text, CHOICES) == expected
+
+
+def test_extract_answer_strict_out_of_range_and_next_question():
+    assert extract_answer("So the answer is (c).", ["yes", "no"]) is None
+    text = ("Fire is hot. So the answer is (b).\n\nQ: What is cold?\nAnswer Choices:\n(a) ice\n(b) fire\n"
+            "A: Ice is cold. So the answer is (a).")
+    assert extract_answer(text, CHOICES) == 1
+
+
+@pytest.mark.parametrize("text", ["", "   ", "I do not know.", "So the answer is unclear.", "Fire and ice mix."])
+def test_extract_answer_nothing_parseable_is_none(text):
+    assert extract_answer(text, CHOICES) is None
+    assert extract_answer_lenient(text, CHOICES) is None
+
+
+# --- extract_answer_lenient: the labelled lenient reading (today's reader before the strict rule) -----------------
+
+def test_lenient_reader_credits_what_the_strict_one_does_not():
+    """The readings the strict rule was made against: the lenient reader credits them, the strict one does not."""
+    spores = "The answer must be something that keeps spores out. Of the above choices, only (b) breathing mask fits."
+    assert extract_answer_lenient(spores, MASK) == 1
+    assert extract_answer_lenient("(a) bed (b) sofa (c) lake", SOFA) == 2
+    assert extract_answer_lenient("So the answer is (b) lake.", SOFA) == 1
+    assert [extract_answer(t, c) for t, c in [(spores, MASK), ("(a) bed (b) sofa (c) lake", SOFA),
+                                              ("So the answer is (b) lake.", SOFA)]] == [None, None, None]
+
 
 @pytest.mark.parametrize("text, expected", [
     ("Ice melts in heat. So the answer is (b) wooded area.", 1),
@@ -56,58 +220,66 @@ def test_rationale_length_counts_words():
     ("Answer: d) ice cream", 3),
     ("The answer is A.", 0),
 ])
-def test_extract_answer_common_forms(text, expected):
-    assert extract_answer(text, CHOICES) == expected
+def test_extract_answer_lenient_common_forms(text, expected):
+    assert extract_answer_lenient(text, CHOICES) == expected
 
 
-def test_extract_answer_prefers_last_conclusion():
+def test_extract_answer_lenient_prefers_last_conclusion():
     text = "At first the answer is (a). Wait, fire burns wood, so the answer is (b) fire."
-    assert extract_answer(text, CHOICES) == 1
-    assert extract_answer("The answer is (a)? No. The answer is clearly (c).", CHOICES) == 2
+    assert extract_answer_lenient(text, CHOICES) == 1
+    assert extract_answer_lenient("The answer is (a)? No. The answer is clearly (c).", CHOICES) == 2
 
 
-def test_extract_answer_conclusion_beats_earlier_bracketed_letters():
+def test_extract_answer_lenient_conclusion_beats_earlier_bracketed_letters():
     text = "(a) ice is wrong and (e) bed is wrong. So the answer is (c)."
-    assert extract_answer(text, CHOICES) == 2
+    assert extract_answer_lenient(text, CHOICES) == 2
 
 
-def test_extract_answer_longest_option_text_wins():
-    assert extract_answer("So the answer is ice cream.", CHOICES) == 3
-    assert extract_answer("So the answer is ice.", CHOICES) == 0
+def test_extract_answer_lenient_longest_option_text_wins():
+    assert extract_answer_lenient("So the answer is ice cream.", CHOICES) == 3
+    assert extract_answer_lenient("So the answer is ice.", CHOICES) == 0
     # the same overlap with the short option listed after the long one
-    assert extract_answer("the answer is ice cream", ["ice cream", "ice"]) == 0
+    assert extract_answer_lenient("the answer is ice cream", ["ice cream", "ice"]) == 0
 
 
-def test_extract_answer_letter_out_of_range_is_none():
-    assert extract_answer("So the answer is (f).", CHOICES) is None
-    assert extract_answer("So the answer is (c).", ["yes", "no"]) is None
-    assert extract_answer("(e)", ["yes", "no"]) is None
+def test_extract_answer_lenient_letter_out_of_range_is_none():
+    assert extract_answer_lenient("So the answer is (f).", CHOICES) is None
+    assert extract_answer_lenient("So the answer is (c).", ["yes", "no"]) is None
+    assert extract_answer_lenient("(e)", ["yes", "no"]) is None
 
 
-def test_extract_answer_ignores_hallucinated_next_question():
+def test_extract_answer_lenient_ignores_hallucinated_next_question():
     text = ("Fire is hot. So the answer is (b).\n\nQ: What is cold?\nAnswer Choices:\n(a) ice\n(b) fire\n"
             "A: Ice is cold. So the answer is (a).")
-    assert extract_answer(text, CHOICES) == 1
+    assert extract_answer_lenient(text, CHOICES) == 1
     # the next block alone must not leak an answer either
-    assert extract_answer("Hmm.\nQ: Which?\nA: So the answer is (a).", CHOICES) is None
+    assert extract_answer_lenient("Hmm.\nQ: Which?\nA: So the answer is (a).", CHOICES) is None
 
 
-def test_extract_answer_article_a_is_not_letter_a():
-    assert extract_answer("So the answer is a bed.", CHOICES) == 4
+def test_extract_answer_lenient_article_a_is_not_letter_a():
+    assert extract_answer_lenient("So the answer is a bed.", CHOICES) == 4
 
 
-def test_extract_answer_echoed_choices_are_not_an_answer():
-    assert extract_answer("Answer Choices:\n(a) ice\n(b) fire\n(c) wooded area", CHOICES) is None
+def test_extract_answer_lenient_echoed_choices_are_not_an_answer():
+    assert extract_answer_lenient("Answer Choices:\n(a) ice\n(b) fire\n(c) wooded area", CHOICES) is None
 
 
-@pytest.mark.parametrize("text", ["", "   ", "I do not know.", "So the answer is unclear.", "Fire and ice mix."])
-def test_extract_answer_nothing_parseable_is_none(text):
-    assert extract_answer(text, CHOICES) is None
+def test_extract_answer_lenient_whole_output_is_letter_or_option():
+    assert extract_answer_lenient(" B ", CHOICES) == 1
+    assert extract_answer_lenient("Ice Cream.", CHOICES) == 3
 
 
-def test_extract_answer_whole_output_is_letter_or_option():
-    assert extract_answer(" B ", CHOICES) == 1
-    assert extract_answer("Ice Cream.", CHOICES) == 3
+@pytest.mark.parametrize("text, expected", [
+    ("So the answer is (b).\nQ: next\nA: So the answer is (c).", 1),  # the hallucinated block never counts
+    ("Answer:\n(c)", 2),                                                # conclusion marker, letter on the next line
+    ("the answer is: **(D)**", 3),
+    ("So the answer is (B) fire, not (a) ice.", 1),                     # the named option, not a later mention
+    ('Therefore, the answer is "wooded area".', 2),
+    ("answer is e)", 4),
+    ("So the answer is (z)", None),
+])
+def test_extract_answer_lenient_tricky_outputs(text, expected):
+    assert extract_answer_lenient(text, CHOICES) == expected
 
 
 # --- CEC -------------------------------------------------------------------------------------------
@@ -214,19 +386,6 @@ def test_metrics_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     assert out == "[]"
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("So the answer is (b).\nQ: next\nA: So the answer is (c).", 1),  # the hallucinated block never counts
-    ("Answer:\n(c)", 2),                                                # conclusion marker, letter on the next line
-    ("the answer is: **(D)**", 3),
-    ("So the answer is (B) fire, not (a) ice.", 1),                     # the named option, not a later mention
-    ('Therefore, the answer is "wooded area".', 2),
-    ("answer is e)", 4),
-    ("So the answer is (z)", None),
-])
-def test_extract_answer_tricky_outputs(text, expected):
-    assert extract_answer(text, CHOICES) == expected
 
 
 # --- BLEU, ROUGE-L, BERTScore, correlations ----------------------------------------------------------
