@@ -2,12 +2,16 @@
 
 Per item, the student writes its rationale and answer with the prompt of the condition it was
 trained on (MT answers from its `[answer]` task and explains from its `[rationale]` task; CFD is
-asked with the `[Direct election]` strategy token). The answer is extracted from the text;
-unparseable outputs count as wrong and are flagged. Beside that generative accuracy:
+asked with the `[Direct election]` strategy token). The answer is read only from the answer sentence the condition
+was trained to write (lib.metrics.extract_answer); any other output is unparseable, counts as wrong and is flagged
+(the parse rate is reported). The lenient reader's answer is kept beside it, labelled. Beside that generative accuracy:
 
-- log-likelihood accuracy (lib.scoring, as lm-evaluation-harness scores multiple choice): `loglik_pred` is
-  the option with the highest summed log-likelihood after the prompt (lm-eval's `acc`), `loglik_norm_pred`
-  the highest per character (`acc_norm`);
+- log-likelihood accuracy in the condition's own prompt (lib.scoring, scored as lm-evaluation-harness scores multiple
+  choice): `loglik_pred` is the option with the highest summed log-likelihood after the prompt (lm-eval's `acc`),
+  `loglik_norm_pred` the highest per character (`acc_norm`);
+- the standard readings (lib.standard_readings): every student, BASE first, asked zero-shot in lm-eval's own
+  formulations, `cloze_*` (arc_easy's "Question: ...\nAnswer:" and the option's text) and `lettered_*`
+  (commonsense_qa's listed options and the letter), so the study's numbers stand beside a model card's;
 - CEC, BLEU, ROUGE-L and BERTScore of the student's rationale against the teacher's rationale
   for the same question, where the teacher wrote one (in-distribution test questions);
 - faithfulness (lib.scoring, after SCOTT): whether the answer read by log-likelihood changes when the student's
@@ -23,6 +27,9 @@ rows frame the conditions: BASE, the untrained student (a runs.jsonl row with `a
 prompt, is the floor; TEACHER, the teacher's own answers to the in-distribution test questions
 (02_teacher/rationales.jsonl), is the ceiling. Each row keeps the rationale source (unrevised or critique-revised
 teacher rationales) its student was trained on.
+
+Longer than 500 lines: it is the one place that turns a trained run into its per-item rows, and each part (loading a
+student as it was trained, its cached outputs, its readings, the reference metrics) is short but reads the others.
 """
 
 from __future__ import annotations
@@ -36,13 +43,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.conditions import eval_prompts, TEACHER
-from lib.files import read_json
-from lib.metrics import cec_batch, extract_answer, rationale_length
+from lib.files import read_json, write_jsonl
+from lib.metrics import cec_batch, extract_answer, extract_answer_lenient, rationale_length
 from lib.params import StudyParams
 from lib.precision import autocast, precision_plan
 from lib.questions import MCQuestion, NEXT_QUESTION
 from lib.response_cache import ResponseCache
 from lib.scoring import continuation_logliks, faithfulness, loglik_choices, OptionPick, perturbed_rationales, Scorer
+from lib.standard_readings import reading_columns, standard_picks, StandardPicks
 from lib.student_cache import (
     cached_scorer,
     discard_student_cache,
@@ -83,11 +91,20 @@ class ItemResult:
     rouge_l: float = math.nan  # ROUGE-L F-measure (0-1) against the teacher's rationale
     bertscore: float = math.nan  # BERTScore F1 against the teacher's rationale
     gold: int | None = None  # the correct option's index
+    lenient_prediction: int | None = None  # the lenient reader's option (lib.metrics.extract_answer_lenient; labelled)
+    lenient_correct: int | None = None  # 1 when lenient_prediction == gold
     loglik_scoring: str = ""  # evaluation.loglik_scoring that made the loglik picks ("" = not scored)
     loglik_pred: int | None = None  # option with the highest summed log-likelihood after the prompt (lm-eval acc)
     loglik_correct: int | None = None  # 1 when loglik_pred == gold
     loglik_norm_pred: int | None = None  # option with the highest log-likelihood per character (lm-eval acc_norm)
     loglik_norm_correct: int | None = None  # 1 when loglik_norm_pred == gold
+    # the standard readings (lib.standard_readings): lm-eval's zero-shot cloze (acc, acc_norm) and lettered (acc) picks
+    cloze_pred: int | None = None
+    cloze_correct: int | None = None
+    cloze_norm_pred: int | None = None
+    cloze_norm_correct: int | None = None
+    lettered_pred: int | None = None
+    lettered_correct: int | None = None
     faithfulness_perturbed: int | None = None  # 1 when a perturbed rationale changed the answer (None = not measured)
     faithfulness_counterfactual: int | None = None  # 1 when a counterfactual rationale changed the answer
     faithfulness_cf_follows: int | None = None  # 1 when the answer became the counterfactual rationale's option
@@ -303,11 +320,18 @@ def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: St
         picks = loglik_choices(student.score, answer_prompts[:k], qs[:k], ev.loglik_scoring)
         progress(f"{info['run']} on {name}: options of {k} items scored in {time.perf_counter() - t0:.0f} s")
     picks += [None] * (len(qs) - len(picks))
+    standard: list[StandardPicks | None] = []
+    if ev.standard_readings and k:
+        t0 = time.perf_counter()
+        standard = standard_picks(student.score, qs[:k])
+        progress(f"{info['run']} on {name}: {k} items read in lm-eval's cloze and lettered formulations "
+                 f"in {time.perf_counter() - t0:.0f} s")
+    standard += [None] * (len(qs) - len(standard))
     rows = []
     for i, q in enumerate(qs):
         answer_text = outs["answer"][i]
         rationale_text = outs["rationale"][i] if "rationale" in outs else answer_text
-        pred = extract_answer(answer_text, q.choices)
+        pred, lenient = extract_answer(answer_text, q.choices), extract_answer_lenient(answer_text, q.choices)
         rationale = clean_rationale(rationale_text)
         rows.append(ItemResult(
             run=info["run"], condition=info["condition"], student=info["student"], seed=info["seed"], test_set=name,
@@ -315,8 +339,9 @@ def _evaluate_set(student: _Student, name: str, qs: list[MCQuestion], params: St
             rationale=rationale, rationale_len=rationale_length(rationale),
             output=answer_text if "rationale" not in outs else f"{rationale_text}\n---\n{answer_text}",
             cec=math.nan, cec_fc=math.nan, cec_bf=math.nan, seconds=seconds[i], train_set=student.train_set,
-            rationale_source=info["rationale_source"], gold=q.answer,
-            **_loglik_columns(picks[i], q.answer, ev.loglik_scoring),
+            rationale_source=info["rationale_source"], gold=q.answer, lenient_prediction=lenient,
+            lenient_correct=int(lenient == q.answer),
+            **_loglik_columns(picks[i], q.answer, ev.loglik_scoring), **reading_columns(standard[i], q.answer),
         ))
     if ev.faithfulness and in_distribution and k:
         own = [r.rationale for r in rows]
@@ -511,6 +536,7 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
         cache.close()
     references = {r.item_id: r.reference for r in rows if r.reference}
     score_against_references(rows, references, ev, device, precision_plan(ctx.params.run.precision, device)["embedding"])
+    write_jsonl(ctx.out / "causal_items.jsonl", rows)
     return rows
 
 
@@ -527,14 +553,15 @@ def causal_table(causal: Any) -> Any:
 
 def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
     """LLM-judge ratings (lib.ratings.Rating) of up to evaluation.judge_max_items student explanations per run (the
-    teacher's are the reference, not rated); [] when off."""
+    teacher's are the reference, not rated), written to judge_ratings.jsonl; [] when off."""
     from lib.data import read_test_sets
-    from lib.ratings import judge_ratings
+    from lib.ratings import JUDGE_RATINGS, judge_ratings
     from lib.teacher import make_teacher
 
     ev = ctx.params.evaluation
     if not ev.judge:
         log.info("judge: off (evaluation.judge: false)")
+        write_jsonl(ctx.out / JUDGE_RATINGS, [])
         return []
     tests = read_test_sets(ctx.run_dir / "01_data")
     first = next(iter(tests))
@@ -542,9 +569,11 @@ def judge_grid(ctx: Any, rows: Sequence[ItemResult]) -> list[Any]:
     in_dist = [r for r in rows if r.test_set == first and r.condition != TEACHER]  # the students' explanations
     teacher = make_teacher(ctx.params.teacher, ctx.params.run.device, run_dir=ctx.run_dir)  # step 02's cache
     try:
-        return judge_ratings(in_dist, questions, teacher, ev.judge_max_items, ev.judge_max_new_tokens)
+        judged = judge_ratings(in_dist, questions, teacher, ev.judge_max_items, ev.judge_max_new_tokens)
     finally:
         teacher.close()
+    write_jsonl(ctx.out / JUDGE_RATINGS, judged)
+    return judged
 
 
 def export_human_sheet(ctx: Any, rows: Sequence[ItemResult]) -> dict[str, Path]:

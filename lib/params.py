@@ -266,6 +266,9 @@ class EvaluationParams(_Section):
     # decides, 84% of the untrained Gemma 3 270M's picks are (a); option_text per character: at most 39% one
     # letter; benchmarks/loglik_bias.py). Faithfulness reads answers with it too (per character).
     loglik_scoring: Literal["option_text", "answer_text", "answer_sentence"] = "option_text"
+    # every student also read zero-shot as lm-evaluation-harness reads small models (lib.standard_readings): arc_easy's
+    # cloze formulation (acc, acc_norm) and commonsense_qa's lettered one (acc); causal LMs, score_max_items items
+    standard_readings: bool = True
     text_metrics: bool = True  # BLEU (sacrebleu), ROUGE-L (rouge-score) and BERTScore against the teacher's rationale
     bertscore_model: str = "all-MiniLM-L6-v2"  # BERT-style encoder for BERTScore: an embedder spec (packaged, tiny-random-minilm, folder, hub id)
     bertscore_layers: int | None = Field(None, ge=1)  # encoder layer whose token embeddings BERTScore uses (null = the last)
@@ -280,8 +283,8 @@ class EvaluationParams(_Section):
 
 class StatisticsParams(_Section):
     # per-item outcomes tested across conditions; one a run lacks is reported as absent
-    outcomes: list[Literal["correct", "cec", "bleu", "rouge_l", "bertscore", "loglik_correct", "loglik_norm_correct"]] = [
-        "correct", "cec"]
+    outcomes: list[Literal["correct", "cec", "bleu", "rouge_l", "bertscore", "loglik_correct", "loglik_norm_correct",
+                           "cloze_correct", "cloze_norm_correct", "lettered_correct"]] = ["correct", "cec"]
     n_boot: int = Field(1000, ge=100)  # bootstrap resamples for confidence intervals
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of every test (Tukey, ANOVA, Dunn, McNemar)
     reference: str | None = None  # baseline condition of the regressions, one of training.conditions (null = the first listed)

@@ -46,9 +46,11 @@ from lib import (
     files,
     metrics,
     models,
+    precision,
     ratings,
     runs,
     scoring,
+    standard_readings,
     teacher,
 )
 
@@ -68,38 +70,46 @@ ctx.out
 # two rows of the tables below.
 
 # %%
-# generate and score every run on every test set, and add the teacher's own answers
+# generate and score every run on every test set, add the teacher's own answers, and write step 05's tables
 items = evaluation.evaluate_grid(ctx)
-files.write_jsonl(ctx.out / "items.jsonl", items)
+tables = evaluation_tables.write_tables(ctx.out, items)
+f"{len(items)} item rows written to {ctx.out.name}/items.jsonl"
 
 # %% [markdown]
-# ## Accuracy in and out of distribution
+# ## Accuracy in and out of distribution, read three ways
 #
-# `accuracy` reads the answer from the generated text. The log-likelihood accuracies need no parsing: after the
-# question, each option's text (`evaluation.loglik_scoring: option_text`) is scored by the student;
-# `loglik_accuracy` picks the highest summed log-probability (lm-evaluation-harness's `acc`), `loglik_norm_accuracy`
-# the highest per character (`acc_norm`), which does not favour short options. Scoring the letter sentence
-# ("So the answer is (b) …") instead lets the letter decide: the untrained Gemma 3 270M picked (a) for 84% of 300
-# CommonsenseQA dev questions that way (gold is (a) for 19%), a known weakness of small models (multiple-choice symbol
-# binding). The pick table below shows, per run, how the picks spread over the letters against the gold answers.
+# **Generated** (`accuracy`): the option the student names in the answer sentence it was trained to write ("So the
+# answer is (b) bed."). Only that sentence counts: a rationale that says "the answer must be something that …", or an
+# echoed list of the options, names no answer and is unparseable (`parse_rate` is the share that did name one). The
+# lenient reader (`lenient_accuracy`, which also reads such text) stands beside it, labelled, never as the headline.
+#
+# **Scored in the condition's own prompt** (`loglik_accuracy`, `loglik_norm_accuracy`): after the same prompt, each
+# option's text (`evaluation.loglik_scoring: option_text`) is scored by the student; the highest summed log-probability
+# is lm-evaluation-harness's `acc` rule, the highest per character its `acc_norm`, which does not favour short options.
+# Scoring the letter sentence ("So the answer is (b) …") instead lets the letter decide (multiple-choice symbol binding,
+# a known weakness of small models); the pick table below shows, per run, how the picks spread over the letters
+# against the gold answers.
+#
+# **The standard readings** (`cloze_*`, `lettered_accuracy`): every student, BASE first, asked zero-shot the way
+# lm-evaluation-harness asks small models, whatever it was trained on: `arc_easy`'s cloze formulation
+# ("Question: …\nAnswer:" and each option's text, no options shown; acc and acc_norm) and `commonsense_qa`'s lettered
+# one (the options listed "A. …", the letter as continuation). These are the numbers a model card reports, so a
+# trained student has learnt something only where it beats BASE at BASE's best reading.
+#
+# Every input starts with the special tokens the tokenizer adds (Gemma's `<bos>`), in training, scoring and generation
+# alike (`lib.models.input_ids`): Gemma scored without `<bos>` loses about 18 nats per option and reads near chance.
 
 # %%
-# accuracy, unparseable share, explanation metrics and faithfulness per run and test set
-summary = evaluation_tables.summary_table(items)
-files.atomic_write_text(ctx.out / "summary.csv", summary.to_csv(index=False))
-summary
+# every reading's accuracy (%), the parse rate, explanation metrics and faithfulness per run and test set
+evaluation_tables.for_reading(tables["summary"])
 
 # %%
-# how the log-likelihood picks spread over the option letters, against the gold answers of the same items
-picks = evaluation_tables.pick_distribution(items)
-files.atomic_write_text(ctx.out / "picks.csv", picks.to_csv(index=False))
-picks
+# how the log-likelihood picks spread over the option letters, against the gold answers of the same items (%)
+evaluation_tables.for_reading(tables["picks"])
 
 # %%
 # the train-set x test-set accuracy matrix of each condition (%)
-ood = evaluation_tables.ood_matrix(items)
-files.atomic_write_text(ctx.out / "ood_matrix.csv", ood.to_csv())
-ood
+tables["ood_matrix"]
 
 # %%
 # accuracy by condition with 95% bootstrap intervals
@@ -122,6 +132,12 @@ figures.plot_accuracy(evaluation.items_frame(items), path=ctx.out / "accuracy.pn
 # CEC embeds each sentence of the student's rationale (rows of $G$) and of the teacher's (rows of $R$), unit length, so
 # that $S = GR^\top$ holds every cosine. Forward coverage is the mean of each row's maximum, backward faithfulness the
 # mean of each column's maximum, and CEC their mean.
+#
+# The cell embeds in the number format step 05 embedded in (`run.precision`, resolved for this machine: `embedding`
+# in `manifest.json`'s precision). In float32 every route to an embedding agrees to 1e-4. In bfloat16 (8 bits of
+# mantissa, a relative step of 2⁻⁸ ≈ 0.004) a sentence embedded in another batch, beside other sentences and other
+# padding, rounds differently, so the values are held to 0.01 there: bf16 moved CEC by 0.0004 on average against
+# float32 on real rationales (benchmarks/precision.py).
 
 # %% tags=["under-the-hood"]
 # CEC of one student rationale against its teacher reference, from the sentence-embedding matrix, against the library
@@ -130,42 +146,75 @@ import numpy as np
 references = teacher.read_rationales(ctx.artifact("02_teacher", "rationales.jsonl"), "test", ctx.params.training.rationale_filter)
 row = next((r for r in items if r.rationale and references.get(r.item_id) and r.condition != "TEACHER"), None)
 gen, ref = (row.rationale, references[row.item_id]) if row else list(references.values())[:2]
+fmt = models.number_formats(ctx.params.run)["embedding"]  # the format step 05 embedded in: fp32 or bf16
 embedder = models.load_embedder(ctx.params.evaluation.embedder)
-G = embedder.encode(metrics.split_sentences(gen), normalize_embeddings=True)
-R = embedder.encode(metrics.split_sentences(ref), normalize_embeddings=True)
+with precision.autocast(fmt, "cpu"):
+    G = embedder.encode(metrics.split_sentences(gen), normalize_embeddings=True)
+    R = embedder.encode(metrics.split_sentences(ref), normalize_embeddings=True)
+    (library,) = metrics.cec_batch([(gen, ref)], embedder.encode)
 S = G @ R.T  # cosine of every (student sentence, teacher sentence) pair
 fc, bf = S.max(axis=1).mean(), S.max(axis=0).mean()
-(library,) = metrics.cec_batch([(gen, ref)], embedder.encode)
-assert np.allclose([fc, bf, (fc + bf) / 2], [library.fc, library.bf, library.cec], atol=1e-4)
-assert row is None or np.isclose(row.cec, library.cec, atol=1e-4)  # the value step 05 stored for this item
-{"sentences (student, teacher)": S.shape, "FC": round(float(fc), 4), "BF": round(float(bf), 4), "CEC": round(float(library.cec), 4)}
+tolerance = {"fp32": 1e-4, "bf16": 1e-2}[fmt]  # another batch rounds differently in bf16 (above)
+assert np.allclose([fc, bf, (fc + bf) / 2], [library.fc, library.bf, library.cec], atol=tolerance)
+assert row is None or np.isclose(row.cec, library.cec, atol=tolerance), (row.cec, library.cec, fmt)  # step 05's value
+{"format": fmt, "sentences (student, teacher)": S.shape, "FC": round(float(fc), 4), "BF": round(float(bf), 4), "CEC": round(float(library.cec), 4)}
 
 # %% [markdown]
-# And one item's log-likelihood answer: each option's continuation after the student's prompt is scored token by
-# token from the model's next-token distribution; the summed log-probability gives `loglik_pred`, the sum divided by
-# the continuation's length in characters gives `loglik_norm_pred`. Here each option is read whole, prompt and
-# all; the library reads the prompt once and runs every option on its key/value cache (the attention keys and values
-# the prompt's tokens left), which gives the same sums up to rounding at a fraction of the cost.
+# And one item's log-likelihood answers: each option's continuation after a context is scored token by token from the
+# model's next-token distribution, the context read as the tokenizer encodes it (`<bos>` first). After the condition's
+# own prompt, the summed log-probability gives `loglik_pred` and the sum per character of the continuation
+# `loglik_norm_pred`; after lm-eval's cloze context "Question: …\nAnswer:" they give `cloze_pred` and
+# `cloze_norm_pred` (per character of the option's text, as lm-eval divides). Here each option is read whole, context
+# and all; the library reads the context once and runs every option on its key/value cache, which gives the same sums
+# up to rounding at a fraction of the cost. The cell scores in the format step 05 scored in (`scoring` in the
+# manifest's precision): float32 agrees with the library to 1e-3 nats per option; bfloat16 rounds each product to 8
+# bits of mantissa, and reading a context once or with each option changes where it rounds, so it is held to 0.25
+# nats there and a pick must be within that of the best option.
 
-# %% tags=["under-the-hood"]
-# the log-probability of each option's text after the prompt, summed and per character, against the library's picks
+# %%
+# the first decoder-only student (BASE comes first), one in-distribution item and the format step 05 scored in
 import torch
 
+fmt = models.number_formats(ctx.params.run)["scoring"]  # fp32 or bf16
+tolerance = {"fp32": 1e-3, "bf16": 0.25}[fmt]  # nats per option (above)
 decoder_runs = [r for r in files.read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "mc" and not models.is_encoder_decoder(r["student"])]
-for run in decoder_runs[:1]:  # the first decoder-only student that answers questions (BASE: no adapter, path None)
-    q = next(iter(data.read_test_sets(ctx.run_dir / "01_data").values()))[0]
-    model, tok = evaluation.load_student(run["student"], evaluation.adapter_path(ctx, run), "cpu", run["finetune"])
-    prompt = conditions.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
-    pairs, sums = scoring.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring), []
-    for context, continuation in pairs:
-        ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logp = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
-        sums.append(float(logp[torch.arange(len(cont)), cont].sum()))
-    per_char = [v / len(c) for v, (_, c) in zip(sums, pairs)]
+run, q = decoder_runs[0], next(iter(data.read_test_sets(ctx.run_dir / "01_data").values()))[0]
+model, tok = evaluation.load_student(run["student"], evaluation.adapter_path(ctx, run), "cpu", run["finetune"])
+{"student": run["run"], "format": fmt, "question": q.question, "gold": q.choices[q.answer]}
+
+# %% tags=["under-the-hood"]
+# the log-probability of each option's text after the student's own prompt, against the library's pick
+
+def by_hand(context: str, continuation: str) -> float:
+    """log p(continuation | context), the pair read whole as the tokenizer encodes it (<bos> first)."""
+    ids, cont = tok(context)["input_ids"], tok(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad(), precision.autocast(fmt, "cpu"):
+        logp = model(torch.tensor([ids + cont])).logits[0, len(ids) - 1:-1].float().log_softmax(-1)
+    return float(logp[torch.arange(len(cont)), cont].sum())
+
+
+prompt = conditions.eval_prompts(run["condition"], q, ctx.params.counterfactual.strategy_tokens.positive)["answer"]
+pairs = scoring.option_continuations(prompt, q, ctx.params.evaluation.loglik_scoring)
+sums = [by_hand(context, continuation) for context, continuation in pairs]
+with precision.autocast(fmt, "cpu"):
     (pick,) = scoring.loglik_choices(lambda ps: scoring.continuation_logliks(model, tok, ps), [prompt], [q], ctx.params.evaluation.loglik_scoring)
-    assert (int(np.argmax(sums)), int(np.argmax(per_char))) == (pick.total, pick.per_char)
-    print(run["run"], {o: (round(a, 2), round(b, 3)) for o, a, b in zip(q.choices, sums, per_char)}, "(summed, per character)")
+assert sums[pick.total] >= max(sums) - tolerance, (pick, sums)  # the library's pick is the most likely option
+{"pick": q.choices[pick.total], **{o: round(v, 2) for o, v in zip(q.choices, sums)}}
+
+# %% [markdown]
+# The same student read the standard way: lm-eval's `arc_easy` context shows the question alone, and `acc_norm`
+# divides each option's log-likelihood by the length of its text in characters.
+
+# %% tags=["under-the-hood"]
+# the cloze reading of the same item by hand, against lib.standard_readings
+cloze = [by_hand(f"Question: {q.question}\nAnswer:", " " + choice) for choice in q.choices]
+per_char = [v / len(choice) for v, choice in zip(cloze, q.choices)]
+with precision.autocast(fmt, "cpu"):
+    library = scoring.continuation_logliks(model, tok, standard_readings.reading_pairs(q)[0])
+    (standard,) = standard_readings.standard_picks(lambda ps: scoring.continuation_logliks(model, tok, ps), [q])
+assert np.allclose(cloze, library, atol=tolerance), (cloze, library)  # the library reads the context once (above)
+assert cloze[standard.cloze] >= max(cloze) - tolerance and per_char[standard.cloze_norm] >= max(per_char) - tolerance
+{"acc pick": q.choices[standard.cloze], "acc_norm pick": q.choices[standard.cloze_norm], **{o: (round(a, 2), round(b, 3)) for o, a, b in zip(q.choices, cloze, per_char)}}
 
 # %%
 # CEC by condition
@@ -187,10 +236,8 @@ evaluation.items_frame(items).dropna(subset=["cec"]).groupby("condition").head(2
 # read by log-likelihood. A student whose answer never changes is not using its rationale.
 
 # %%
-# answer-change rate per run
-faith = evaluation_tables.faithfulness_table(items)
-files.atomic_write_text(ctx.out / "faithfulness.csv", faith.to_csv(index=False))
-faith
+# answer-change rate per run (%)
+evaluation_tables.for_reading(tables["faithfulness"])
 
 # %% [markdown]
 # ## Ratings
@@ -205,7 +252,6 @@ faith
 # %%
 # the LLM judge's ratings
 judged = evaluation.judge_grid(ctx, items)
-files.write_jsonl(ctx.out / ratings.JUDGE_RATINGS, judged)
 ratings.ratings_summary(judged, items)
 
 # %%
@@ -218,9 +264,7 @@ evaluation.export_human_sheet(ctx, items)
 
 # %%
 # how each metric correlates with the ratings (Spearman; NaN below 3 rated explanations)
-correlations = metrics.metric_rating_correlations(evaluation.items_frame(items), ratings.ratings_frame(judged))
-files.atomic_write_text(ctx.out / "correlations.csv", correlations.to_csv(index=False))
-correlations
+evaluation_tables.write_correlations(ctx.out, items, judged)
 
 # %% [markdown]
 # ## CAUSAL students: explaining claims
@@ -232,7 +276,6 @@ correlations
 # %%
 # explain the held-out claim-evidence pairs with every CAUSAL run
 causal_items = evaluation.evaluate_causal_grid(ctx)
-files.write_jsonl(ctx.out / "causal_items.jsonl", causal_items)
 evaluation.causal_table(evaluation.explanations_frame(causal_items))
 
 # %%

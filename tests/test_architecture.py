@@ -15,7 +15,7 @@ LAYERS: dict[str, list[str]] = {
     "leaf": ["files", "questions", "metrics", "head_loss", "precision", "batching"],
     "foundation": ["conditions", "params", "runs", "response_cache", "models", "prompts", "ratings"],
     "stage": ["question_checks", "data", "recorded", "teacher_engine", "openai_api", "teacher", "counterfactual", "multiview", "examples", "training", "training_tables",
-              "scoring", "student_cache", "evaluation", "evaluation_tables"],
+              "scoring", "standard_readings", "student_cache", "evaluation", "evaluation_tables"],
     "analysis": ["stats", "run_tables", "findings", "figures", "data_size", "report", "publish", "published"],
     "runner": ["study"],
 }
