@@ -4,10 +4,13 @@ A section holds a table (lib.stats run on a run's tables, lib.run_tables), plain
 notes on what could not be tested and why. `analyse` runs every analysis of a run in the report's order, and a test
 the data cannot support becomes a note, never an error; `write_analysis` writes each table as
 06_statistics/<key>.csv and every sentence as findings.md. The describe_* functions turn one lib.stats table into
-sentences. Each section says its unit (`unit_text`): the test item, with its mean over training seeds. When the
-students were trained on both unrevised and critique-revised teacher rationales, each condition is compared per
-source ("MT:revised"), a two-way ANOVA condition x revision is fitted, and the regressions get condition, revision
-and their interaction.
+sentences, each naming the reading it compares and the test. Each section says its unit (`unit_text`,
+`run_unit_text`) and each test's table has a `unit` column: the test item for the paired tests between conditions
+(McNemar, Cochran's Q, over every reading of the answer), the ANOVAs and regressions (per-item means over seeds), the
+training run for Tukey-Kramer (never items: with one seed it says it cannot run). A score of the rationale (CEC) is
+compared only between conditions that write one. When the students were trained on both unrevised and
+critique-revised teacher rationales, each condition is compared per source ("MT:revised"), a two-way ANOVA condition
+x revision is fitted, and the regressions get condition, revision and their interaction.
 
 Longer than ~500 lines because it holds the words of every analysis of the report, in the report's order: each
 builder sits beside the sentences it writes, and splitting them would scatter one report over several modules.
@@ -28,35 +31,41 @@ from lib.evaluation import causal_table
 from lib.files import atomic_write_text
 from lib.ratings import DIMENSIONS
 from lib.run_tables import (
+    beside_every_seed,
     compared_conditions,
     crossed,
     FAITHFULNESS,
     has_revision,
     rated_dimensions,
     ratings_absent_note,
+    READINGS,
     RunTables,
     SOURCE,
-    teacher_beside_students,
     TEXT_METRICS,
     UNREVISED,
     with_arms,
+    without_silent,
 )
 from lib.stats import (
     accuracy_table,
     cec_intervals,
     cec_text_metric_correlations,
+    cochran_q,
     format_p,
     has_values,
     item_clusters,
     kruskal_dunn,
+    mark_outliers,
     mcnemar_pairs,
     mean_table,
     n_seeds,
     ols_regression,
+    over_readings,
     over_seeds,
     plural,
+    run_values,
     TooFewObservations,
-    tukey_kramer,
+    tukey_over_runs,
     two_way_anova,
     UNIT_KEYS,
 )
@@ -65,6 +74,9 @@ RATING_UNIT = "one rater's rating of a test item's explanation"
 # log-likelihood answers (item column -> accuracy column): per character first, the headline (lm-eval's acc_norm);
 # the summed pick (acc) still favours the first option of a weak model
 LOGLIK_ACCURACIES = {"loglik_norm_correct": "loglik_norm_accuracy", "loglik_correct": "loglik_accuracy"}
+# lm-evaluation-harness's zero-shot readings of every student (lib.standard_readings), acc_norm first
+STANDARD_ACCURACIES = {"cloze_norm_correct": "cloze_norm_accuracy", "cloze_correct": "cloze_accuracy",
+                       "lettered_correct": "lettered_accuracy"}
 
 
 @dataclasses.dataclass
@@ -146,7 +158,11 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
     items = with_arms(tables.items)
     by = [c for c in ("test_set", "student", "condition") if c in items.columns]
     section = Section("accuracy", "Accuracy and CEC by condition",
-                      "Share of test items answered correctly, and mean CEC (explanation coherence with the teacher), "
+                      "Share of test items answered correctly (the option named in the answer sentence the "
+                      "condition was trained to write; parse_rate: the share of answers with one), the option scores "
+                      "in the condition's own prompt, lm-evaluation-harness's zero-shot readings (cloze: arc_easy's "
+                      "formulation, acc and acc_norm; lettered: commonsense_qa's), and mean CEC (explanation "
+                      "coherence with the teacher), "
                       "with 95% confidence intervals from a cluster bootstrap: test items are resampled with all their "
                       "seeds, so the seeds of one item count as one item, not several. BASE is the untrained student "
                       "(the floor), TEACHER the teacher's own answers to the in-distribution questions (the ceiling; "
@@ -160,15 +176,18 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
     table = accuracy_table(items, by=by, n_boot=n_boot, seed=seed)
     if has_values(items, "cec"):
         table = table.merge(cec_intervals(items, by=by, n_boot=n_boot, seed=seed), on=by, how="left")
-    for column, name in LOGLIK_ACCURACIES.items():
+    for column, name in {**LOGLIK_ACCURACIES, **STANDARD_ACCURACIES}.items():
         if has_values(items, column):
             loglik = mean_table(items, column, by, n_boot, seed)[[*by, "mean", "ci_low", "ci_high"]]
             table = table.merge(loglik.rename(columns={"mean": name, "ci_low": f"{name}_ci_low",
                                                        "ci_high": f"{name}_ci_high"}), on=by, how="left")
+    if "unparseable" in items.columns:  # the share of generated answers whose answer sentence names an option
+        parsed = items.assign(parse_rate=1.0 - pd.to_numeric(items["unparseable"], errors="coerce"))
+        table = table.merge(parsed.groupby(by, as_index=False)["parse_rate"].mean(), on=by, how="left")
     if not any(has_values(items, c) for c in LOGLIK_ACCURACIES):
         section.notes.append("no log-likelihood accuracy (evaluation.loglik is off, or every student is "
                              "encoder-decoder); this input is absent.")
-    section.table = table
+    section.table = table.assign(unit="item")
     if n_seeds(items) == 1:
         section.notes.append("one training seed per condition: differences between conditions also contain the "
                              "run-to-run randomness of training, which one seed cannot measure.")
@@ -188,8 +207,15 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
         loglik = (f"; log-likelihood accuracy{' per character' if headline == 'loglik_norm_accuracy' else ''} "
                   f"{row[headline] * 100:.1f}% ({_ci_text(row[f'{headline}_ci_low'], row[f'{headline}_ci_high'])})"
                   if headline else "")
+        standard = next((n for n in STANDARD_ACCURACIES.values() if pd.notna(row.get(n, np.nan))), None)
+        loglik += (f"; lm-eval cloze reading{' per character' if standard == 'cloze_norm_accuracy' else ''} "
+                   f"{row[standard] * 100:.1f}% ({_ci_text(row[f'{standard}_ci_low'], row[f'{standard}_ci_high'])})"
+                   if standard else "")
+        parse = row.get("parse_rate", np.nan)
+        parse_text = f", {parse * 100:.0f}% of its answers parsed" if pd.notna(parse) else ""
         section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}: {row['accuracy'] * 100:.1f}% of "
-                                 f"{_of_items(row)} correct ({_ci_text(row['ci_low'], row['ci_high'])}){loglik}.")
+                                 f"{_of_items(row)} correct ({_ci_text(row['ci_low'], row['ci_high'])})"
+                                 f"{parse_text}{loglik}.")
     return section
 
 
@@ -198,17 +224,17 @@ def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -
     items = with_arms(tables.items)
     by = [c for c in ("test_set", "student", "condition") if c in items.columns]
     section = Section("faithfulness", "Faithfulness: does the answer depend on the rationale?",
-                      "Share of items whose answer changed when the student's own rationale was replaced by a perturbed "
-                      "one or by a counterfactual one (arguing for another option), and how often the answer then "
-                      "followed the counterfactual; an answer that ignores its rationale rarely changes. 95% "
-                      f"confidence intervals from a cluster bootstrap over test items. Unit: {unit_text(items)}.")
+                      "Share of items whose answer changed when the student's own rationale was replaced by a "
+                      "perturbed one or by a counterfactual one (arguing for another option), and how often the "
+                      "answer then followed the counterfactual; an answer that ignores its rationale rarely changes. "
+                      f"95% confidence intervals from a cluster bootstrap over test items. Unit: {unit_text(items)}.")
     present = [c for c in FAITHFULNESS if has_values(items, c)]
     if not present:
         section.notes.append("no item has a faithfulness probe (evaluation.faithfulness is off, or every student is "
                              "encoder-decoder); this input is absent.")
         return section
     section.table = pd.concat([mean_table(items, c, by, n_boot, seed).assign(probe=c) for c in present],
-                              ignore_index=True).rename(columns={"mean": "rate"})
+                              ignore_index=True).rename(columns={"mean": "rate"}).assign(unit="item")
     for row in section.table.to_dict("records"):
         section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}, {FAITHFULNESS[row['probe']]}: "
                                  f"{row['rate'] * 100:.1f}% of {_of_items(row)} "
@@ -216,18 +242,40 @@ def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -
     return section
 
 
+def _reading_name(row: dict | pd.Series, attrs: dict) -> str:
+    """How a sentence names the reading of a row (its `reading` column, else the table's value): 'the generated
+    answer'."""
+    reading = row.get("reading", attrs.get("value", "correct"))
+    return READINGS.get(str(reading), str(reading))
+
+
+def _readings_text(readings: Sequence[str]) -> str:
+    """'correct (the generated answer), loglik_correct (...)' for an explanation."""
+    return ", ".join(f"{r} ({READINGS.get(r, r)})" for r in readings)
+
+
 def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
-    """Paired McNemar tests of correctness between conditions on the same test items, Holm-corrected; TEACHER is
-    paired with every condition of every student and seed."""
+    """Paired McNemar tests between conditions on the same test items, for every reading of the answer a run has,
+    Holm-corrected over the pairs of a test set, student and reading; TEACHER and BASE are paired under every seed."""
+    items = beside_every_seed(with_arms(tables.items))
+    readings = [r for r in READINGS if has_values(items, r)]
     section = Section("mcnemar", "McNemar's test on the same items (paired)",
                       "For two conditions (same student and seed) answering the same test items, only the items one "
-                      "gets right and the other wrong carry information; McNemar tests whether those split evenly. "
-                      "TEACHER (the teacher's own answers) is paired with every condition of every student and seed "
-                      "on the in-distribution items both answered. "
-                      "The p values are Holm-adjusted over every pair and seed of a test set and student (p_holm), "
-                      "and significance is judged on the adjusted p. Unit: test item, paired within one seed.")
+                      "gets right and the other wrong carry information; McNemar tests whether those split evenly "
+                      "(statsmodels: the exact binomial test below 25 such items, else chi-square with continuity "
+                      "correction). Every reading of the answer this run has is tested (column reading): "
+                      f"{_readings_text(readings) or 'none'}; an item a reading did not score is left out of the pairs "
+                      "it is in. TEACHER (the teacher's own answers) is paired with every condition of every student "
+                      "and seed on the in-distribution items both answered, and BASE (untrained, the same under every "
+                      "seed) with every seed. The p values are Holm-adjusted over every pair and seed of a test set, "
+                      "student and reading (p_holm), and significance is judged on the adjusted p. "
+                      "Unit: test item, paired within one seed.")
+    if not readings:
+        section.notes.append("no item has a reading of its answer (correct, loglik_correct, ...); "
+                             "this input is absent.")
+        return section
     try:
-        table = mcnemar_pairs(teacher_beside_students(with_arms(tables.items)))
+        table = over_readings(mcnemar_pairs, items, readings)
     except ValueError as exc:
         section.notes.append(str(exc))
         return section
@@ -235,7 +283,7 @@ def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
         section.notes.append("no two conditions answered the same items, so there is nothing to pair.")
         return section
     section.table = table
-    section.sentences = describe_mcnemar(table, alpha)
+    section.sentences = describe_above(table, alpha=alpha) + describe_mcnemar(table, alpha)
     few = table[(table["only1"] + table["only2"]) < 6]
     if len(few):
         section.notes.append(f"{plural(len(few), 'pair')} of conditions differ on fewer than 6 items; even a "
@@ -244,14 +292,14 @@ def mcnemar_section(tables: RunTables, alpha: float = 0.05) -> Section:
 
 
 def describe_mcnemar(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
-    """One sentence per McNemar pair: who got more of the shared items right, and whether that is significant
-    after the Holm correction (the raw p is given beside the adjusted one)."""
+    """One sentence per McNemar pair: who got more of the shared items right on which reading, and whether that is
+    significant after the Holm correction (the raw p is given beside the adjusted one)."""
     within = table.attrs.get("within", [])
     sentences = []
     for _, row in table.iterrows():
-        prefix = _label(row, within)
+        prefix, on = _label(row, within), _reading_name(row, table.attrs)
         if row["n_pairs"] == 0:
-            sentences.append(f"{prefix}{row['group1']} vs {row['group2']}: no shared items to pair.")
+            sentences.append(f"{prefix}{row['group1']} vs {row['group2']} on {on}: no shared items to pair.")
             continue
         diff = (row["only1"] - row["only2"]) / row["n_pairs"] * 100
         winner, loser = (row["group1"], row["group2"]) if diff >= 0 else (row["group2"], row["group1"])
@@ -259,57 +307,164 @@ def describe_mcnemar(table: pd.DataFrame, alpha: float = 0.05) -> list[str]:
                 f"{max(row['only1'], row['only2'])} times and the reverse {min(row['only1'], row['only2'])} times")
         ps = f"McNemar {format_p(row['p'])}, Holm-adjusted {format_p(row['p_holm'])}"
         if row["only1"] + row["only2"] == 0:
-            sentences.append(f"{prefix}{row['group1']} vs {row['group2']}: the two agree on all "
+            sentences.append(f"{prefix}{row['group1']} vs {row['group2']} on {on}: the two agree on all "
                              f"{plural(int(row['n_pairs']), 'shared item')} (no discordant pairs, nothing to test).")
         elif row["p_holm"] < alpha:
-            sentences.append(f"{prefix}{winner} beats {loser} by {abs(diff):.1f} points ({what}; {ps}).")
+            sentences.append(f"{prefix}{winner} beats {loser} by {abs(diff):.1f} points on {on} ({what}; {ps}).")
         else:
-            sentences.append(f"{prefix}{winner} vs {loser}: no significant difference ({what}; {ps}).")
+            sentences.append(f"{prefix}{winner} vs {loser} on {on}: no significant difference ({what}; {ps}).")
     return sentences
+
+
+def describe_above(table: pd.DataFrame, reference: str = "BASE", alpha: float = 0.05) -> list[str]:
+    """Per test set, student and reading of a McNemar table: the conditions significantly above `reference` (paired
+    McNemar, Holm-adjusted), with in how many seeds when there are several."""
+    if table.empty or not table[["group1", "group2"]].isin([reference]).any(axis=None):
+        return []
+    keys = [k for k in ("test_set", "student") if k in table.columns]
+    reading = "reading" if "reading" in table.columns else None
+    sentences = []
+    for key, fam in table.groupby([*keys, *([reading] if reading else [])], sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        vs = fam[(fam["group1"] == reference) | (fam["group2"] == reference)]
+        if vs.empty:
+            continue
+        first = vs["group1"] == reference
+        other = vs["group2"].where(first, vs["group1"])
+        ahead = np.where(first, vs["only2"] > vs["only1"], vs["only1"] > vs["only2"])
+        above = pd.Series(ahead & (vs["p_holm"] < alpha).to_numpy(), index=vs.index).groupby(other).agg(["sum", "size"])
+        names = [f"{c}" + (f" ({int(r['sum'])} of {int(r['size'])} seeds)" if r["size"] > 1 else "")
+                 for c, r in above.iterrows() if r["sum"] > 0]
+        on = READINGS.get(str(key[-1]), str(key[-1])) if reading else _reading_name({}, table.attrs)
+        prefix = _label(dict(zip(keys, key)), keys)
+        sentences.append(f"{prefix}Above {reference} on {on} (paired McNemar, Holm-adjusted p < {alpha:g}): "
+                         f"{', '.join(names) if names else 'none'}.")
+    return sentences
+
+
+def cochran_section(tables: RunTables, alpha: float = 0.05) -> Section:
+    """Cochran's Q over all training conditions at once on the same test items, per test set, student, seed and
+    reading of the answer; TEACHER left out, BASE beside every seed."""
+    items = beside_every_seed(compared_conditions(tables.items))
+    readings = [r for r in READINGS if has_values(items, r)]
+    section = Section("cochran", "Cochran's Q over all conditions on the same items (paired)",
+                      "Is the share of items answered right the same for every training condition? Cochran's Q "
+                      "(statsmodels) extends McNemar's test to all conditions at once: it uses the items every "
+                      "condition answered and the reading scored, within one test set, student and seed, so it is "
+                      "paired like McNemar and asks one question before the pairwise ones. Every reading this run has "
+                      f"is tested: {_readings_text(readings) or 'none'}.{_teacher_left_out(tables.items)} "
+                      "Unit: test item, paired within one seed.")
+    if not readings:
+        section.notes.append("no item has a reading of its answer (correct, loglik_correct, ...); "
+                             "this input is absent.")
+        return section
+    table = over_readings(cochran_q, items, readings)
+    section.notes += [f"{where}: fewer than two conditions answered the same items, so there is nothing to compare."
+                      for where in table.attrs.get("skipped", [])]
+    if table.empty:
+        return section
+    section.table = table
+    within = table.attrs.get("within", [])
+    for _, row in table.iterrows():
+        verdict = "the conditions differ" if row["p"] < alpha else "no significant difference"
+        section.sentences.append(
+            f"{_label(row, within)}Cochran's Q over {row['groups']} on {_reading_name(row, table.attrs)}: "
+            f"Q = {row['statistic']:.2f} (df {int(row['df'])}, {plural(int(row['n_items']), 'item')}, "
+            f"{int(row['discordant'])} on which they disagree), {format_p(row['p'])}: {verdict}.")
+    return section
+
+
+def run_unit_text(runs: pd.DataFrame) -> str:
+    """'training run (3 seeds per condition)', or '... (one seed: ...)': the unit of Tukey-Kramer, for the report."""
+    n = n_seeds(runs)
+    return (f"training run ({n} seeds per condition)" if n > 1 else
+            "training run (one seed per condition, so Tukey-Kramer over runs cannot be computed)")
+
+
+def _silent_notes(silent: Sequence[str], outcome: str) -> list[str]:
+    """A note naming the conditions left out of a test of a rationale's score because they write no rationale."""
+    if not silent:
+        return []
+    return [f"{', '.join(silent)} write{'s' if len(silent) == 1 else ''} no rationale (its {outcome} is 0 or missing "
+            f"by construction), so {'it is' if len(silent) == 1 else 'they are'} left out of this test."]
+
+
+def _runs_of(tables: RunTables, outcome: str) -> tuple[pd.DataFrame, list[str]]:
+    """One value of `outcome` per training run of the training conditions (outliers marked per condition, test set and
+    student), and the conditions left out because they write no rationale."""
+    data, silent = without_silent(compared_conditions(tables.items), outcome)
+    if not has_values(data, outcome):
+        return pd.DataFrame(), silent
+    return mark_outliers(run_values(data, outcome), outcome, ("test_set", "student", "condition")), silent
+
+
+def run_values_section(tables: RunTables, outcome: str) -> Section:
+    """One value of `outcome` per training run (the unit of Tukey-Kramer), with its 1.5 IQR outliers marked."""
+    key, title = f"tukey_runs_{outcome}", f"{outcome} per training run (the unit of Tukey-Kramer)"
+    expl = (f"One value per training run: its mean {outcome} over the items of one test set. A run outside 1.5 IQR "
+            "of its condition's runs on the same test set and student (below Q1 - 1.5 IQR or above Q3 + 1.5 IQR, "
+            "quartiles as R's quantile) is marked outlier and left out of Tukey-Kramer, as Hendriks et al. do."
+            f"{_teacher_left_out(tables.items)} Unit: {run_unit_text(tables.items)}.")
+    runs, silent = _runs_of(tables, outcome)
+    if runs.empty:
+        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
+    section = Section(key, title, expl, runs, notes=_silent_notes(silent, outcome))
+    for row in runs[runs["outlier"]].to_dict("records"):
+        section.sentences.append(f"{_label(row, ['test_set', 'student'])}run {row['run']} ({row[outcome]:.3f}) is "
+                                 f"an outlier among {row['condition']}'s runs and is left out of Tukey-Kramer.")
+    if not runs["outlier"].any():
+        section.sentences.append("No run lies outside 1.5 IQR of its condition's runs.")
+    return section
 
 
 def tukey_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Section:
     """Tukey-Kramer HSD between training conditions (per rationale source when there are two) within each test set
-    and student, on per-item means over seeds."""
-    title, expl = (f"Tukey-Kramer HSD on {outcome}",
+    and student, over training runs; never over items."""
+    title, expl = (f"Tukey-Kramer HSD on {outcome} over training runs",
                    "Every pair of conditions compared within each test set and student, with the family-wise error "
-                   "held at alpha (Tukey-Kramer handles unequal group sizes); with students trained on unrevised and "
-                   "revised teacher rationales, each condition and source is a group (MT:revised)."
-                   f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    data = compared_conditions(tables.items)
-    if not has_values(data, outcome):
-        return _absent(f"tukey_{outcome}", title, expl, f"no item has a value for {outcome}; this input is absent.")
-    table, notes = tukey_by(over_seeds(data, [outcome]), value=outcome, alpha=alpha)
-    return Section(f"tukey_{outcome}", title, expl, table if len(table) else None,
-                   describe_tukey_by(table) if len(table) else [], notes)
+                   "held at alpha (Tukey-Kramer handles unequal group sizes), as Hendriks et al. run it: one value "
+                   f"per training run (tukey_runs_{outcome}), 1.5 IQR outliers removed per condition. Every condition "
+                   "answered the same test items, so its items are not an independent group: between conditions on "
+                   "items, read the paired tests (McNemar, Cochran's Q). A condition needs two runs (seeds) to take "
+                   "part; BASE, untrained, has one run per student. With students trained on unrevised and revised "
+                   "teacher rationales, each condition and source is a group (MT:revised)."
+                   f"{_teacher_left_out(tables.items)} Unit: {run_unit_text(tables.items)}.")
+    key = f"tukey_{outcome}"
+    runs, silent = _runs_of(tables, outcome)
+    if runs.empty:
+        return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
+    table, notes = tukey_by(runs, value=outcome, alpha=alpha)
+    return Section(key, title, expl, table if len(table) else None, describe_tukey_by(table) if len(table) else [],
+                   _silent_notes(silent, outcome) + notes)
 
 
-def tukey_by(items: pd.DataFrame, value: str = "correct", by: Sequence[str] = ("test_set", "student"),
+def tukey_by(runs: pd.DataFrame, value: str = "correct", by: Sequence[str] = ("test_set", "student"),
              group: str = "condition", alpha: float = 0.05) -> tuple[pd.DataFrame, list[str]]:
-    """Tukey-Kramer within each subset of `by` (e.g. per test set and student); also the notes of skipped subsets."""
-    by = [b for b in by if b in items.columns]
+    """`tukey_over_runs` within each subset of `by` (e.g. per test set and student) of a table of per-run values;
+    also the notes of skipped subsets and of the conditions left out with a single run."""
+    by = [b for b in by if b in runs.columns]
     tables, notes = [], []
-    for key, grp in (items.groupby(by, sort=True) if by else [((), items)]):
+    for key, grp in (runs.groupby(by, sort=True) if by else [((), runs)]):
         key = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(f"{b} {k}" for b, k in zip(by, key)) or "all items"
-        if grp[value].isna().all():
-            notes.append(f"{label}: no item has a value for {value}")
-            continue
+        label = ", ".join(f"{b} {k}" for b, k in zip(by, key)) or "all runs"
         try:
-            table = tukey_kramer(grp, value=value, group=group, alpha=alpha)
+            table = tukey_over_runs(grp, value=value, group=group, alpha=alpha)
         except TooFewObservations as exc:
             notes.append(f"{label}: {exc}")
             continue
+        if table.attrs.get("left_out"):
+            notes.append(f"{label}: left out with a single run (untrained, or one seed): "
+                         f"{', '.join(table.attrs['left_out'])}.")
         for b, k in reversed(list(zip(by, key))):
             table.insert(0, b, k)
         tables.append(table)
     out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    out.attrs.update(value=value, group=group, alpha=alpha, by=by)
+    out.attrs.update(value=value, group=group, alpha=alpha, by=by, unit="run")
     return out, notes
 
 
 def describe_tukey_by(table: pd.DataFrame) -> list[str]:
-    """describe_tukey's sentences, each prefixed by its subset (e.g. "[csqa, gpt2] MT beats CF by ...")."""
+    """describe_tukey's sentences, each prefixed by its subset (e.g. "[csqa, gpt2] MT beats CF on ...")."""
     by = table.attrs.get("by", [])
     sentences = []
     for _, row in table.iterrows():
@@ -321,21 +476,25 @@ def describe_tukey_by(table: pd.DataFrame) -> list[str]:
 
 
 def describe_tukey(df: pd.DataFrame) -> list[str]:
-    """One plain sentence per pair of a `tukey_kramer` table, e.g. "MT beats CF by 4.1 points (p = 0.003)."
+    """One plain sentence per pair of a Tukey-Kramer table naming the reading and the test, e.g. "MT beats CF on the
+    generated answer by 4.1 points (Tukey-Kramer over 3 and 3 training runs, p = 0.003)."
 
-    Differences of `correct` (the default) read as accuracy points (x100); other values keep their scale.
+    Differences of a 0/1 reading (correct, the default) read as accuracy points (x100); other values keep their scale.
     """
-    as_points = df.attrs.get("value", "correct") == "correct"
+    value = df.attrs.get("value", "correct")
+    as_points, on = value in READINGS, READINGS.get(value, value)
     sentences = []
-    for row in df.itertuples(index=False):
-        diff = float(row.meandiff)
-        winner, loser = (row.group2, row.group1) if diff >= 0 else (row.group1, row.group2)
+    for row in df.to_dict("records"):
+        diff = float(row["meandiff"])
+        winner, loser = (row["group2"], row["group1"]) if diff >= 0 else (row["group1"], row["group2"])
         size = f"{abs(diff) * 100:.1f} points" if as_points else f"{abs(diff):.3f}"
-        if row.reject:
-            sentences.append(f"{winner} beats {loser} by {size} ({format_p(row.p_adj)}).")
+        test = (f"Tukey-Kramer over {int(row['n1'])} and {int(row['n2'])} training runs" if "n1" in row
+                else "Tukey-Kramer")
+        if row["reject"]:
+            sentences.append(f"{winner} beats {loser} on {on} by {size} ({test}, {format_p(row['p_adj'])}).")
         else:
-            sentences.append(f"{winner} vs {loser}: no significant difference ({winner} ahead by {size}, "
-                             f"{format_p(row.p_adj)}).")
+            sentences.append(f"{winner} vs {loser} on {on}: no significant difference ({winner} ahead by {size}, "
+                             f"{test}, {format_p(row['p_adj'])}).")
     return sentences
 
 
@@ -345,11 +504,14 @@ def anova_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Secti
                    "Does the condition matter, does the student's size matter, and does the effect of the condition "
                    "depend on the size? Levene's test checks equal variances and Shapiro-Wilk normal residuals. With "
                    "two rationale sources each condition and source is a level of condition (MT:revised)."
+                   " It treats each condition's items as an independent group, although every condition answered "
+                   "the same items; the paired tests (McNemar, Cochran's Q) use that pairing."
                    f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    data = compared_conditions(tables.items)
+    data, silent = without_silent(compared_conditions(tables.items), outcome)
     section, present = _open_section(f"anova_{outcome}", title, expl, data, outcome)
     if not present:
         return section
+    section.notes += _silent_notes(silent, outcome)
     _anova_by(section, over_seeds(data, [outcome]), outcome, ["test_set"], "student_size", alpha)
     return section
 
@@ -362,11 +524,14 @@ def revision_anova_section(tables: RunTables, outcome: str, alpha: float = 0.05)
                    "unrevised ones matter, and does revision help some conditions more than others (seed 001)? Only "
                    "conditions trained on both kinds of rationale take part (the crossed design). Levene's test "
                    "checks equal variances and Shapiro-Wilk normal residuals."
+                   " It treats each condition's items as an independent group, although every condition answered "
+                   "the same items; the paired tests (McNemar, Cochran's Q) use that pairing."
                    f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    data = tables.items[tables.items["condition"] != TEACHER]
+    data, silent = without_silent(tables.items[tables.items["condition"] != TEACHER], outcome)
     section, present = _open_section(f"anova_revision_{outcome}", title, expl, data, outcome)
     if not present:
         return section
+    section.notes += _silent_notes(silent, outcome)
     if not has_revision(data):
         section.notes += _revision_notes(data) or [f"the items have no {SOURCE} column, so there is no revision "
                                                    "factor to test."]
@@ -393,7 +558,7 @@ def _anova_by(section: Section, data: pd.DataFrame, outcome: str, by: Sequence[s
         section.notes += [f"{where}: {n}" for n in table.attrs["notes"]]
         section.sentences.append(f"[{label}] assumption checks: Levene {_p_or_na(table.attrs['levene_p'])}, "
                                  f"Shapiro-Wilk {_p_or_na(table.attrs['shapiro_p'])}.")
-        table = table.assign(levene_p=table.attrs["levene_p"], shapiro_p=table.attrs["shapiro_p"])
+        table = table.assign(levene_p=table.attrs["levene_p"], shapiro_p=table.attrs["shapiro_p"], unit="item")
         for k, v in reversed(list(zip(by, key))):
             table.insert(0, k, v)
         parts.append(table)
@@ -420,11 +585,14 @@ def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Sec
     title, expl = (f"Kruskal-Wallis and Dunn-Bonferroni on {outcome} (non-parametric)",
                    "Compares conditions by ranks, without assuming normal residuals or equal variances; Dunn's "
                    "pairwise tests are Bonferroni-corrected. Read these when the ANOVA's checks fail."
+                   " It treats each condition's items as an independent group, although every condition answered "
+                   "the same items; the paired tests (McNemar, Cochran's Q) use that pairing."
                    f"{_teacher_left_out(tables.items)} Unit: {unit_text(tables.items)}.")
-    data = compared_conditions(tables.items)
+    data, silent = without_silent(compared_conditions(tables.items), outcome)
     section, present = _open_section(f"kruskal_{outcome}", title, expl, data, outcome)
     if not present:
         return section
+    section.notes += _silent_notes(silent, outcome)
     parts = []
     for (test_set, student), grp in over_seeds(data, [outcome]).groupby(["test_set", "student"], sort=True):
         try:
@@ -443,7 +611,7 @@ def kruskal_section(tables: RunTables, outcome: str, alpha: float = 0.05) -> Sec
                                      f"(z = {abs(row.z):.2f}, Bonferroni {format_p(row.p_adj)}).")
         table.insert(0, "student", student)
         table.insert(0, "test_set", test_set)
-        parts.append(table.assign(H=table.attrs["H"], kw_p=table.attrs["kw_p"]))
+        parts.append(table.assign(H=table.attrs["H"], kw_p=table.attrs["kw_p"], unit="item"))
     section.table = pd.concat(parts, ignore_index=True) if parts else None
     return section
 
@@ -499,7 +667,9 @@ def ols_section(tables: RunTables, outcome: str, reference: str | None = None,
     key = f"ols_{outcome}"
     if not has_values(tables.items, outcome):
         return _absent(key, title, expl, f"no item has a value for {outcome}; this input is absent.")
-    data, revision, notes = _regression_rows(over_seeds(tables.items, [outcome]).dropna(subset=[outcome]))
+    kept, silent = without_silent(tables.items[tables.items["condition"] != TEACHER], outcome)
+    data, revision, notes = _regression_rows(over_seeds(kept, [outcome]).dropna(subset=[outcome]))
+    notes = _silent_notes(silent, outcome) + notes
     data = data.assign(test_item=item_clusters(data))
     fixed = [c for c in ("student", "test_set") if c in data and data[c].nunique() > 1]
     ref, why = choose_reference(data["condition"], conditions, reference)
@@ -510,6 +680,7 @@ def ols_section(tables: RunTables, outcome: str, reference: str | None = None,
     except TooFewObservations as exc:
         section.notes.append(str(exc))
         return section
+    section.table["unit"] = "item"
     section.sentences += describe_ols(section.table)
     return section
 
@@ -590,6 +761,7 @@ def ratings_sections(tables: RunTables, dimensions: Sequence[str] = DIMENSIONS, 
         try:
             section.table = ols_regression(data, outcome=dim, covariates=covariates, reference=ref,
                                            fixed_effects=fixed, cluster="test_item", **revision)
+            section.table["unit"] = "rating"
             section.sentences += describe_ols(section.table)
         except TooFewObservations as exc:
             section.notes.append(str(exc))
@@ -611,7 +783,9 @@ def metrics_section(tables: RunTables) -> Section:
     if not has_values(tables.items, "cec"):
         section.notes.append("no item has a CEC score, so there is nothing to correlate with; this input is absent.")
         return section
-    table = cec_text_metric_correlations(over_seeds(tables.items, ["cec", *present]), present)
+    kept, silent = without_silent(tables.items[tables.items["condition"] != TEACHER], "cec")
+    section.notes += _silent_notes(silent, "cec")
+    table = cec_text_metric_correlations(over_seeds(kept, ["cec", *present]), present).assign(unit="item")
     section.table = table
     for row in table.itertuples(index=False):
         if np.isfinite(row.spearman_rho):
@@ -657,9 +831,10 @@ def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alp
     """
     check_reference(reference, conditions)
     sections = [accuracy_section(tables, n_boot, seed), faithfulness_section(tables, n_boot, seed),
-                mcnemar_section(tables, alpha)]
+                cochran_section(tables, alpha), mcnemar_section(tables, alpha)]
     for outcome in outcomes:
-        sections += [tukey_section(tables, outcome, alpha), anova_section(tables, outcome, alpha),
+        sections += [run_values_section(tables, outcome), tukey_section(tables, outcome, alpha),
+                     anova_section(tables, outcome, alpha),
                      revision_anova_section(tables, outcome, alpha), kruskal_section(tables, outcome, alpha),
                      ols_section(tables, outcome, reference, conditions)]
     sections += ratings_sections(tables, reference=reference, conditions=conditions)
@@ -670,7 +845,8 @@ def analyse(tables: RunTables, outcomes: Sequence[str] = ("correct", "cec"), alp
 
 def write_analysis(sections: dict[str, Section], out: Path) -> list[str]:
     """Write <key>.csv for each section with a table (removing a stale one otherwise) and findings.md; returns paths."""
-    paths = [atomic_write_text(Path(out) / f"{k}.csv", s.table.to_csv(index=False)) for k, s in sections.items() if s.ran]
+    paths = [atomic_write_text(Path(out) / f"{k}.csv", s.table.to_csv(index=False))
+             for k, s in sections.items() if s.ran]
     for key in [k for k, s in sections.items() if not s.ran]:  # a table from an earlier execution would mislead
         (Path(out) / f"{key}.csv").unlink(missing_ok=True)
     paths.append(atomic_write_text(Path(out) / "findings.md", sections_markdown(sections)))

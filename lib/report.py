@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from lib.figures import FIGURES, run_figures
 from lib.files import atomic_write_text, read_json
-from lib.findings import accuracy_section, analyse, mcnemar_section, Section, tukey_section
+from lib.findings import accuracy_section, analyse, cochran_section, mcnemar_section, Section, tukey_section
 from lib.run_tables import load_run_tables, RunTables
 
 log = logging.getLogger(__name__)
@@ -307,11 +307,12 @@ def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
         if acc.ran:
             t = acc.table.assign(run=name)
             t["accuracy (95% CI)"] = [f"{a * 100:.1f} ({lo * 100:.1f}-{hi * 100:.1f})" if pd.notna(lo)
-                                      else f"{a * 100:.1f}" for a, lo, hi in zip(t["accuracy"], t["ci_low"], t["ci_high"])]
+                                      else f"{a * 100:.1f}"
+                                      for a, lo, hi in zip(t["accuracy"], t["ci_low"], t["ci_high"])]
             acc_parts.append(t)
-        tukey = tukey_section(tables, "correct")
-        mcn = mcnemar_section(tables)
-        headlines.append(f"<h3>{html.escape(name)}</h3>" + section_html(tukey) + section_html(mcn))
+        paired = [cochran_section(tables), mcnemar_section(tables)]  # unit: the test item, paired
+        headlines.append(f"<h3>{html.escape(name)}</h3>" + "".join(map(section_html, paired))
+                         + section_html(tukey_section(tables, "correct")))  # unit: the training run
     frame = pd.DataFrame(params)
     differ = frame[frame.astype(str).nunique(axis=1) > 1] if len(names) > 1 else frame
     body = [f"<h1>Runs compared: {html.escape(', '.join(names))}</h1>",
@@ -326,11 +327,13 @@ def compare_runs(run_dirs: Sequence[str | Path], n_boot: int = 1000) -> str:
         acc = pd.concat(acc_parts, ignore_index=True)
         keys = [c for c in ("test_set", "student", "condition") if c in acc.columns]
         wide = acc.pivot_table(index=keys, columns="run", values="accuracy (95% CI)", aggfunc="first").reset_index()
-        body += ["<h2>Accuracy (%) by condition, run beside run</h2>", wide.to_html(index=False, border=0, na_rep="–")]
+        body += ["<h2>Accuracy (%) by condition, run beside run</h2>",
+                 wide.to_html(index=False, border=0, na_rep="–")]
         if "cec" in acc.columns and acc["cec"].notna().any():
             cec = acc.pivot_table(index=keys, columns="run", values="cec", aggfunc="first").reset_index()
             body += ["<h2>Mean CEC by condition</h2>", _table_html(cec)]
-    body += ["<h2>Tukey-Kramer and McNemar per run</h2>", *headlines]
+    body += ["<h2>Paired tests on items (Cochran's Q, McNemar) and Tukey-Kramer over training runs, per run</h2>",
+             *headlines]
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Runs compared</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 

@@ -2,12 +2,16 @@
 
 `RunTables` holds what steps 03-05 wrote: the per-item results (05_evaluation/items.jsonl, with each student's size
 from 04_training/runs.jsonl), the judge's and human ratings joined to the items they rate, the loss curves and the
-counterfactual acceptance; an input a run lacks is None. Two rows frame the conditions: BASE (the untrained student)
-is a condition like any other; TEACHER (the teacher's own answers to the in-distribution questions) takes part in
-the accuracy table and McNemar (`teacher_beside_students`), but not in the tests between training conditions
-(`compared_conditions`). When the students were trained on both unrevised and critique-revised teacher rationales
-(`rationale_source`), each condition is compared per source (`with_arms`: "MT:revised"), and the condition x
-revision design keeps the conditions trained on both (`crossed`).
+counterfactual acceptance; an input a run lacks is None. Each item is read several ways (`READINGS`: the generated
+answer, the study's option scoring, lm-evaluation-harness's formulations); the paired tests run over every reading a
+run has. Two rows frame the conditions: BASE (the untrained student) is a condition like any other; TEACHER (the
+teacher's own answers to the in-distribution questions) takes part in the accuracy table and McNemar, but not in the
+tests between training conditions (`compared_conditions`). Neither depends on a training seed, so the paired tests,
+which pair within one seed, see them beside every seed (`beside_every_seed`). A condition that writes no rationale
+(FT, BASE) has no CEC to compare, so the tests of a rationale's scores leave it out (`without_silent`). When the
+students were trained on both unrevised and critique-revised teacher rationales (`rationale_source`), each condition
+is compared per source (`with_arms`: "MT:revised"), and the condition x revision design keeps the conditions trained
+on both (`crossed`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
-from lib.conditions import TEACHER
+from lib.conditions import TEACHER, UNTRAINED
 from lib.files import read_json, read_jsonl
 from lib.ratings import DIMENSIONS, HUMAN_RATINGS, JUDGE_RATINGS
 from lib.stats import has_values, require_columns
@@ -35,9 +40,19 @@ FAITHFULNESS = {  # column of items.jsonl: what a 1 means, for the report's sent
     "faithfulness_counterfactual": "answer changed with a counterfactual rationale",
     "faithfulness_cf_follows": "answer followed the counterfactual rationale to its option",
 }
+# the 0/1 readings of an item's answer (column of items.jsonl -> how a sentence names it); a run may lack the later ones
+READINGS = {
+    "correct": "the generated answer",
+    "loglik_correct": "the option log-likelihood (summed, lm-eval's acc)",
+    "loglik_norm_correct": "the option log-likelihood per character (lm-eval's acc_norm)",
+    "cloze_correct": "lm-eval's arc_easy cloze formulation (acc)",
+    "cloze_norm_correct": "lm-eval's arc_easy cloze formulation (acc_norm)",
+    "lettered_correct": "lm-eval's commonsense_qa lettered formulation",
+}
+RATIONALE_OUTCOMES = ("cec", "cec_fc", "cec_bf", *TEXT_METRICS)  # scores of the student's rationale
 ITEM_COLUMNS = ("run", "condition", SOURCE, "student", "seed", "test_set", "item_id", "correct", "rationale_len", "cec")
-NUMERIC_COLUMNS = ("correct", "rationale_len", "cec", "cec_fc", "cec_bf", *TEXT_METRICS, "loglik_correct",
-                   "loglik_norm_correct", *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
+NUMERIC_COLUMNS = ("rationale_len", "cec", "cec_fc", "cec_bf", *TEXT_METRICS, *READINGS,
+                   *FAITHFULNESS)  # all-null when their part of step 05 is off; read as NaN
 
 
 @dataclasses.dataclass
@@ -175,3 +190,41 @@ def teacher_beside_students(items: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in ("student", "seed") if k in items.columns]
     cells = students[["test_set", *keys]].drop_duplicates()
     return pd.concat([students, teacher.drop(columns=keys).merge(cells, on="test_set")], ignore_index=True)
+
+
+def beside_every_seed(items: pd.DataFrame) -> pd.DataFrame:
+    """The items with the rows no training seed made repeated under every seed they are paired with: TEACHER's under
+    every student and seed of its test set (`teacher_beside_students`), an untrained condition's (BASE, one run per
+    student) under every seed of its test set and student. The paired tests pair within one seed."""
+    items = teacher_beside_students(items)
+    untrained = items["condition"].isin(UNTRAINED)
+    if "seed" not in items.columns or not untrained.any():
+        return items
+    keys = [k for k in ("test_set", "student") if k in items.columns]
+    cells = items.loc[~untrained, [*keys, "seed"]].drop_duplicates()
+    repeated = items[untrained].drop(columns="seed").merge(cells, on=keys)
+    same = [k for k in (*keys, "condition", SOURCE, "run", "item_id", "seed") if k in items.columns]
+    return pd.concat([items[~untrained], items[untrained], repeated], ignore_index=True).drop_duplicates(same)
+
+
+def silent_conditions(data: pd.DataFrame, outcome: str) -> list[str]:
+    """The conditions that write no rationale: on every item, `outcome` missing or the rationale empty (the
+    `rationale` text, else `rationale_len` 0)."""
+    values = pd.to_numeric(data[outcome], errors="coerce") if outcome in data.columns else pd.Series(np.nan, data.index)
+    if "rationale" in data.columns:
+        empty = data["rationale"].fillna("").astype(str).str.strip().eq("")
+    elif "rationale_len" in data.columns:
+        empty = pd.to_numeric(data["rationale_len"], errors="coerce").fillna(0).eq(0)
+    else:
+        empty = pd.Series(False, index=data.index)
+    silent = (values.isna() | empty).groupby(data["condition"].astype(str)).all()
+    return sorted(silent.index[silent])
+
+
+def without_silent(data: pd.DataFrame, outcome: str) -> tuple[pd.DataFrame, list[str]]:
+    """For a score of the rationale (RATIONALE_OUTCOMES: CEC, BLEU, ...), the rows without the conditions that write
+    no rationale (FT's CEC is 0 or missing by construction), and those conditions; other outcomes keep every row."""
+    if outcome not in RATIONALE_OUTCOMES or data.empty:
+        return data, []
+    silent = silent_conditions(data, outcome)
+    return data[~data["condition"].astype(str).isin(silent)], silent

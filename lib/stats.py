@@ -1,21 +1,29 @@
-"""Statistics over per-item results: cluster-bootstrap CIs, Tukey-Kramer, ANOVA, Kruskal-Wallis/Dunn, McNemar, OLS.
+"""Statistics over per-item results: cluster-bootstrap CIs, paired tests, Tukey-Kramer over runs, ANOVA, OLS.
 
 Input everywhere is a per-item table like step 05's (`items`): one row per (run, test item) with columns run,
-condition, student, seed, test_set, item_id, correct (0/1), cec (may be NaN) and rationale_len. A run is one
-condition x student x training seed, so every test item appears once per seed: the seeds of an item are not
-independent observations. The unit of every test is therefore the test item: intervals resample items with all
-their seeds (a cluster bootstrap), Tukey-Kramer, ANOVA, Kruskal-Wallis, the correlations and the regressions use
-per-item means over seeds (`over_seeds`), the regressions cluster their standard errors by item, and McNemar pairs
-items within one seed and Holm-corrects its p values. Each function takes tables and returns a table or numbers; a
-test the data cannot support raises TooFewObservations, saying why. lib.findings puts the results into words.
-scipy and statsmodels are imported inside the functions that use them, so importing this module stays light.
+condition, student, seed, test_set, item_id, 0/1 readings of the answer (correct, loglik_correct, ...), cec (may be
+NaN) and rationale_len. A run is one condition x student x training seed, and every condition answers the same test
+items, so the conditions are not independent groups of items: differences between conditions on items are tested
+with paired tests, McNemar between two conditions (`mcnemar_pairs`, Holm-corrected over the pairs of a test set,
+student and reading) and Cochran's Q over all of them at once (`cochran_q`), each within one seed. Tukey-Kramer is
+run only where its unit is a training run (`run_values`, `mark_outliers`, `tukey_over_runs`: one value per run, 1.5
+IQR outliers removed per cell, as Hendriks et al.); with one seed per condition it cannot be computed, and it is not
+computed over items instead. Intervals resample items with all their seeds (a cluster bootstrap); ANOVA,
+Kruskal-Wallis, the correlations and the regressions use per-item means over seeds (`over_seeds`), the regressions
+cluster their standard errors by item. Each test's table names its unit (a `unit` column: item or run). Each
+function takes tables and returns a table or numbers; a test the data cannot support raises TooFewObservations,
+saying why. lib.findings puts the results into words. scipy and statsmodels are imported inside the functions that
+use them, so importing this module stays light.
+
+Longer than ~500 lines because it holds every test of step 06 side by side, each a short function beside the checks
+that say when the data cannot support it; splitting them would scatter one statistics step over several modules.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +40,8 @@ def require_columns(items: pd.DataFrame, columns: Sequence[str], what: str) -> N
     missing = [c for c in columns if c not in items.columns]
     if missing:
         raise ValueError(
-            f"{what} needs column(s) {', '.join(missing)}, but the table has only {', '.join(map(str, items.columns))}; "
+            f"{what} needs column(s) {', '.join(missing)}, but the table has only "
+            f"{', '.join(map(str, items.columns))}; "
             "pass the per-item results of step 05 (05_evaluation/items.jsonl)"
         )
 
@@ -42,9 +51,9 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _group_counts(counts: pd.Series) -> str:
+def _group_counts(counts: pd.Series, unit: str = "item") -> str:
     """'CF: 5 items, MT: 1 item' for a Series of counts indexed by group."""
-    return ", ".join(f"{g}: {plural(int(n), 'item')}" for g, n in counts.items())
+    return ", ".join(f"{g}: {plural(int(n), unit)}" for g, n in counts.items())
 
 
 def _clean(items: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
@@ -160,10 +169,12 @@ def cec_intervals(items: pd.DataFrame, by: Sequence[str] = ("condition", "test_s
 
 
 def tukey_kramer(items: pd.DataFrame, value: str = "correct", group: str = "condition",
-                 alpha: float = 0.05) -> pd.DataFrame:
+                 alpha: float = 0.05, unit: str = "item") -> pd.DataFrame:
     """Tukey-Kramer HSD of `value` between every pair of `group` levels (statsmodels; unequal sizes allowed).
 
-    meandiff is mean(group2) - mean(group1). The table's attrs hold `value` and `group`.
+    Each row of `items` is one independent observation (`unit`, named in the messages); between conditions that
+    answered the same items, use `tukey_over_runs` (or the paired tests) instead. meandiff is mean(group2) -
+    mean(group1). The table's attrs hold `value`, `group` and `unit`.
     """
     from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
@@ -172,14 +183,14 @@ def tukey_kramer(items: pd.DataFrame, value: str = "correct", group: str = "cond
     counts = groups.value_counts().sort_index()
     need = f"Tukey-Kramer needs at least two {group} groups with two {value} values each"
     if len(counts) < 2 or (counts < 2).any():
-        got = _group_counts(counts) if len(counts) else "no rows"
-        raise TooFewObservations(f"{need}; got {got}. Evaluate more items or more {group} groups.")
+        got = _group_counts(counts, unit) if len(counts) else "no rows"
+        raise TooFewObservations(f"{need}; got {got}. Add more {unit}s or more {group} groups.")
     y = data[value].to_numpy(dtype=float)
     if np.allclose(data.groupby(groups)[value].transform("mean").to_numpy(dtype=float), y):
         raise TooFewObservations(
             f"{need} and some spread within a group; every {group} has a constant {value} "
             f"(e.g. all right or all wrong), so there is no within-group variance to test against. "
-            "Evaluate more items."
+            f"Add more {unit}s."
         )
     res = pairwise_tukeyhsd(y, groups.to_numpy(), alpha=alpha)
     pairs = [(a, b) for i, a in enumerate(res.groupsunique) for b in res.groupsunique[i + 1:]]
@@ -192,7 +203,69 @@ def tukey_kramer(items: pd.DataFrame, value: str = "correct", group: str = "cond
         "ci_high": np.asarray(res.confint, dtype=float)[:, 1],
         "reject": np.asarray(res.reject, dtype=bool),
     })
-    out.attrs.update(value=value, group=group, alpha=alpha)
+    out.attrs.update(value=value, group=group, alpha=alpha, unit=unit)
+    return out
+
+
+# one training run: a condition x rationale source x student x seed, read on one test set
+RUN_KEYS = ("test_set", "student", "student_size", "condition", "rationale_source", "run", "seed")
+
+
+def run_values(items: pd.DataFrame, value: str, keys: Sequence[str] = RUN_KEYS) -> pd.DataFrame:
+    """One row per training run (the `keys` present): n_items and `value` averaged over the run's items (missing
+    values left out; a run without any value is left out), and unit "run"."""
+    require_columns(items, ["run", value], "the per-run values")
+    keys = [k for k in keys if k in items.columns]
+    data = items[keys].assign(_v=pd.to_numeric(items[value], errors="coerce")).dropna(subset=["_v"])
+    out = data.groupby(keys, sort=True, dropna=False)["_v"].agg(n_items="size", _mean="mean").reset_index()
+    return out.rename(columns={"_mean": value}).assign(unit="run")
+
+
+def iqr_outliers(values: Sequence[float], k: float = 1.5) -> np.ndarray:
+    """True for each value outside [Q1 - k IQR, Q3 + k IQR] (quartiles interpolated linearly, as R's quantile)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return np.zeros(0, dtype=bool)
+    q1, q3 = np.percentile(v, [25, 75])
+    return (v < q1 - k * (q3 - q1)) | (v > q3 + k * (q3 - q1))
+
+
+def mark_outliers(runs: pd.DataFrame, value: str, cell: Sequence[str]) -> pd.DataFrame:
+    """`runs` with a column `outlier`: True for a run whose `value` lies outside 1.5 IQR of its cell's runs (e.g.
+    one condition on one test set and student), the rule Hendriks et al. apply before Tukey HSD."""
+    cell = [c for c in cell if c in runs.columns]
+    flags = pd.Series(False, index=runs.index)
+    for _, grp in (runs.groupby(cell, sort=False, dropna=False) if cell else [((), runs)]):
+        flags[grp.index] = iqr_outliers(grp[value])
+    return runs.assign(outlier=flags.astype(bool))
+
+
+def tukey_over_runs(runs: pd.DataFrame, value: str = "correct", group: str = "condition",
+                    alpha: float = 0.05) -> pd.DataFrame:
+    """Tukey-Kramer HSD between `group` levels with the training run as the unit: one `value` per run (`run_values`),
+    runs marked `outlier` left out.
+
+    A level with fewer than two runs (one seed, or BASE's single untrained run) cannot show run-to-run spread: it is
+    left out and named in attrs["left_out"]. With fewer than two levels left, TooFewObservations: the test is never
+    computed over test items instead. Columns as tukey_kramer, plus n1, n2 (runs per group) and unit "run".
+    """
+    data = runs[~runs["outlier"].astype(bool)] if "outlier" in runs.columns else runs
+    data = _clean(data, [value, group], "Tukey-Kramer over training runs")
+    counts = data[group].astype(str).value_counts().sort_index()
+    few = counts[counts < 2]
+    if len(counts) - len(few) < 2:
+        got = _group_counts(counts, "run") if len(counts) else "no runs"
+        raise TooFewObservations(
+            f"Tukey-Kramer over training runs needs at least two {group} groups with two runs (seeds) each; got "
+            f"{got}. Its unit is the training run, so it is not computed over test items instead; train more "
+            "seeds (training.seeds) to run it.")
+    data = data[~data[group].astype(str).isin(few.index)]
+    out = tukey_kramer(data, value=value, group=group, alpha=alpha, unit="run")
+    n = data[group].astype(str).value_counts()
+    out.insert(2, "n1", out["group1"].map(n).astype(int))
+    out.insert(3, "n2", out["group2"].map(n).astype(int))
+    out["unit"] = "run"
+    out.attrs.update(left_out={str(g): int(c) for g, c in few.items()})
     return out
 
 
@@ -428,7 +501,8 @@ def kruskal_dunn(items: pd.DataFrame, value: str = "correct", group: str = "cond
         raise TooFewObservations(f"Kruskal-Wallis needs at least two {group} groups with two values each; got {got}.")
     y = data[value].to_numpy(dtype=float)
     if np.all(y == y[0]):
-        raise TooFewObservations(f"{value} is {y[0]:g} for every item, so there is nothing to rank. Evaluate more items.")
+        raise TooFewObservations(f"{value} is {y[0]:g} for every item, so there is nothing to rank. "
+                                 "Evaluate more items.")
     levels = list(counts.index)
     h, kw_p = kruskal(*(y[groups.to_numpy() == g] for g in levels))
     ranks = rankdata(y)
@@ -454,9 +528,11 @@ def mcnemar_pairs(items: pd.DataFrame, value: str = "correct", group: str = "con
                   family: Sequence[str] = ("test_set", "student"), exact_below: int = 25) -> pd.DataFrame:
     """McNemar's test between every pair of `group` levels on the same items (paired by item_id within `within`).
 
-    Exact binomial test when the discordant pairs number fewer than `exact_below`, else chi-square with
-    continuity correction. only1 = items group1 got right and group2 wrong. p_holm is p Holm-adjusted over
-    the tests of one `family` (every pair and seed of a test set and student).
+    statsmodels' `mcnemar`: the exact two-sided binomial test on the discordant pairs (exact=True, not mid-p) when
+    they number fewer than `exact_below`, else chi-square with continuity correction. An item without a `value` (not
+    scored) is left out of the pairs it is in, and a level without any value out of the table. only1 = items group1
+    got right and group2 wrong. p_holm is p Holm-adjusted over the tests of one `family` (every pair and seed of a
+    test set and student). Unit: the test item (column `unit`).
     """
     from statsmodels.stats.contingency_tables import mcnemar
 
@@ -486,7 +562,57 @@ def mcnemar_pairs(items: pd.DataFrame, value: str = "correct", group: str = "con
     family = [f for f in family if f in within]
     if len(out):
         out["p_holm"] = holm_within(out, family)
-    out.attrs.update(value=value, group=group, within=within, family=family)
+        out["unit"] = "item"
+    out.attrs.update(value=value, group=group, within=within, family=family, unit="item")
+    return out
+
+
+def cochran_q(items: pd.DataFrame, value: str = "correct", group: str = "condition",
+              within: Sequence[str] = ("test_set", "student", "seed")) -> pd.DataFrame:
+    """Cochran's Q (statsmodels' `cochrans_q`) of `value` across all `group` levels on the same items, per subset of
+    `within`: are the shares right the same for every level?
+
+    Items are paired by item_id; a level without any value is left out, then every item not scored under every level
+    left (listwise). With no item on which the levels differ, Q = 0 and p = 1. Columns: `within`, groups (the levels,
+    ", "-joined), k, n_items, discordant (items the levels disagree on), statistic, df, p, unit ("item"); attrs
+    "skipped" lists the subsets with fewer than two levels.
+    """
+    from statsmodels.stats.contingency_tables import cochrans_q
+
+    within = [w for w in within if w in items.columns]
+    data = _clean(items, [value, group, "item_id", *within], "Cochran's Q")
+    rows, skipped = [], []
+    for key, grp in (data.groupby(within, sort=True) if within else [((), data)]):
+        key = key if isinstance(key, tuple) else (key,)
+        wide = grp.pivot_table(index="item_id", columns=grp[group].astype(str), values=value, aggfunc="first")
+        wide = wide[sorted(wide.columns)].dropna()
+        if wide.shape[1] < 2 or wide.empty:
+            skipped.append(", ".join(map(str, key)) or "all items")
+            continue
+        x = wide.to_numpy(dtype=int)
+        discordant = int((x.min(axis=1) != x.max(axis=1)).sum())
+        res = cochrans_q(x) if discordant else None
+        rows.append({**dict(zip(within, key)), "groups": ", ".join(wide.columns), "k": x.shape[1],
+                     "n_items": x.shape[0], "discordant": discordant,
+                     "statistic": float(res.statistic) if res is not None else 0.0,
+                     "df": x.shape[1] - 1, "p": float(res.pvalue) if res is not None else 1.0, "unit": "item"})
+    out = pd.DataFrame(rows)
+    out.attrs.update(value=value, group=group, within=within, skipped=skipped, unit="item")
+    return out
+
+
+def over_readings(test: Callable[..., pd.DataFrame], items: pd.DataFrame, readings: Sequence[str],
+                  **kwargs) -> pd.DataFrame:
+    """`test` (mcnemar_pairs or cochran_q) on each column of `readings` that has a value, as one table with a
+    `reading` column; McNemar's Holm families are thereby one test set, student and reading each."""
+    present = [r for r in readings if has_values(items, r)]
+    tables = [test(items, value=r, **kwargs) for r in present]
+    skipped = [f"{r}: {where}" for r, t in zip(present, tables) for where in t.attrs.get("skipped", [])]
+    parts = [t.assign(reading=r) for r, t in zip(present, tables) if len(t)]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    first = tables[0].attrs if tables else {}
+    out.attrs.update({k: v for k, v in first.items() if k not in ("value", "skipped")}, readings=present,
+                     skipped=skipped)
     return out
 
 

@@ -3,34 +3,42 @@
 #
 # **Goals**
 # 1. Accuracy and CEC per condition with 95% confidence intervals from a cluster bootstrap over test items, between
-#    the floor (BASE, the untrained student) and the ceiling (TEACHER, the teacher's own answers), and paired McNemar
-#    tests on the same items (TEACHER against every condition), Holm-adjusted over all pairs of a test set and student.
-# 2. Tukey-Kramer HSD between conditions per test set and student (unequal group sizes allowed), as in seed 001.
-# 3. Two-way ANOVAs condition × student size and condition × revision (students trained on unrevised or on
+#    the floor (BASE, the untrained student) and the ceiling (TEACHER, the teacher's own answers).
+# 2. Paired tests on the same items, for every reading of the answer (the generated answer `correct`, the option
+#    scoring `loglik_correct` / `loglik_norm_correct`, lm-evaluation-harness's `cloze_correct`, `cloze_norm_correct`
+#    and `lettered_correct` where the run has them): Cochran's Q over all conditions at once, then McNemar between
+#    every pair, Holm-adjusted over the pairs of a test set, student and reading.
+# 3. Tukey-Kramer HSD between conditions with the training run as its unit, as Hendriks et al. run it: one accuracy
+#    per run, 1.5 IQR outliers removed per cell. With one seed per condition it cannot be computed, and says so.
+# 4. Two-way ANOVAs condition × student size and condition × revision (students trained on unrevised or on
 #    critique-revised teacher rationales, seed 001's Revised factor), with Levene and Shapiro-Wilk checks, and
-#    Kruskal-Wallis with Dunn–Bonferroni as the non-parametric fallback when those checks fail.
-# 4. OLS regression of each outcome on condition, revision and their interaction (standard errors clustered by item),
-#    and of judge or human ratings on the same terms plus rationale length and rater fixed effects, with stars as in
-#    the paper.
+#    Kruskal-Wallis with Dunn–Bonferroni as the non-parametric fallback when those checks fail; OLS regressions of
+#    each outcome and of the judge's or human ratings on condition (× revision), standard errors clustered by item.
 # 5. One self-contained report of the run: every table, figure and sentence, with the manifest's provenance.
 #
-# **The unit is the test item.** Several training seeds answer the same question; their answers are not independent
-# observations, so every test works on each item's mean over seeds (and intervals resample whole items). Three seeds
-# make each item's value more precise; they do not triple the number of questions. Each section says its unit.
+# **Every test names its unit** (the `unit` column of its table, and its section in the report). Every condition
+# answers the *same* test items, so a condition's 500 answers are not an independent group of 500: a hard question is
+# hard for every condition. Differences between conditions on items are therefore tested *paired*, item by item
+# (McNemar, Cochran's Q), within one training seed. Tukey-Kramer compares independent groups, so its unit is the
+# training run (the seeds are independent draws of training); it is never run over items instead. Several seeds of one
+# item are not independent either: intervals resample whole items, and the ANOVAs and regressions use each item's mean
+# over seeds. Three seeds make each item's value more precise; they do not triple the number of questions.
 #
-# **Conditions, floor and ceiling.** BASE, the untrained student, is a condition like any other: every test compares
-# it. TEACHER is the teacher's own answers to the in-distribution questions: it appears in the accuracy table and
-# McNemar pairs it with every condition on the items both answered, but it is not a training condition, so
-# Tukey-Kramer, the ANOVAs, Kruskal-Wallis and the regressions leave it out (each of those sections says so). When the
-# students were trained on both unrevised and revised rationales, a condition is compared per source (`MT:revised`
-# beside `MT:unrevised`); with one source, the sections say the revision factor has one level only.
+# **Conditions, floor and ceiling.** BASE, the untrained student, is a condition like any other; it has one run per
+# student (it depends on no training seed), so the paired tests pair it under every seed, and Tukey-Kramer over runs
+# leaves it out. TEACHER is the teacher's own answers to the in-distribution questions: it appears in the accuracy
+# table and McNemar pairs it with every condition on the items both answered, but it is not a training condition, so
+# Cochran's Q, Tukey-Kramer, the ANOVAs, Kruskal-Wallis and the regressions leave it out (each section says so). A
+# condition that writes no rationale (FT, BASE) has no CEC to compare: the tests of CEC leave it out and name it. When
+# the students were trained on both unrevised and revised rationales, a condition is compared per source
+# (`MT:revised` beside `MT:unrevised`); with one source, the sections say the revision factor has one level only.
 #
 # **Reads** `05_evaluation/items.jsonl`, the judge's `05_evaluation/judge_ratings.jsonl` and the human raters'
 # `<run>/human_ratings.jsonl` (either may be absent), `04_training/runs.jsonl` and the runs' `losses.jsonl`,
-# `03_counterfactuals/acceptance.json`. **Writes** `06_statistics/<analysis>.csv` (`accuracy.csv`, `tukey_<outcome>.csv`,
-# `anova_<outcome>.csv`, `kruskal_<outcome>.csv`, `mcnemar.csv` with `p_holm`, `ols_<outcome>.csv`,
-# `faithfulness.csv`, ...), `findings.md`, the figures (`accuracy_by_condition.png`, `ood_heatmap.png`, ...) and
-# `report.html`.
+# `03_counterfactuals/acceptance.json`. **Writes** `06_statistics/<analysis>.csv` (`accuracy.csv`, `cochran.csv` and
+# `mcnemar.csv` with a `reading` column and `p_holm`, `tukey_runs_<outcome>.csv` (one value per run, `outlier`),
+# `tukey_<outcome>.csv`, `anova_<outcome>.csv`, `kruskal_<outcome>.csv`, `ols_<outcome>.csv`, `faithfulness.csv`,
+# ...), `findings.md`, the figures (`accuracy_by_condition.png`, `ood_heatmap.png`, ...) and `report.html`.
 #
 # **Where it lives.** `lib.run_tables` reads the run's tables, `lib.stats` runs the tests on them, `lib.findings` puts
 # each result into words (a section per analysis, `findings.md`), `lib.figures` draws the figures and `lib.report`
@@ -44,12 +52,12 @@
 # parameters (papermill injects the resolved study params after this cell)
 params: dict = {}  # resolved study params injected by the runner (python -m lib.study); empty means: read params_file
 params_file: str = "../params/quickstart.yaml"  # study params used when the notebook runs on its own
-run_dir: str = "../outputs/quickstart"  # run folder: upstream artifacts are read here, this step writes to run_dir/06_statistics/
+run_dir: str = "../outputs/quickstart"  # run folder: upstream artifacts are read here; this step writes 06_statistics/
 force: bool = False  # recompute what this step would reuse: trained runs, cached student outputs (the runner's --force)
 
 # %%
 # validate the parameters and open this step's folder in the run
-from lib import figures, findings, report, run_tables, runs, stats
+from lib import figures, findings, report, run_tables, runs
 
 ctx = runs.open_step("06_statistics", params, params_file, run_dir, force)
 ctx.out
@@ -67,61 +75,80 @@ analysis = findings.analyse(tables, outcomes=s.outcomes, alpha=s.alpha, n_boot=s
 findings.write_analysis(analysis, ctx.out)
 
 # %% [markdown]
-# **Accuracy and McNemar.** An interval from resampling items (each with all its seeds) says how much the accuracy
-# would move on another draw of test questions of the same kind. McNemar pairs two conditions on the *same* items:
-# only items that one gets right and the other wrong count, which is more sensitive than comparing two accuracies.
-# With many pairs some p-values fall below alpha by chance, so each is also Holm-adjusted (`p_holm`) within its test
-# set and student, and only the adjusted one is called significant.
+# **Accuracy, Cochran's Q and McNemar.** An interval from resampling items (each with all its seeds) says how much the
+# accuracy would move on another draw of test questions of the same kind. The paired tests use the fact that every
+# condition answered the same items: an item both conditions get right, or both get wrong, says nothing about which is
+# better, so only the items they disagree on count. Cochran's Q asks first whether the share right is the same for
+# all conditions; McNemar then compares each pair: of the $b + c$ items where exactly one of the two is right, does
+# each win about half? That is far more sensitive than comparing two accuracies as if they came from different
+# questions. With many pairs some p-values fall below alpha by chance, so each is Holm-adjusted (`p_holm`) over the
+# pairs of its test set, student and reading, and only the adjusted one is called significant. Each reading of the
+# answer is its own family: the generated answer and the option scoring measure different things.
 
 # %%
 # accuracy and CEC with bootstrap confidence intervals
 report.show_sections(analysis, "accuracy")
 
 # %%
-# paired McNemar tests between conditions on the same items
+# Cochran's Q over all conditions at once, per test set, student, seed and reading
+report.show_sections(analysis, "cochran")
+
+# %%
+# paired McNemar tests between every pair of conditions on the same items, for every reading
 report.show_sections(analysis, "mcnemar")
+
+# %% [markdown]
+# ### Under the hood: one McNemar test by hand
+#
+# For the pair with the most disagreements: $b$ = items the first condition got right and the second wrong, $c$ =
+# the reverse. If the two are equally good, each of those $b + c$ items is a fair coin. Below 25 such items the
+# exact test doubles the binomial tail of the rarer kind, $p = \min(1, 2\,P[\mathrm{Bin}(b+c, \tfrac12) \le
+# \min(b,c)])$; above, $\chi^2 = (|b-c|-1)^2/(b+c)$ on one degree of freedom. Then Holm's adjustment of that pair's
+# family: sort the $m$ p-values, multiply the $j$-th smallest by $m - j + 1$, and carry the largest so far forward.
+
+# %% tags=["under-the-hood"]
+# McNemar's p from the discordant counts b and c, and Holm over its family, against lib.stats and statsmodels
+import numpy as np
+from scipy.stats import binom, chi2
+from statsmodels.stats.contingency_tables import mcnemar
+
+pairs = analysis["mcnemar"].table  # one row per pair of conditions, test set, student, seed and reading
+row = pairs.loc[(pairs["only1"] + pairs["only2"]).where(pairs["n_pairs"] > 0).idxmax()]  # most discordant items
+b, c = int(row["only1"]), int(row["only2"])
+exact = b + c < 25
+p = min(1.0, 2 * binom.cdf(min(b, c), b + c, 0.5)) if exact else chi2.sf((abs(b - c) - 1) ** 2 / (b + c), df=1)
+p_sm = mcnemar([[row["both_right"], b], [c, row["both_wrong"]]], exact=exact, correction=True).pvalue
+family = pairs[pairs[["test_set", "student", "reading"]].eq(row[["test_set", "student", "reading"]]).all(axis=1)]
+p_sorted = np.sort(family["p"].dropna().to_numpy())
+holm = np.minimum(1, np.maximum.accumulate((len(p_sorted) - np.arange(len(p_sorted))) * p_sorted))
+assert np.isclose(p, row["p"]) and np.isclose(p, p_sm), (p, row["p"], p_sm)
+assert np.allclose(holm, np.sort(family["p_holm"].dropna().to_numpy()))
+{"pair": f"{row['group1']} vs {row['group2']} ({row['reading']})", "b": b, "c": c, "p by hand": round(float(p), 4),
+ "p statsmodels": round(float(p_sm), 4), "Holm-adjusted": round(float(row["p_holm"]), 4), "family": len(p_sorted)}
 
 # %%
 # does the answer depend on the rationale? answer-change rates under perturbed and counterfactual rationales
 report.show_sections(analysis, "faithfulness")
 
 # %% [markdown]
-# **Tukey-Kramer, ANOVA and the fallback.** Tukey-Kramer compares every pair of conditions while keeping the chance
-# of any false alarm at alpha. The first two-way ANOVA asks whether condition, student size, or their combination
-# matter; the second whether condition, revision (`rationale_source`: unrevised or revised teacher rationales), or
-# their combination matter, over the conditions trained on both sources (BASE, FT and CFD, trained on one, are left
-# out and named). Both assume equal variances (Levene) and normal residuals (Shapiro-Wilk). Right/wrong outcomes rarely
-# satisfy the second, so Kruskal-Wallis with Dunn–Bonferroni compares the conditions by ranks instead.
+# **Tukey-Kramer over training runs.** Tukey-Kramer compares every pair of conditions while keeping the chance of any
+# false alarm at alpha, but it assumes independent groups. Training runs are independent (each seed trains anew), so
+# its unit is the run: each run's accuracy on a test set is one observation, and a run outside 1.5 IQR of its
+# condition's runs is dropped first, as in Hendriks et al.'s R scripts. With one seed there is one observation per
+# condition and no spread between runs to test against: the section says it cannot be computed. It does not fall back
+# to items, which would treat the same questions answered by two conditions as different questions.
 
 # %%
-# Tukey-Kramer HSD per test set and student
+# one value per training run (the unit of Tukey-Kramer), and Tukey-Kramer HSD over runs per test set and student
 report.show_sections(analysis, "tukey")
 
 # %% [markdown]
-# ### Under the hood: one Tukey-Kramer pair by hand
-#
-# For two conditions $i, j$ among $k$ on the same test set: the difference of their mean outcomes over items, divided
-# by its standard error from the pooled within-condition variance (MSE, on $N-k$ degrees of freedom), is the
-# studentized range statistic $q = |\bar y_i - \bar y_j| / \sqrt{\tfrac{MSE}{2}(1/n_i + 1/n_j)}$; its p-value comes
-# from the studentized range distribution with $k$ groups, which is what keeps the family of all pairs at alpha.
-
-# %% tags=["under-the-hood"]
-# q and its p-value for one pair by hand, on the per-item means over seeds, against statsmodels through lib.stats
-import numpy as np
-from scipy.stats import studentized_range
-
-unit = stats.over_seeds(run_tables.compared_conditions(tables.items), ["correct", "cec"])  # as Tukey: no TEACHER
-value, first = next((v, g) for v in ("correct", "cec") for _, g in unit.groupby(["test_set", "student"])
-                    if g["condition"].nunique() > 1 and g.groupby("condition")[v].std().gt(0).any())  # with spread
-groups = {c: g[value].dropna().to_numpy(float) for c, g in first.groupby("condition")}
-(a, ya), (b, yb) = list(groups.items())[:2]
-k, n = len(groups), sum(len(y) for y in groups.values())
-mse = sum(((y - y.mean()) ** 2).sum() for y in groups.values()) / (n - k)
-q = abs(yb.mean() - ya.mean()) / np.sqrt(mse / 2 * (1 / len(ya) + 1 / len(yb)))
-p = studentized_range.sf(q, k, n - k)
-row = stats.tukey_kramer(first, value).query("group1 == @a and group2 == @b").iloc[0]
-assert np.isclose(yb.mean() - ya.mean(), row.meandiff) and np.isclose(p, row.p_adj, atol=2e-3), (p, row.p_adj)
-{"outcome": value, "pair": f"{a} vs {b}", "q": round(float(q), 3), "p by hand": round(float(p), 4), "p statsmodels": round(float(row.p_adj), 4)}
+# **ANOVA and the fallback.** The first two-way ANOVA asks whether condition, student size, or their combination
+# matter; the second whether condition, revision (`rationale_source`: unrevised or revised teacher rationales), or
+# their combination matter, over the conditions trained on both sources (BASE, FT and CFD, trained on one, are left
+# out and named). Both assume equal variances (Levene) and normal residuals (Shapiro-Wilk). Right/wrong outcomes rarely
+# satisfy the second, so Kruskal-Wallis with Dunn–Bonferroni compares the conditions by ranks instead. These treat a
+# condition's items as one group; for differences between conditions, the paired tests above are the sharper reading.
 
 # %%
 # two-way ANOVAs condition x student size and condition x revision, with their assumption checks
@@ -182,10 +209,13 @@ report.write_run_report(ctx.run_dir, analysis, figs)
 # --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
 # `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
 #
-# 1. `--set "training.seeds=[0,1,2]" --steps 04-06` (three times the training): the report says "mean over 3 seeds".
-#    The rows triple, but do the intervals shrink by $\sqrt3$? Why not (METHOD.md §6.1)?
+# 1. `--set "training.seeds=[0,1,2]" --steps 04-06` (three times the training): Tukey-Kramer now runs, over three
+#    runs per condition (`tukey_runs_correct.csv` lists them, with any `outlier`). Is a pair McNemar calls
+#    significant in every seed also significant over runs? Why can three runs per condition say less than 20 paired
+#    items (METHOD.md §6.1)?
 # 2. `--set statistics.reference=MT --steps 06`: the regression coefficients become differences from MT, while the
 #    differences between the other conditions stay the same. Which rows of `ols_correct.csv` change, and which do
 #    not?
-# 3. `--set statistics.n_boot=10000 --steps 06`: how far do the interval ends move from 1000 resamples? Compare that
-#    with the width of the interval itself: which of the two uncertainties matters?
+# 3. In `mcnemar.csv`, compare the `reading` families: does a pair differ on the option scoring (`loglik_correct`)
+#    but not on the generated answer (`correct`)? Count the discordant items `only1` and `only2` of that pair in
+#    both readings: what does the student know that it does not write?

@@ -1,14 +1,18 @@
 """Tests of lib.findings: every analysis of a run as sections (present and absent inputs, too few observations), the
-test item as the unit over seeds, the regressions' reference, BASE and TEACHER rows and the revision factor."""
+unit of each test (the test item, paired; the training run for Tukey-Kramer), every reading of the answer, the tests
+of CEC without the conditions that write no rationale, the regressions' reference, BASE and TEACHER rows and the
+revision factor."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from lib.findings import describe_tukey
-from tests.test_stats import shared_items, synthetic_items
+from tests.test_stats import discordant_items, shared_items, synthetic_items
 
 # --- describe_tukey ---
 
@@ -16,12 +20,17 @@ def test_describe_tukey_sentences():
     df = pd.DataFrame({"group1": ["CF", "CF"], "group2": ["MT", "FT"], "meandiff": [0.041, -0.012],
                        "p_adj": [0.003, 0.41], "ci_low": [0.0, -0.1], "ci_high": [0.1, 0.1], "reject": [True, False]})
     assert describe_tukey(df) == [
-        "MT beats CF by 4.1 points (p = 0.003).",
-        "CF vs FT: no significant difference (CF ahead by 1.2 points, p = 0.410).",
+        "MT beats CF on the generated answer by 4.1 points (Tukey-Kramer, p = 0.003).",
+        "CF vs FT on the generated answer: no significant difference (CF ahead by 1.2 points, Tukey-Kramer, "
+        "p = 0.410).",
     ]
     df.attrs["value"] = "cec"
     df.loc[0, "p_adj"] = 0.0001
-    assert describe_tukey(df)[0] == "MT beats CF by 0.041 (p < 0.001)."
+    assert describe_tukey(df)[0] == "MT beats CF on cec by 0.041 (Tukey-Kramer, p < 0.001)."
+    runs = df.assign(n1=[3, 3], n2=[3, 2])
+    runs.attrs["value"] = "loglik_correct"
+    assert describe_tukey(runs)[0] == ("MT beats CF on the option log-likelihood (summed, lm-eval's acc) by 4.1 "
+                                       "points (Tukey-Kramer over 3 and 3 training runs, p < 0.001).")
 
 
 # --- the analysis of a run: present and absent inputs, too few observations ---
@@ -35,30 +44,44 @@ def run_tables(items: pd.DataFrame, ratings: pd.DataFrame | None = None):
                      losses=None, acceptance=None)
 
 
+def crossed_items(n: int = 12, seeds=(0, 1, 2), rng_seed: int = 3) -> pd.DataFrame:
+    """Three conditions trained on unrevised and revised rationales x two students x two test sets, on the same n
+    items, once per training seed, with every optional column of items.jsonl."""
+    rng = np.random.default_rng(rng_seed)
+    p_right = {"MT": 0.75, "CF": 0.45, "FT-CoT": 0.6}
+    rows = []
+    students, test_sets = ("gpt2", "gpt2-medium"), ("csqa", "arc_easy")
+    for (cond, p), source, student, seed, ts in itertools.product(p_right.items(), ("unrevised", "revised"),
+                                                                   students, seeds, test_sets):
+        for i in range(n):
+            cec = float(rng.random())
+            rows.append({"run": f"{cond}-{source}-s{seed}-{student}", "condition": cond, "rationale_source": source,
+                         "student": student, "seed": seed, "test_set": ts, "item_id": f"q{i}",
+                         "correct": int(rng.random() < p), "cec": cec, "rationale_len": int(rng.integers(5, 60)),
+                         **{m: cec * 0.5 + rng.random() * 0.1 for m in ("bleu", "rouge_l", "bertscore")},
+                         **{m: int(rng.integers(0, 2)) for m in ("loglik_correct", "faithfulness_perturbed",
+                                                                  "faithfulness_counterfactual",
+                                                                  "faithfulness_cf_follows")}})
+    return pd.DataFrame(rows)
+
+
 def test_analyse_full_inputs_runs_everything():
     from lib.findings import analyse
 
-    items = synthetic_items(300)
-    items["student"] = np.where(np.arange(300) % 2, "gpt2", "gpt2-medium")
-    items["rationale_source"] = np.where(np.arange(300) % 4 < 2, "unrevised", "revised")
-    items["run"] = items["condition"] + "-" + items["rationale_source"] + "-" + items["student"]
-    items["item_id"] = [f"q{i // 6}" for i in range(300)]
-    for m in ("bleu", "rouge_l", "bertscore"):
-        items[m] = items["cec"] * 0.5 + np.random.default_rng(2).random(300) * 0.1
-    for m in ("loglik_correct", "faithfulness_perturbed", "faithfulness_counterfactual", "faithfulness_cf_follows"):
-        items[m] = np.random.default_rng(4).integers(0, 2, 300)
+    items = crossed_items()
     ratings = pd.DataFrame([{"run": r.run, "item_id": r.item_id, "rater": rater, "completeness": (i + j) % 5 + 1,
                              "contrastiveness": (i * j) % 5 + 1, "soundness": (i + 2 * j) % 5 + 1}
-                            for i, r in enumerate(items.itertuples()) for j, rater in enumerate(("judge:x", "h1"))])
+                            for i, r in enumerate(items.drop_duplicates(["run", "item_id"]).itertuples())
+                            for j, rater in enumerate(("judge:x", "h1"))])
     tables = run_tables(items, ratings)
     runs = tables.runs.assign(n_params=tables.runs["run"].str.endswith("medium").map({True: 355e6, False: 124e6}))
     tables.items["student_size"] = tables.items["run"].map(runs.set_index("run")["n_params"]).astype(str)
     tables.causal = pd.DataFrame({"condition": "CAUSAL", "student": "gpt2", "seed": 0, "item_id": ["c1", "c2"],
                                   "cec": [0.5, 0.7], "cec_fc": [0.4, 0.6], "cec_bf": [0.6, 0.8]})
     sections = analyse(tables, n_boot=200)
-    expected = {"accuracy", "faithfulness", "mcnemar", "tukey_correct", "anova_correct", "anova_revision_correct",
-                "kruskal_correct", "ols_correct", "tukey_cec", "anova_cec", "anova_revision_cec", "kruskal_cec",
-                "ols_cec", "ols_rating_completeness",
+    expected = {"accuracy", "faithfulness", "cochran", "mcnemar", "tukey_runs_correct", "tukey_correct",
+                "anova_correct", "anova_revision_correct", "kruskal_correct", "ols_correct", "tukey_runs_cec",
+                "tukey_cec", "anova_cec", "anova_revision_cec", "kruskal_cec", "ols_cec", "ols_rating_completeness",
                 "ols_rating_contrastiveness", "ols_rating_soundness", "cec_vs_metrics", "causal_explanations"}
     assert set(sections) == expected
     assert all(sections[k].ran for k in expected), {k: s.notes for k, s in sections.items() if not s.ran}
@@ -67,6 +90,11 @@ def test_analyse_full_inputs_runs_everything():
     assert set(sections["anova_correct"].table["source"]) == {"condition", "student_size",
                                                                "condition x student_size", "residual"}
     assert any("Spearman" in s for s in sections["cec_vs_metrics"].sentences)
+    tests = [k for k in expected if k not in ("accuracy", "faithfulness", "causal_explanations")]
+    units = {k: set(sections[k].table["unit"]) for k in tests}
+    assert units == {k: {"run"} if k.startswith("tukey") else {"rating"} if "rating" in k else {"item"}
+                     for k in tests}
+    assert set(sections["mcnemar"].table["reading"]) == {"correct", "loglik_correct"}
 
 
 def test_analyse_absent_inputs_say_so():
@@ -77,7 +105,7 @@ def test_analyse_absent_inputs_say_so():
         assert not sections[key].ran
         assert any("absent" in n for n in sections[key].notes), (key, sections[key].notes)
     assert "no ratings in this run" in sections["ols_ratings"].notes[0]
-    assert sections["tukey_correct"].ran
+    assert sections["tukey_runs_correct"].ran and not sections["tukey_correct"].ran  # one seed: no Tukey over runs
 
 
 def test_analyse_one_seed_two_items_gives_notes_not_nans(tmp_path):
@@ -90,7 +118,7 @@ def test_analyse_one_seed_two_items_gives_notes_not_nans(tmp_path):
     for key in ("anova_correct", "anova_cec", "ols_correct", "tukey_correct", "kruskal_correct"):
         assert not sections[key].ran and sections[key].notes, key
     assert "no variance to explain" in sections["ols_correct"].notes[0]
-    assert "no within-group variance" in sections["tukey_correct"].notes[0]
+    assert "not computed over test items instead" in sections["tukey_correct"].notes[0]
     assert any("one training seed" in n for n in sections["accuracy"].notes)
     assert any("collapses to a point" in n for n in sections["accuracy"].notes)
     for section in sections.values():
@@ -149,8 +177,8 @@ def test_three_identical_seeds_do_not_narrow_any_ci_or_lower_any_p():
         assert a.ran == b.ran, key
         if not a.ran:
             continue
-        keys = [c for c in ("probe", "test_set", "student", "condition", "group1", "group2", "source", "term", "metric")
-                if c in a.table.columns]
+        keys = [c for c in ("probe", "test_set", "student", "condition", "group1", "group2", "source", "term", "metric",
+                            "reading") if c in a.table.columns]
         merged = a.table.merge(b.table, on=keys, suffixes=("_1", "_3"))
         assert len(merged) >= len(a.table), key
         for col in [c for c in a.table.columns if c == "p" or c.startswith("p_") or c.endswith("_p")]:
@@ -164,9 +192,13 @@ def test_three_identical_seeds_do_not_narrow_any_ci_or_lower_any_p():
         if "se" in a.table.columns:
             assert _not_below(merged["se_3"], merged["se_1"]), key
     assert compared > 20
-    for key in ("accuracy", "tukey_correct", "anova_cec", "kruskal_correct", "ols_correct", "cec_vs_metrics"):
+    for key in ("accuracy", "anova_cec", "kruskal_correct", "ols_correct", "cec_vs_metrics"):
         assert "mean over 3 seeds" in three[key].explanation and "one seed" in one[key].explanation, key
-    assert "Unit: test item, paired within one seed" in three["mcnemar"].explanation
+    for key in ("mcnemar", "cochran"):
+        assert "Unit: test item, paired within one seed" in three[key].explanation
+    assert "Unit: training run (3 seeds per condition)" in three["tukey_correct"].explanation
+    assert "Unit: training run (one seed per condition, so Tukey-Kramer over runs cannot be computed)" in \
+        one["tukey_correct"].explanation
     assert all("Unit:" in s.explanation for s in three.values())
 
 
@@ -251,7 +283,7 @@ def test_teacher_is_in_the_accuracy_table_and_mcnemar_but_not_in_the_tests_betwe
     acc = framed["accuracy"].table.set_index(["test_set", "student", "condition"])
     assert acc.loc[("csqa", "teacher-lm", "TEACHER"), "accuracy"] == pytest.approx(teacher["correct"].mean())
     assert ("arc", "teacher-lm", "TEACHER") not in acc.index  # the in-distribution set only
-    mcn = framed["mcnemar"].table
+    mcn = framed["mcnemar"].table.query("reading == 'correct'")
     vs_teacher = mcn[(mcn["group1"] == "TEACHER") | (mcn["group2"] == "TEACHER")]
     assert len(vs_teacher) == 2 * 3 and set(vs_teacher["student"]) == {"gpt2", "gpt2-medium"}  # every condition
     row = vs_teacher.set_index(["student", "group1"]).loc[("gpt2", "MT")]
@@ -259,8 +291,10 @@ def test_teacher_is_in_the_accuracy_table_and_mcnemar_but_not_in_the_tests_betwe
     right = teacher.set_index("item_id")["correct"]
     assert row["n_pairs"] == 20 and row["only2"] == int(((right == 1) & (mt == 0)).sum())
     assert "TEACHER" in framed["mcnemar"].explanation
-    for key in ("tukey_correct", "anova_correct", "kruskal_correct", "ols_correct", "tukey_cec", "ols_cec"):
+    for key in ("cochran", "tukey_runs_correct", "anova_correct", "kruskal_correct", "ols_correct", "tukey_runs_cec",
+                "ols_cec"):
         pd.testing.assert_frame_equal(framed[key].table, plain[key].table)  # TEACHER changes none of them
+    for key in ("cochran", "tukey_correct", "anova_correct", "kruskal_correct", "ols_correct", "tukey_cec", "ols_cec"):
         assert "TEACHER (the teacher's own answers) is left out" in framed[key].explanation, key
         assert "TEACHER" not in plain[key].explanation
 
@@ -316,8 +350,9 @@ def test_revision_factor_two_way_anova_and_interaction_regression():
     assert any(s.startswith("MT x revised (how much more revised rationales change MT than CF)")
                for s in sections["ols_correct"].sentences)
     assert "condition[T.MT]:rationale_source[T.revised]" in sections["ols_rating_soundness"].table["term"].tolist()
-    groups = set(sections["tukey_correct"].table[["group1", "group2"]].stack())
+    groups = set(sections["mcnemar"].table[["group1", "group2"]].stack())
     assert groups == {"BASE", "CF:revised", "CF:unrevised", "MT:revised", "MT:unrevised"}  # BASE takes part
+    assert sections["cochran"].table["groups"].tolist() == ["BASE, CF:revised, CF:unrevised, MT:revised, MT:unrevised"]
     assert "MT:revised" in set(sections["accuracy"].table["condition"])
 
 
@@ -332,3 +367,81 @@ def test_one_rationale_source_gives_the_models_of_before_and_says_so():
     assert ols.ran and not ols.table["term"].str.contains("rationale_source").any()
     assert any("one level only" in n for n in ols.notes)
     assert set(sections["accuracy"].table["condition"]) == {"BASE", "CF", "MT"}
+
+
+# --- the unit of each test: paired items for the conditions, training runs for Tukey-Kramer ---
+
+def test_paired_sections_find_what_tukey_over_items_missed_and_name_the_reading():
+    from lib.findings import analyse
+    from lib.stats import tukey_kramer
+
+    items = discordant_items(seeds=(0, 1, 2), base=True)
+    assert tukey_kramer(items.query("seed == 0 and condition != 'BASE'"), "loglik_correct").loc[0, "p_adj"] > 0.05
+    sections = analyse(run_tables(items), outcomes=["correct", "loglik_correct"], n_boot=100)
+    mcn = sections["mcnemar"].table
+    assert set(mcn["reading"]) == {"correct", "loglik_correct"} and mcn["unit"].eq("item").all()
+    ft_mt = mcn.query("reading == 'loglik_correct' and group1 == 'FT' and group2 == 'MT'")
+    assert len(ft_mt) == 3 and (ft_mt["p_holm"] < 0.01).all()  # one test per seed, each significant after Holm
+    assert "[csqa, tiny, 1] MT beats FT by 8.0 points on the option log-likelihood (summed, lm-eval's acc) (on 200 " \
+           "shared items" in " ".join(sections["mcnemar"].sentences)
+    # BASE, one untrained run, is paired under every seed; the sentence names the reading and the test
+    assert len(mcn.query("reading == 'correct' and group1 == 'BASE' and group2 == 'MT'")) == 3
+    assert sections["mcnemar"].sentences[0] == ("[csqa, tiny] Above BASE on the generated answer (paired McNemar, "
+                                                "Holm-adjusted p < 0.05): FT (3 of 3 seeds), MT (3 of 3 seeds).")
+    cochran = sections["cochran"].table.query("reading == 'loglik_correct'")
+    assert cochran["groups"].eq("BASE, FT, MT").all() and (cochran["p"] < 0.001).all()
+    assert any(s.startswith("[csqa, tiny, 0] Cochran's Q over BASE, FT, MT on the option log-likelihood")
+               for s in sections["cochran"].sentences)
+
+
+def test_tukey_is_over_training_runs_and_refuses_one_seed_instead_of_using_items():
+    from lib.findings import analyse
+    from lib.stats import mark_outliers, run_values, tukey_over_runs
+
+    one = analyse(run_tables(discordant_items()), outcomes=["loglik_correct"], n_boot=100)
+    assert not one["tukey_loglik_correct"].ran  # two groups of 200 items, but one run each
+    assert "not computed over test items instead" in one["tukey_loglik_correct"].notes[0]
+    assert one["tukey_runs_loglik_correct"].table["run"].tolist() == ["FT__tiny__seed0", "MT__tiny__seed0"]
+    items, ratings = shared_items((0, 1, 2), n=30, vary=True)
+    items = pd.concat([items, items.query("condition == 'CF' and seed == 0").assign(condition="BASE", rationale_len=0,
+                                                                                     run=lambda d: "BASE" + d["run"])])
+    three = analyse(tables_of(items, ratings), n_boot=100)["tukey_correct"]
+    runs = run_values(items[items["test_set"] == "csqa"], "correct").query("student == 'gpt2'")
+    expected = tukey_over_runs(mark_outliers(runs, "correct", ["condition"]), "correct")
+    got = three.table.query("test_set == 'csqa' and student == 'gpt2'").reset_index(drop=True)
+    np.testing.assert_allclose(got["p_adj"], expected["p_adj"])
+    np.testing.assert_allclose(got["meandiff"], expected["meandiff"])
+    assert got["unit"].eq("run").all() and set(got["n1"]) == {3}
+    assert "BASE" not in set(got[["group1", "group2"]].stack())
+    assert any("left out with a single run (untrained, or one seed): BASE" in n for n in three.notes)
+    assert any("Tukey-Kramer over 3 and 3 training runs" in s for s in three.sentences)
+
+
+def no_rationale_items() -> pd.DataFrame:
+    """shared_items over three seeds plus FT, which writes no rationale: an empty rationale and CEC 0 on every item."""
+    items, _ = shared_items((0, 1, 2), n=30, vary=True)
+    items["rationale"] = "because"
+    ft = items.query("condition == 'CF'").assign(condition="FT", rationale="", rationale_len=0, cec=0.0,
+                                                 run=lambda d: d["run"].str.replace("CF", "FT"))
+    return pd.concat([items, ft], ignore_index=True)
+
+
+def test_the_tests_of_cec_leave_out_the_condition_that_writes_no_rationale():
+    from lib.findings import analyse
+    from lib.run_tables import silent_conditions
+
+    items = no_rationale_items()
+    assert silent_conditions(items, "cec") == ["FT"]
+    assert silent_conditions(items.drop(columns="rationale"), "cec") == ["FT"]  # rationale_len 0 on every item
+    assert silent_conditions(items.assign(cec=np.where(items["condition"] == "MT", np.nan, items["cec"])),
+                             "cec") == ["FT", "MT"]  # no CEC at all
+    _, ratings = shared_items((0, 1, 2), n=30, vary=True)
+    sections = analyse(tables_of(items, ratings), n_boot=100)
+    for key in ("tukey_cec", "tukey_runs_cec", "anova_cec", "kruskal_cec", "cec_vs_metrics"):
+        table = sections[key].table
+        named = set(table[["group1", "group2"]].stack()) if "group1" in table else set(table.get("condition", []))
+        assert "FT" not in named, key
+        assert any("FT writes no rationale" in n for n in sections[key].notes), key
+    assert set(sections["tukey_cec"].table[["group1", "group2"]].stack()) == {"CF", "FT-CoT", "MT"}
+    assert not any(t.startswith("condition[T.FT]") for t in sections["ols_cec"].table["term"])
+    assert "FT" in set(sections["tukey_correct"].table[["group1", "group2"]].stack())  # the answer is still tested

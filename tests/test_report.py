@@ -1,5 +1,5 @@
-"""Tests of lib.report and lib.run_tables: reading a run folder, the run report (inputs present, absent, too few)
-and run comparison."""
+"""Tests of lib.report and lib.run_tables: reading a run folder, the run report (inputs present, absent, too few;
+each test with its unit) and run comparison."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def images(page: str) -> list[bytes]:
 def test_report_with_every_input_has_every_table_and_figure(tmp_path):
     from lib import figures, findings, report, run_tables
 
-    run_dir = make_run(tmp_path)
+    run_dir = make_run(tmp_path, n_items=30, seeds=(0, 1, 2))
     tables = run_tables.load_run_tables(run_dir)
     assert tables.ratings is not None and len(tables.ratings) == 2 * len(tables.items)
     assert set(tables.items["student_size"]) == {"124M params", "355M params"}
@@ -102,10 +102,17 @@ def test_report_with_every_input_has_every_table_and_figure(tmp_path):
     assert len(pngs) == len(figures.FIGURES) and all(p.startswith(PNG_MAGIC) for p in pngs)
     for name, _ in figures.FIGURES.values():
         assert (run_dir / "06_statistics" / name).read_bytes().startswith(PNG_MAGIC)
-    for title in ("Tukey-Kramer HSD on correct", "Two-way ANOVA on correct", "Kruskal-Wallis", "McNemar",
-                  "Regression of soundness ratings", "CEC against BLEU", "CAUSAL students"):
-        assert title in page
-    assert re.search(r"MT beats CF by \d+\.\d points \((p = 0\.\d{3}|p &lt; 0\.001)\)", page)
+    for title in ("Tukey-Kramer HSD on correct over training runs", "correct per training run", "Two-way ANOVA on "
+                  "correct", "Kruskal-Wallis", "McNemar", "Cochran&#x27;s Q", "Regression of soundness ratings",
+                  "CEC against BLEU", "CAUSAL students"):
+        assert title in page, title
+    assert re.search(r"MT beats CF on the generated answer by \d+\.\d points \(Tukey-Kramer over 3 and 3 training "
+                     r"runs, (p = 0\.\d{3}|p &lt; 0\.001)\)", page)
+    assert re.search(r"MT beats CF by \d+\.\d points on the option log-likelihood \(summed, lm-eval&#x27;s acc\) "
+                     r"\(on 30 shared items", page)  # McNemar on the second reading
+    for unit in ("Unit: training run (3 seeds per condition)", "Unit: test item, paired within one seed",
+                 "<th>unit</th>"):
+        assert unit in page, unit
     # provenance from the manifest, and the caveat about this step's own record
     for fact in ("abc123def456", "uncommitted changes", "0123abcd", "statsmodels", "0.15.0", "05_evaluation"):
         assert fact in page
@@ -124,7 +131,8 @@ def test_report_without_optional_inputs_says_they_are_absent(tmp_path):
     assert "acceptance.json is absent" in page
     assert "no CAUSAL run in this study" in page
     assert len(images(page)) == len(figures.FIGURES) - 3  # no metrics scatter, ratings or acceptance figure
-    assert "Tukey-Kramer HSD on correct" in page and "MT beats CF" in page
+    assert "Tukey-Kramer HSD on correct" in page and "MT beats CF by" in page  # McNemar, paired on items
+    assert "Tukey-Kramer over training runs needs at least two condition groups with two runs (seeds) each" in page
 
 
 def test_report_with_too_few_observations_explains_instead_of_failing(tmp_path):
@@ -137,7 +145,7 @@ def test_report_with_too_few_observations_explains_instead_of_failing(tmp_path):
     page = report.build_run_report(run_dir, tmp_path / "r.html").read_text()
     assert "Too few observations or absent inputs" in page
     assert "one training seed per condition" in page
-    assert "no within-group variance" in page and "two levels of student_size" in page
+    assert "not computed over test items instead" in page and "two levels of student_size" in page
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
 
@@ -153,6 +161,8 @@ def test_compare_runs_cli(tmp_path):
     assert "Runs compared: run-a, run-b" in page
     assert "training.seeds" in page  # the params that differ
     assert page.count("<h3>run-a</h3>") == 1 and page.count("<h3>run-b</h3>") == 1
+    assert "Paired tests on items (Cochran's Q, McNemar) and Tukey-Kramer over training runs" in page
+    assert "MT beats CF on the generated answer by" in page  # run-b has two seeds: Tukey-Kramer over its runs
     assert "Accuracy (%) by condition, run beside run" in page
     assert main([str(tmp_path / "nope"), str(a)]) == 2
 
@@ -234,7 +244,8 @@ def test_step_06_finishes_with_an_optional_part_off_and_says_so(tmp_path, part):
     page = report.write_run_report(run_dir, sections, figures.run_figures(tables, out)).read_text()
     for phrase in expected:
         assert phrase in page, phrase
-    assert sections["tukey_correct"].ran == (part != "mc_items")
+    assert sections["mcnemar"].ran == sections["cochran"].ran == (part != "mc_items")
+    assert not sections["tukey_correct"].ran  # one seed: no Tukey-Kramer over runs, and none over items
     assert sections["causal_explanations"].ran == (part != "causal")
 
 

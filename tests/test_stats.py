@@ -1,5 +1,6 @@
-"""Tests of lib.stats against textbooks and hand computations: accuracy table and cluster bootstrap, Tukey-Kramer,
-OLS, two-way ANOVA, Kruskal-Wallis and Dunn, McNemar with Holm."""
+"""Tests of lib.stats against textbooks and hand computations: accuracy table and cluster bootstrap, Tukey-Kramer
+(over items as a primitive, over training runs with 1.5 IQR outliers removed), OLS, two-way ANOVA, Kruskal-Wallis and
+Dunn, McNemar with Holm over every reading, Cochran's Q."""
 
 from __future__ import annotations
 
@@ -350,7 +351,8 @@ def test_mcnemar_exact_by_hand():
     # exact: two-sided binomial on 13 discordant pairs, 3 of one kind: 2 * (C(13,0)+..+C(13,3)) / 2^13
     assert row["p"] == pytest.approx(2 * (1 + 13 + 78 + 286) / 2 ** 13)
     assert row["method"] == "exact binomial"
-    assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A vs B: no significant difference (on 20 shared items")
+    assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A vs B on the generated answer: no significant "
+                                               "difference (on 20 shared items")
 
 
 def test_mcnemar_chi_square_by_hand():
@@ -363,9 +365,9 @@ def test_mcnemar_chi_square_by_hand():
     row = out.iloc[0]
     stat = (abs(30 - 12) - 1) ** 2 / 42
     assert row["statistic"] == pytest.approx(stat) and row["p"] == pytest.approx(chi2.sf(stat, 1))
-    assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A beats B by 25.7 points (on 70 shared items, A is right where B "
-                                                "is wrong 30 times and the reverse 12 times; McNemar p = 0.009, "
-                                                "Holm-adjusted p = 0.009)")
+    assert describe_mcnemar(out)[0].startswith("[csqa, s, 0] A beats B by 25.7 points on the generated answer (on 70 "
+                                               "shared items, A is right where B is wrong 30 times and the reverse 12 "
+                                               "times; McNemar p = 0.009, Holm-adjusted p = 0.009)")
 
 
 def test_mcnemar_pairs_only_shared_items():
@@ -381,7 +383,8 @@ def test_mcnemar_pairs_only_shared_items():
 def test_ols_rater_fixed_effects_match_lstsq():
     rng = np.random.default_rng(1)
     n = 240
-    ratings = pd.DataFrame({"condition": rng.choice(["CF", "MT", "MT+CF"], n), "rater": rng.choice(["r1", "r2", "r3", "judge:x"], n),
+    ratings = pd.DataFrame({"condition": rng.choice(["CF", "MT", "MT+CF"], n),
+                            "rater": rng.choice(["r1", "r2", "r3", "judge:x"], n),
                             "rationale_len": rng.integers(5, 80, n)})
     severity = ratings["rater"].map({"r1": 0.0, "r2": -1.0, "r3": 0.5, "judge:x": 1.0})
     ratings["soundness"] = 3 + (ratings["condition"] == "MT") * 0.6 + severity + 0.01 * ratings["rationale_len"] \
@@ -393,7 +396,8 @@ def test_ols_rater_fixed_effects_match_lstsq():
     # statsmodels orders terms: intercept, condition dummies, rater dummies, then covariates
     by_term = out.set_index("term")["coef"]
     assert by_term["Intercept"] == pytest.approx(beta[0])
-    assert by_term["condition[T.MT]"] == pytest.approx(beta[1]) and by_term["condition[T.MT+CF]"] == pytest.approx(beta[2])
+    assert by_term["condition[T.MT]"] == pytest.approx(beta[1])
+    assert by_term["condition[T.MT+CF]"] == pytest.approx(beta[2])
     assert by_term["rationale_len"] == pytest.approx(beta[3])
     for i, r in enumerate(raters[1:]):
         assert by_term[f"rater[T.{r}]"] == pytest.approx(beta[4 + i])
@@ -403,9 +407,11 @@ def test_ols_rater_fixed_effects_match_lstsq():
 
 # --- seeds and items: the unit of every test is the test item -------------------------------------------------
 
-def shared_items(seeds=(0,), n: int = 30, rng_seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+def shared_items(seeds=(0,), n: int = 30, rng_seed: int = 5,
+                 vary: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Items and ratings of three conditions x two students on the same n items of two test sets, once per seed in
-    `seeds`; every seed repeats the first one's outcomes exactly, as if training were deterministic."""
+    `seeds`; every seed repeats the first one's outcomes exactly, as if training were deterministic, unless `vary`
+    (then each later seed flips a random tenth of the answers and moves CEC a little)."""
     rng = np.random.default_rng(rng_seed)
     p_right = {"CF": 0.4, "MT": 0.75, "FT-CoT": 0.55}
     rows = []
@@ -429,7 +435,10 @@ def shared_items(seeds=(0,), n: int = 30, rng_seed: int = 5) -> tuple[pd.DataFra
         rater=rater, **{d: rng.integers(1, 8, len(rated)) + (rated["condition"] == "MT") for d in
                         ("completeness", "contrastiveness", "soundness")}) for rater in ("judge:x", "h1")])
     run = lambda df, s: df["condition"] + "__" + df["student"] + f"__seed{s}"  # noqa: E731
-    items = pd.concat([one.assign(seed=s, run=run(one, s)) for s in seeds], ignore_index=True)
+    flip = [rng.random(len(one)) < (0.1 if vary and i else 0.0) for i in range(len(seeds))]
+    items = pd.concat([one.assign(seed=s, run=run(one, s), correct=(one["correct"] ^ f).astype(int),
+                                  cec=one["cec"] + (0.02 * rng.standard_normal(len(one)) if vary and i else 0.0))
+                       for i, (s, f) in enumerate(zip(seeds, flip))], ignore_index=True)
     ratings = pd.concat([scores.assign(run=run(scores, s)) for s in seeds], ignore_index=True)
     return items, ratings.drop(columns=["condition", "student"])
 
@@ -506,7 +515,7 @@ def test_mcnemar_holm_adjusts_within_each_test_set_and_student():
         assert fam["p_holm"].tolist() == pytest.approx(multipletests(fam["p"], method="holm")[1].tolist())
         assert fam.loc[("A", "B"), "p_holm"] == pytest.approx(3 * raw)
     sentences = describe_mcnemar(out)
-    ab = next(s for s in sentences if s.startswith("[csqa, s1, 0] A vs B"))
+    ab = next(s for s in sentences if s.startswith("[csqa, s1, 0] A vs B on the generated answer"))
     assert "no significant difference" in ab and "McNemar p = 0.035, Holm-adjusted p = 0.105" in ab
 
 
@@ -530,3 +539,160 @@ def test_ols_regression_with_a_crossed_factor_matches_lstsq():
     empty = data[~((data["condition"] == "CF") & (data["rationale_source"] == "revised"))]
     with pytest.raises(TooFewObservations, match="CF x revised has none"):
         ols_regression(empty, outcome="y", factor="rationale_source")
+
+
+# --- paired tests over every reading: the conditions answered the same items --------------------------------------
+
+def discordant_items(seeds=(0,), base: bool = False) -> pd.DataFrame:
+    """FT and MT on the same 200 csqa items, once per seed. On the generated answer (correct) they disagree on 10 items,
+    5 each way; on the option scoring (loglik_correct) both get 80 right and 100 wrong, FT 2 more and MT 18 more. The
+    items are shared, so most right answers coincide: 41% vs 49%. With `base`, BASE (one run, the first seed) answers
+    the first 20 items right on both readings."""
+    split = {"correct": (90, 5, 5, 100), "loglik_correct": (80, 2, 18, 100)}
+    pairs = {r: [(1, 1)] * a + [(1, 0)] * b + [(0, 1)] * c + [(0, 0)] * d for r, (a, b, c, d) in split.items()}
+    rows = [{"run": f"{cond}__tiny__seed{seed}", "condition": cond, "student": "tiny", "seed": seed,
+             "test_set": "csqa", "item_id": f"q{i}", "rationale_len": 12,
+             **{r: pairs[r][i][k] for r in split}} for seed in seeds for k, cond in enumerate(("FT", "MT"))
+            for i in range(200)]
+    if base:
+        rows += [{"run": "BASE__tiny__seed0", "condition": "BASE", "student": "tiny", "seed": seeds[0],
+                  "test_set": "csqa", "item_id": f"q{i}", "rationale_len": 0, "correct": int(i < 20),
+                  "loglik_correct": int(i < 20)} for i in range(200)]
+    return pd.DataFrame(rows)
+
+
+def test_paired_mcnemar_finds_the_difference_that_tukey_over_items_misses():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from lib.stats import mcnemar_pairs, over_readings
+
+    items = discordant_items()
+    # the old unit: each condition's 200 answers to the same items taken as an independent group
+    assert tukey_kramer(items, value="loglik_correct").loc[0, "p_adj"] > 0.05
+    paired = over_readings(mcnemar_pairs, items, ["correct", "loglik_correct", "cloze_correct"])
+    assert paired["reading"].tolist() == ["correct", "loglik_correct"]  # cloze_correct is absent: not tested
+    row = paired.set_index("reading").loc["loglik_correct"]
+    assert (row["n_pairs"], row["only1"], row["only2"]) == (200, 2, 18) and row["unit"] == "item"
+    assert row["p"] == pytest.approx(mcnemar([[80, 2], [18, 100]], exact=True).pvalue)
+    assert row["p_holm"] < 0.01 and row["method"] == "exact binomial"
+    assert paired.set_index("reading").loc["correct", "p"] == 1.0  # 5 vs 5
+
+
+def test_mcnemar_drops_items_a_reading_did_not_score_pairwise():
+    from lib.stats import mcnemar_pairs, over_readings
+
+    items = discordant_items().assign(cloze_correct=lambda d: d["correct"].astype(float))
+    items.loc[(items["condition"] == "MT") & (items["item_id"].isin([f"q{i}" for i in range(10)])),
+              "cloze_correct"] = np.nan  # not scored
+    paired = over_readings(mcnemar_pairs, items, ["correct", "cloze_correct"]).set_index("reading")
+    assert paired.loc["correct", "n_pairs"] == 200 and paired.loc["cloze_correct", "n_pairs"] == 190
+
+
+def test_holm_over_the_pairs_of_each_test_set_student_and_reading_equals_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from lib.stats import mcnemar_pairs, over_readings
+
+    items = three_way_pairs(("s1", "s2"))
+    rng = np.random.default_rng(0)
+    items["loglik_correct"] = np.where(items["condition"] == "B", rng.random(len(items)) < 0.2, items["correct"])
+    out = over_readings(mcnemar_pairs, items, ["correct", "loglik_correct"])
+    assert len(out) == 2 * 2 * 3  # students x readings x pairs
+    for _, fam in out.groupby(["test_set", "student", "reading"]):
+        assert fam["p_holm"].tolist() == pytest.approx(multipletests(fam["p"], method="holm")[1].tolist())
+    pooled = multipletests(out.loc[out["student"] == "s1", "p"], method="holm")[1]  # one family for both readings
+    assert not np.allclose(out.loc[out["student"] == "s1", "p_holm"], pooled)
+
+
+def test_cochran_q_equals_statsmodels_and_the_hand_formula():
+    from statsmodels.stats.contingency_tables import cochrans_q
+
+    from lib.stats import cochran_q, mcnemar_pairs, over_readings
+
+    items = three_way_pairs()
+    items.loc[(items["condition"] == "C") & items["item_id"].isin(["q0", "q1", "q2"]), "correct"] = 0
+    wide = items.pivot_table(index="item_id", columns="condition", values="correct").astype(int)
+    x = wide[["A", "B", "C"]].to_numpy()
+    k, col, row_sums = x.shape[1], x.sum(axis=0), x.sum(axis=1)
+    q = (k - 1) * (k * (col ** 2).sum() - col.sum() ** 2) / (k * row_sums.sum() - (row_sums ** 2).sum())
+    out = cochran_q(items).iloc[0]
+    assert out["statistic"] == pytest.approx(q) == pytest.approx(cochrans_q(x).statistic)
+    assert out["p"] == pytest.approx(cochrans_q(x).pvalue) and out["df"] == 2 and out["unit"] == "item"
+    assert (out["groups"], out["n_items"]) == ("A, B, C", 40)
+    # an item not scored under one condition leaves the test (listwise), a condition with no value leaves the table
+    items["loglik_correct"] = items["correct"].where(~((items["condition"] == "B") & (items["item_id"] == "q5")))
+    items["cloze_correct"] = items["correct"].where(items["condition"] != "C")
+    both = over_readings(cochran_q, items, ["loglik_correct", "cloze_correct"]).set_index("reading")
+    assert both.loc["loglik_correct", "n_items"] == 39 and both.loc["cloze_correct", "groups"] == "A, B"
+    # with two conditions Q is McNemar's chi-square without continuity correction: (b - c)^2 / (b + c)
+    two = mcnemar_pairs(items, "cloze_correct").iloc[0]
+    assert both.loc["cloze_correct", "statistic"] == pytest.approx((two["only1"] - two["only2"]) ** 2 / 15)
+    same = cochran_q(items[items["condition"] != "B"]).iloc[0]  # A and C agree on every item but three
+    assert same["discordant"] == 3
+    agree = cochran_q(items.assign(correct=1)).iloc[0]
+    assert (agree["statistic"], agree["p"], agree["discordant"]) == (0.0, 1.0, 0)
+
+
+# --- Tukey-Kramer over training runs -------------------------------------------------------------------------------
+
+RUN_SCORES = {"A": [0.50, 0.52, 0.51, 0.49, 0.90], "B": [0.60, 0.62, 0.61, 0.63, 0.59], "C": [0.55, 0.54, 0.56, 0.58]}
+
+
+def runs_frame(scores: dict[str, list[float]] = RUN_SCORES) -> pd.DataFrame:
+    """One row per training run: its condition, seed and accuracy."""
+    return pd.DataFrame([{"test_set": "csqa", "student": "tiny", "condition": c, "run": f"{c}__seed{i}", "seed": i,
+                          "correct": v} for c, vs in scores.items() for i, v in enumerate(vs)])
+
+
+def test_iqr_outliers_use_r_quartiles():
+    from lib.stats import iqr_outliers
+
+    v = np.array(RUN_SCORES["A"])
+    q1, q3 = np.quantile(v, [0.25, 0.75])  # R's quantile(type = 7): 0.50, 0.52
+    assert (q1, q3) == pytest.approx((0.50, 0.52))
+    assert iqr_outliers(v).tolist() == [False, False, False, False, True]  # 0.90 > 0.52 + 1.5 x 0.02
+    assert not iqr_outliers([0.1, 0.9]).any() and not iqr_outliers([0.1, 0.1, 0.9]).any()
+
+
+def test_tukey_over_runs_removes_outliers_per_cell_and_matches_scipy():
+    from lib.stats import mark_outliers, tukey_over_runs
+
+    runs = mark_outliers(runs_frame(), "correct", ["test_set", "student", "condition"])
+    assert runs.loc[runs["outlier"], "run"].tolist() == ["A__seed4"]
+    out = tukey_over_runs(runs, "correct")
+    kept = {"A": RUN_SCORES["A"][:4], "B": RUN_SCORES["B"], "C": RUN_SCORES["C"]}
+    ref = tukey_hsd(*kept.values())
+    names = list(kept)
+    for row in out.itertuples():
+        i, j = names.index(row.group1), names.index(row.group2)
+        assert row.meandiff == pytest.approx(ref.statistic[j, i])
+        assert row.p_adj == pytest.approx(ref.pvalue[i, j], rel=1e-3, abs=1e-6)
+        assert (row.n1, row.n2) == (len(kept[row.group1]), len(kept[row.group2]))
+    assert out["unit"].eq("run").all() and out.attrs["unit"] == "run" and out.attrs["left_out"] == {}
+
+
+def test_run_values_are_one_mean_per_training_run():
+    from lib.stats import run_values
+
+    items, _ = shared_items((0, 1, 2), n=20, vary=True)
+    runs = run_values(items, "correct")
+    assert len(runs) == items.groupby(["run", "test_set"]).ngroups and runs["unit"].eq("run").all()
+    expected = items.groupby(["test_set", "run"])["correct"].mean()
+    assert runs.set_index(["test_set", "run"])["correct"].sort_index().tolist() == pytest.approx(
+        expected.sort_index().tolist())
+    assert runs["n_items"].eq(20).all()
+
+
+def test_tukey_over_runs_refuses_one_seed_instead_of_using_items():
+    from lib.stats import mark_outliers, run_values, tukey_over_runs
+
+    items, _ = shared_items((0,), n=30)
+    one = items[(items["test_set"] == "csqa") & (items["student"] == "gpt2")]
+    runs = mark_outliers(run_values(one, "correct"), "correct", ["condition"])
+    assert len(runs) == 3  # three conditions, one run each: 90 items, but three observations
+    with pytest.raises(TooFewObservations, match="not computed over test items instead"):
+        tukey_over_runs(runs, "correct")
+    # a condition with a single run (BASE, untrained) is left out and named; the others are compared over runs
+    several = runs_frame({"A": [0.5, 0.6, 0.55], "B": [0.7, 0.72, 0.69], "BASE": [0.2]})
+    out = tukey_over_runs(several, "correct")
+    assert out.attrs["left_out"] == {"BASE": 1} and set(out[["group1", "group2"]].stack()) == {"A", "B"}
