@@ -12,7 +12,10 @@ For each operation it runs the same work twice, once in float32 and once under `
 - embedding: CEC (`lib.metrics.cec_batch` with all-MiniLM-L6-v2) of `--pairs` real rationale pairs, PaLM-540B's
   against CoS-E's human explanation of the same training question; agreement = mean |CEC difference|;
 - decoding: greedy generation of 32 tokens for 8 prompts (`lib.models.generate_texts`); agreement = share of
-  identical outputs.
+  identical outputs;
+- decoding_accuracy (not in the default `--ops`): 2-shot chain-of-thought answers of the untrained model to
+  `--decode-items` dev questions, 48 tokens, read strictly; agreement = accuracy in each format and the items only one
+  format gets right.
 
     .venv/bin/python benchmarks/precision.py [--data ../shared/data] [--ops training,scoring,embedding,decoding]
         [--items 40] [--pairs 1000] [--steps 3] [--threads N]
@@ -156,6 +159,29 @@ def bench_decoding(data: Path) -> dict:
     return {"unit": "s for 8 x 32 tokens", **seconds, "agreement": f"identical outputs {same:.0%}"}
 
 
+def bench_decoding_accuracy(data: Path, n: int, max_new_tokens: int = 48) -> dict:
+    """Greedy chain-of-thought answers (2-shot, as the local teacher asks) to n dev questions in each format, read
+    strictly (lib.metrics.extract_answer): does bf16 decoding change the generated accuracy?"""
+    from lib.metrics import extract_answer
+    from lib.models import generate_texts, load_student_lm, load_tokenizer
+    from lib.prompts import cot_prompt
+
+    qs = csqa(data, "dev", n)
+    tok, model = load_tokenizer("gemma3-270m-gguf"), load_student_lm("gemma3-270m-gguf")
+    texts, seconds, right = {}, {}, {}
+    for fmt in FORMATS:
+        with autocast(fmt, "cpu"):
+            out, seconds[fmt] = timed(generate_texts, model, tok, [cot_prompt(q, 2) for q in qs], max_new_tokens, 8)
+        texts[fmt] = [c[0].text for c in out]
+        right[fmt] = [extract_answer(t, q.choices) == q.answer for t, q in zip(texts[fmt], qs)]
+    same = sum(a == b for a, b in zip(texts["fp32"], texts["bf16"]))
+    only = {fmt: sum(r and not o for r, o in zip(right[fmt], right[other]))
+            for fmt, other in (("fp32", "bf16"), ("bf16", "fp32"))}
+    return {"unit": f"s for {n} x {max_new_tokens} tokens", **seconds,
+            "agreement": f"accuracy {sum(right['fp32'])}/{n} fp32, {sum(right['bf16'])}/{n} bf16 (right in one "
+                         f"only: {only['fp32']} fp32, {only['bf16']} bf16); identical outputs {same}/{n}"}
+
+
 def main() -> None:
     """Run the chosen operations and print one table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -165,6 +191,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--decode-items", type=int, default=200, help="dev questions of decoding_accuracy")
     args = ap.parse_args()
     import torch
 
@@ -179,7 +206,8 @@ def main() -> None:
     print(f"run.precision auto picks here: {precision_plan('auto', 'cpu')}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     runs = {"training": lambda: bench_training(args.data, args.steps), "scoring": lambda: bench_scoring(args.data, args.items),
-            "embedding": lambda: bench_embedding(args.data, args.pairs), "decoding": lambda: bench_decoding(args.data)}
+            "embedding": lambda: bench_embedding(args.data, args.pairs), "decoding": lambda: bench_decoding(args.data),
+            "decoding_accuracy": lambda: bench_decoding_accuracy(args.data, args.decode_items)}
     print("\n| operation | unit | fp32 | bf16 | bf16 speed-up | agreement |\n|---|---|---|---|---|---|")
     for op in args.ops.split(","):
         r = runs[op]()
