@@ -216,7 +216,22 @@ def accuracy_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Se
         section.sentences.append(f"{_label(row, by[:-1])}{row[by[-1]]}: {row['accuracy'] * 100:.1f}% of "
                                  f"{_of_items(row)} correct ({_ci_text(row['ci_low'], row['ci_high'])})"
                                  f"{parse_text}{loglik}.")
+    section.sentences.extend(_base_at_its_best(table, by))
     return section
+
+
+def _base_at_its_best(table: pd.DataFrame, by: list[str]) -> list[str]:
+    """Per test set and student: BASE's best reading, the bar a trained condition must clear (name and value)."""
+    readings = {"accuracy": "the generated answer", **{n: n.replace("_", " ") for n in LOGLIK_ACCURACIES.values()},
+                **{n: n.replace("_", " ") for n in STANDARD_ACCURACIES.values()}}
+    out = []
+    for row in table[table[by[-1]] == "BASE"].to_dict("records"):
+        values = {name: row[name] for name in readings if pd.notna(row.get(name, np.nan))}
+        if values:
+            best = max(values, key=values.get)
+            out.append(f"{_label(row, by[:-1])}BASE at its best reading: {values[best] * 100:.1f}% "
+                       f"({readings[best]}); a trained condition has learnt something where it beats that.")
+    return out
 
 
 def faithfulness_section(tables: RunTables, n_boot: int = 1000, seed: int = 0) -> Section:

@@ -261,6 +261,25 @@ def test_accuracy_section_headlines_the_per_character_loglik_accuracy():
     assert all("log-likelihood accuracy per character" in s for s in section.sentences)
 
 
+def test_accuracy_section_shows_the_standard_readings_the_parse_rate_and_base_at_its_best():
+    """Every reading of the answer is in the table; BASE's best one is named as the bar to clear."""
+    from lib.findings import accuracy_section
+
+    items = synthetic_items(120)
+    items.loc[items.index[:40], "condition"] = "BASE"
+    items["unparseable"] = (np.arange(len(items)) % 4 == 0).astype(int)  # 75% parsed
+    items["cloze_correct"] = 0.0
+    items["cloze_norm_correct"] = np.where(items["condition"] == "BASE", 1.0, 0.0)  # BASE is best read this way
+    items["lettered_correct"] = 0.0
+    section = accuracy_section(run_tables(items), n_boot=200)
+    assert {"cloze_accuracy", "cloze_norm_accuracy", "lettered_accuracy", "parse_rate"} <= set(section.table.columns)
+    parsed = 1 - items.groupby(["test_set", "condition"])["unparseable"].mean()
+    got = section.table.groupby(["test_set", "condition"])["parse_rate"].first()
+    assert np.allclose(got.sort_index(), parsed.sort_index())
+    assert any("BASE at its best reading: 100.0% (cloze norm accuracy)" in line for line in section.sentences)
+    assert any("lm-eval cloze reading per character" in line for line in section.sentences)
+
+
 # --- BASE and TEACHER rows, the revision factor ---
 
 def with_teacher(items: pd.DataFrame, rng_seed: int = 9) -> pd.DataFrame:
