@@ -46,7 +46,7 @@ from lib.conditions import eval_prompts, TEACHER
 from lib.files import read_json, write_jsonl
 from lib.metrics import cec_batch, extract_answer, extract_answer_lenient, rationale_length
 from lib.params import StudyParams
-from lib.precision import autocast, precision_plan
+from lib.precision import autocast
 from lib.questions import MCQuestion, NEXT_QUESTION
 from lib.response_cache import ResponseCache
 from lib.scoring import continuation_logliks, faithfulness, loglik_choices, OptionPick, perturbed_rationales, Scorer
@@ -252,14 +252,14 @@ class _Student:
 def _prepare_student(run_info: dict, adapter_dir: Path | None, params: StudyParams, device: str,
                      cache: ResponseCache | None) -> _Student:
     """Wrap one run for evaluation: lazy loading, its weights hash and its cached scorer, in run.precision's formats."""
-    from lib.models import is_encoder_decoder
+    from lib.models import is_encoder_decoder, number_formats
 
     ev = params.evaluation
     finetune = run_info["finetune"]
     load = functools.cache(functools.partial(load_student, run_info["student"], adapter_dir, device, finetune))
     # finetune decides how the weights are loaded (a 4-bit base for qlora), so it is part of what an output depends on
     identity = {"weights": student_weights_hash(run_info["student"], adapter_dir), "finetune": finetune, "device": device}
-    plan = precision_plan(params.run.precision, device)
+    plan = number_formats(params.run)
 
     def scored(pairs: Sequence[tuple[str, str]]) -> list[float]:
         with autocast(plan["scoring"], device):
@@ -435,7 +435,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
     """
     from lib.data import read_test_sets
     from lib.files import read_jsonl
-    from lib.models import pick_device
+    from lib.models import number_formats, pick_device
     from lib.teacher import read_rationales
 
     ev = ctx.params.evaluation
@@ -461,7 +461,7 @@ def evaluate_grid(ctx: Any) -> list[ItemResult]:
         cache.close()
     rationales_path = ctx.artifact("02_teacher", "rationales.jsonl")
     score_against_references(rows, read_rationales(rationales_path, "test", ctx.params.training.rationale_filter),
-                             ev, device, precision_plan(ctx.params.run.precision, device)["embedding"])
+                             ev, device, number_formats(ctx.params.run)["embedding"])
     in_distribution, questions = next(iter(tests.items()))
     return rows + teacher_rows(read_jsonl(rationales_path), in_distribution, questions)
 
@@ -518,7 +518,7 @@ def evaluate_causal_run(run_info: dict, adapter_dir: Path, pairs: list[dict], pa
 def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     """Every CAUSAL run of step 04 explains the test pairs of 02_teacher/causal.jsonl, scored against the teacher."""
     from lib.files import read_jsonl
-    from lib.models import pick_device
+    from lib.models import number_formats, pick_device
 
     ev = ctx.params.evaluation
     causal_runs = [r for r in read_jsonl(ctx.artifact("04_training", "runs.jsonl")) if r.get("task") == "causal"]
@@ -535,7 +535,7 @@ def evaluate_causal_grid(ctx: Any) -> list[ExplanationResult]:
     finally:
         cache.close()
     references = {r.item_id: r.reference for r in rows if r.reference}
-    score_against_references(rows, references, ev, device, precision_plan(ctx.params.run.precision, device)["embedding"])
+    score_against_references(rows, references, ev, device, number_formats(ctx.params.run)["embedding"])
     write_jsonl(ctx.out / "causal_items.jsonl", rows)
     return rows
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.files import PROJECT_ROOT, resolve_path, sha256_json
-from lib.precision import precision_plan
+from lib.precision import measure_speedups, native_bf16, precision_plan
 from lib.questions import NEXT_QUESTION
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,20 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def number_formats(run: Any) -> dict[str, str]:
-    """The format (fp32 / bf16) of each operation on this machine: `run.precision` resolved on `run.device`."""
-    return precision_plan(run.precision, pick_device(run.device))
+    """The format (fp32 / bf16) of each operation on this machine: `run.precision` resolved on `run.device`.
+
+    `auto` on a CPU with native bf16 takes bf16 only for the operations it measured faster here (lib.precision's
+    probe, measured once per CPU and torch version and kept in <cache>/precision_probe.json).
+    """
+    device = pick_device(run.device)
+    return precision_plan(run.precision, device, speedups=bf16_speedups(device) if run.precision == "auto" else None)
+
+
+def bf16_speedups(device: str) -> dict[str, float] | None:
+    """bf16's measured speed-up per operation on this CPU (None on GPUs and on CPUs without native bf16)."""
+    if device != "cpu" or not native_bf16(device):
+        return None
+    return measure_speedups(cache_dir() / "precision_probe.json")
 
 
 def load_tokenizer(spec: str, padding_side: str = "left") -> Any:

@@ -159,6 +159,15 @@ def precision_used(params: StudyParams) -> dict[str, str]:
     return number_formats(params.run)
 
 
+def precision_record(params: StudyParams) -> dict[str, Any]:
+    """What decided the number formats: run.precision, the plan on this machine and the bf16 probe behind `auto`."""
+    from lib.models import bf16_speedups, pick_device
+
+    device = pick_device(params.run.device)
+    return {"requested": params.run.precision, "plan": precision_used(params),
+            "bf16_speedups": bf16_speedups(device) if params.run.precision == "auto" else None}
+
+
 def fingerprint(step: str, params: StudyParams, run_dir: Path, code: str, inputs: dict[str, str]) -> str:
     """What a step's result depends on, hashed: equal fingerprints mean the step can be skipped.
 
@@ -244,6 +253,7 @@ def run_study(params: StudyParams, run_dir: Path, steps: list[str], params_file:
         "git": git_state(),
         "environment": environment(),
         "seeds": {"run": params.run.seed, "training": params.training.seeds},
+        "precision": precision_record(params),
         "code": {"lib_sha256": code},
         "inputs": {"data": inputs, "models": {s: model_provenance(s) for s in sorted(specs)},
                    "embedder": params.evaluation.embedder},

@@ -33,7 +33,7 @@ from lib.conditions import condition_sources, condition_task, task_weights, UNTR
 from lib.examples import collate, Example, load_condition_examples, tokenize_examples
 from lib.files import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from lib.params import TrainingParams
-from lib.precision import autocast, precision_plan
+from lib.precision import autocast
 from lib.runs import open_step
 
 log = logging.getLogger(__name__)
@@ -503,10 +503,10 @@ def train_grid(ctx: Any, examples: dict[tuple[str, str], list[Example]]) -> Any:
     """
     import pandas as pd
 
-    from lib.models import pick_device
+    from lib.models import number_formats, pick_device
 
     device = pick_device(ctx.params.run.device)
-    fmt = precision_plan(ctx.params.run.precision, device)["training"]
+    fmt = number_formats(ctx.params.run)["training"]
     force = bool(getattr(ctx, "force", False))  # `--force`: retrain every run, ignoring done.json and checkpoints
     runs = grid(ctx.params.training)
     results = []

@@ -44,3 +44,47 @@ def test_autocast_bf16_computes_matrix_products_in_bf16_and_fp32_leaves_them():
         assert (a @ a.T).dtype == torch.bfloat16
     with autocast("fp32", "cpu"):
         assert (a @ a.T).dtype == torch.float32
+
+
+def test_auto_on_a_bf16_cpu_follows_the_measured_speed_ups():
+    """Native bf16 flags are no promise of speed: bf16 only where the probe measured it faster; decoding stays fp32."""
+    slow = {"training": 0.6, "scoring": 0.65, "embedding": 0.64}
+    assert precision_plan("auto", "cpu", ZEN4, speedups=slow) == {op: "fp32" for op in OPERATIONS}
+    mixed = {"training": 1.8, "scoring": 2.1, "embedding": 1.1}
+    assert precision_plan("auto", "cpu", ZEN4, speedups=mixed) == {
+        "training": "bf16", "scoring": "bf16", "embedding": "fp32", "decoding": "fp32"}
+    assert precision_plan("auto", "cpu", ZEN1, speedups=mixed) == {op: "fp32" for op in OPERATIONS}
+    assert set(precision_plan("bf16", "cpu", ZEN4, speedups=slow).values()) == {"bf16"}  # forced stays forced
+
+
+def test_the_speed_probe_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch):
+    """Every step and rerun on one machine resolves `auto` the same way: the probe's result is read back, not redone."""
+    import json
+
+    import lib.precision
+
+    cache = tmp_path / "precision_probe.json"
+    first = lib.precision.measure_speedups(cache, repeats=1)
+    assert set(first) == set(lib.precision.PROBE_SHAPES) and all(v > 0 for v in first.values())
+    stored = json.loads(cache.read_text())
+    stored[lib.precision.probe_key()] = {"training": 9.0, "scoring": 9.0, "embedding": 9.0}
+    cache.write_text(json.dumps(stored))
+    monkeypatch.setattr(torch, "mm", lambda *a: pytest.fail("measured again"))
+    assert lib.precision.measure_speedups(cache)["training"] == 9.0
+
+
+def test_number_formats_measures_only_where_bf16_is_native(monkeypatch):
+    import lib.models
+    from lib.params import RunParams
+
+    import lib.precision
+
+    monkeypatch.setattr(lib.precision, "cpu_flags", lambda cpuinfo=None: ZEN1)
+    monkeypatch.setattr(lib.models, "measure_speedups", lambda cache: pytest.fail("no probe without native bf16"))
+    assert set(lib.models.number_formats(RunParams(device="cpu")).values()) == {"fp32"}
+    monkeypatch.setattr(lib.precision, "cpu_flags", lambda cpuinfo=None: ZEN4)
+    monkeypatch.setattr(lib.models, "measure_speedups", lambda cache: {"training": 2.0, "scoring": 0.5,
+                                                                       "embedding": 2.0})
+    assert lib.models.number_formats(RunParams(device="cpu")) == {
+        "training": "bf16", "scoring": "fp32", "embedding": "bf16", "decoding": "fp32"}
+    assert set(lib.models.number_formats(RunParams(device="cpu", precision="bf16")).values()) == {"bf16"}
