@@ -22,7 +22,8 @@ training questions:
    (`votes_unparsed`) beside what every other bar (1/k ... k/k) would accept, from the recorded votes.
 
 Counterfactual rationales (`build_cf_rationales`): for a question, a rationale written as if a randomly drawn wrong
-option were right. The multi-view CoT of the originals and the accepted counterfactuals is `lib.multiview`.
+option were right; the Hendriks replay (`teacher.replay_source: hendriks`) gives the ones it recorded, one per wrong
+option. The multi-view CoT of the originals and the accepted counterfactuals is `lib.multiview`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from collections import Counter
 from typing import Any
 
 from lib.metrics import extract_answer
-from lib.params import CounterfactualParams
+from lib.params import CounterfactualParams, TeacherParams
 from lib.prompts import cot_prompt, load_template, view_prompt
 from lib.questions import MCQuestion
-from lib.teacher import split_rationale, Teacher
+from lib.recorded import HENDRIKS_MODEL, option_column
+from lib.teacher import hendriks_records, split_rationale, Teacher
 
 log = logging.getLogger(__name__)
 
@@ -295,14 +297,19 @@ class CounterfactualRationale:
     teacher_model: str
     template_sha256: str
     split: str = "train"  # train rows feed CF training; test rows feed the faithfulness probe of step 05
+    source: str = ""  # replay: the recorded shard the rationale was read from; "" for generated rows
 
 
 def build_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: Teacher, params: CounterfactualParams,
                         seed: int) -> list[CounterfactualRationale]:
     """Per split, for each question a rationale written as if a randomly chosen wrong option were right (after SCOTT).
 
-    At most `cf_rationale_questions` per split; the wrong option is drawn with `seed`.
+    At most `cf_rationale_questions` per split; the wrong option is drawn with `seed`. A Hendriks replay teacher
+    (`teacher.params`) asks no model: `replay_cf_rationales`.
     """
+    replay = getattr(teacher, "params", None)
+    if isinstance(replay, TeacherParams) and replay.backend == "replay" and replay.replay_source == "hendriks":
+        return replay_cf_rationales(questions, replay, params, seed)
     rng = random.Random(seed)
     template = load_template("counterfactual_rationale")
     cap = params.cf_rationale_questions
@@ -318,6 +325,41 @@ def build_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: Teacher
     if empty:
         log.warning("%d of %d counterfactual rationales came back empty and are dropped", empty, len(rows))
     return [r for r in rows if r.text]
+
+
+def replay_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: TeacherParams, params: CounterfactualParams,
+                         seed: int) -> list[CounterfactualRationale]:
+    """Hendriks et al.'s recorded rationale for every wrong option of each question (at most `cf_rationale_questions`
+    per split), as Hendriks et al. trained on all four.
+
+    A question's rows start with the wrong option drawn with `seed` as `build_cf_rationales` draws it (step 05's
+    faithfulness probe feeds back the first row per question), then the others in option order. Empty rationales and
+    questions without a record are dropped and counted in the log, by column.
+    """
+    rng = random.Random(seed)
+    cap = params.cf_rationale_questions
+    picked = {split: qs if cap is None else qs[:cap] for split, qs in questions.items()}
+    records = hendriks_records(picked, teacher)
+    rows, empty, missing = [], Counter(), 0
+    for split, qs in picked.items():
+        for q in qs:
+            wrong = [i for i in range(len(q.choices)) if i != q.answer]
+            first = rng.choice(wrong)
+            r = records.get(q.id)
+            if r is None:
+                missing += 1
+                continue
+            for o in [first] + [i for i in wrong if i != first]:
+                text = split_rationale(r.texts[option_column(o)])
+                if not text:
+                    empty[option_column(o)] += 1
+                    continue
+                rows.append(CounterfactualRationale(id=q.id, option=o, text=text, teacher_model=HENDRIKS_MODEL,
+                                                    template_sha256="", split=split, source=r.source))
+    if empty or missing:
+        log.warning("counterfactual rationales dropped: %d questions without a record; empty: %s", missing,
+                    ", ".join(f"{c} {n}" for c, n in sorted(empty.items())) or "none")
+    return rows
 
 
 def _reason_kind(reason: str) -> str:

@@ -474,13 +474,14 @@ def teacher_rows(rationales: Sequence[dict], test_set: str, questions: Sequence[
     split test) as TEACHER rows, the ceiling of the students; no CEC or text metric, as its rationale is the reference.
 
     An unparseable or failed answer counts as wrong, as a student's does; a question a replayed teacher has no
-    recorded output for is left out.
+    recorded output for is left out, and so is every row of a teacher that was shown the answer (`answer_given`:
+    Hendriks et al.'s LLaMA-2-13B rationalised the gold option, so it is no predictor and has no TEACHER row).
     """
     by_id = {q.id: q for q in questions}
     rows = []
     for r in rationales:
         q = by_id.get(str(r["id"]))
-        if r["split"] != "test" or q is None or r.get("failure") == NOT_RECORDED:
+        if r["split"] != "test" or q is None or r.get("failure") == NOT_RECORDED or r.get("answer_given"):
             continue
         rows.append(ItemResult(
             run=f"{TEACHER}__unrevised__{r['model']}__seed0", condition=TEACHER, student=r["model"], seed=0,

@@ -20,6 +20,9 @@ from lib.files import PROJECT_ROOT, resolve_path
 from lib.questions import MC_FORMATS
 
 
+HENDRIKS_FOLDERS = ("cqa-llama-train", "cqa-llama-test")  # replay_source hendriks: the split folders of replay_dir
+
+
 class ParamsError(ValueError):
     """A params file or override that cannot be used; the message says where and what to do."""
 
@@ -84,8 +87,12 @@ class DataParams(_Section):
 class TeacherParams(_Section):
     backend: Literal["local", "replay", "openai"] = "local"  # local = in-process transformers model; replay = recorded outputs; openai = any OpenAI-compatible server
     model: str = "gemma3-270m-gguf"  # local: a model spec (see lib.models); openai: the served model name
-    replay_dir: str | None = None  # backend=replay: distilling step-by-step cqa folder (palm) or the CoS-E v1.11 folder (cose)
-    replay_source: Literal["palm", "cose"] = "palm"  # recorded outputs replayed: PaLM-540B few-shot CoT or CoS-E human explanations
+    # backend=replay: the distilling step-by-step cqa folder (palm), the CoS-E v1.11 folder (cose), or the folder
+    # holding cqa-llama-train/ and cqa-llama-test/ (hendriks: Hendriks et al.'s llm_outputs/consolidated)
+    replay_dir: str | None = None
+    # recorded outputs replayed: PaLM-540B few-shot CoT, CoS-E human explanations, or Hendriks et al.'s LLaMA-2-13B
+    # explanations of the gold answer it was shown (no predictions), their revisions and counterfactual rationales
+    replay_source: Literal["palm", "cose", "hendriks"] = "palm"
     n_shots: int = Field(2, ge=0, le=7)  # worked examples in the few-shot CoT prompt
     max_new_tokens: int = Field(64, ge=8)  # tokens per teacher completion
     batch_size: int = Field(8, ge=1)  # local: prompts per generate() call
@@ -119,8 +126,11 @@ class TeacherParams(_Section):
         if self.backend == "replay":
             if not self.replay_dir:
                 raise ValueError("backend 'replay' needs teacher.replay_dir (the folder holding cqa_train.json and llm/, "
-                                 "or the CoS-E v1.11 folder with replay_source: cose)")
+                                 "the CoS-E v1.11 folder with replay_source: cose, or the folder holding "
+                                 "cqa-llama-train and cqa-llama-test with replay_source: hendriks)")
             check_local_source(self.replay_dir, must_exist=True)
+            if self.replay_source == "hendriks":
+                _check_hendriks_dir(self.replay_dir)
         if self.max_cost_usd is not None and (self.price_input_usd_per_mtok is None or self.price_output_usd_per_mtok is None):
             raise ValueError("teacher.max_cost_usd needs teacher.price_input_usd_per_mtok and "
                              "teacher.price_output_usd_per_mtok (dollars per million tokens) to count cost")
@@ -128,6 +138,16 @@ class TeacherParams(_Section):
             raise ValueError("teacher.api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
                              "never the key itself")
         return self
+
+
+def _check_hendriks_dir(replay_dir: str) -> None:
+    """The Hendriks replay folder holds both splits' shard folders."""
+    folder = resolve_path(replay_dir)
+    missing = [name for name in HENDRIKS_FOLDERS if not (folder / name / "shard_0").is_dir()]
+    if missing:
+        raise ValueError(f"teacher.replay_dir {replay_dir} (resolved to {folder}) lacks {', '.join(missing)} with its "
+                         "shard_<k> folders; with replay_source: hendriks point it at the folder holding "
+                         f"{' and '.join(HENDRIKS_FOLDERS)} (e.g. ../shared/data/hendriks_llm_outputs)")
 
 
 class StrategyTokens(_Section):
@@ -306,6 +326,16 @@ class StudyParams(_Section):
         if ref is not None and ref not in self.training.conditions:
             raise ValueError(f"statistics.reference {ref!r} is not one of training.conditions "
                              f"({', '.join(self.training.conditions)}); name one of them, or null for the first")
+        return self
+
+    @model_validator(mode="after")
+    def _given_answers_have_no_correct_filter(self) -> "StudyParams":
+        """The Hendriks replay records no teacher answer (it was given the gold one), so no rationale is `correct`."""
+        t = self.teacher
+        if t.backend == "replay" and t.replay_source == "hendriks" and self.training.rationale_filter == "correct":
+            raise ValueError("training.rationale_filter is correct, but the Hendriks replay's rationales explain the "
+                             "gold answer the teacher was shown and record no answer of its own, so none would be "
+                             "kept; use parsed (every non-empty recorded rationale) or any")
         return self
 
     @model_validator(mode="after")

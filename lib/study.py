@@ -89,7 +89,7 @@ def input_files(params: StudyParams) -> dict[str, str]:
             out[src] = sha256_file(path)
     if params.teacher.backend == "replay" and params.teacher.replay_dir:
         folder = resolve_path(params.teacher.replay_dir)
-        replayed = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
+        replayed = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".arrow"))
         out.update({str(p.relative_to(folder.parent)): sha256_file(p) for p in replayed})
     return out
 

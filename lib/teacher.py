@@ -4,14 +4,17 @@ Backends (params `teacher.backend`):
 - `local`: an in-process transformers causal LM (Gemma 3 270M by default), batched generation;
 - `openai`: any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp server);
 - `replay`: recorded outputs joined to the questions by id: the PaLM-540B few-shot CoT completions
-  published with "Distilling step-by-step" (Hsieh et al. 2023, `replay_source: palm`) or the CoS-E
-  human explanations (`replay_source: cose`).
+  published with "Distilling step-by-step" (Hsieh et al. 2023, `replay_source: palm`), the CoS-E
+  human explanations (`replay_source: cose`) or Hendriks et al.'s LLaMA-2-13B explanations, revisions and
+  counterfactual rationales (`replay_source: hendriks`).
 `local` and `openai` go through `lib.teacher_engine.CachedTeacher` (cache, validation with re-asks,
 budget; `lib.openai_api` adds rate limits and retries for `openai`); `make_teacher` builds it. Step 02
 makes the CoT rationales, the critique-revision rows (seed 001) and the causal explanations of
 claim-evidence pairs (seed 000). Replay (its files read by `lib.recorded`) has no model to critique or
-explain with, so those rows are recorded as failures ("not available from replay"). Every output row
-records the backend, the model, the prompt template(s) and their hashes.
+explain with, so those rows are recorded as failures ("not available from replay"), except the critique-revisions
+that Hendriks et al. recorded. Their explanations rationalise the gold answer the teacher was shown: those rows have
+`answer` None and `answer_given` True, as they are no predictions. Every output row records the backend, the model,
+the prompt template(s) and their hashes, and a replayed one the file it was read from (`source`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ from lib.openai_api import OpenAIBackend
 from lib.params import TeacherParams
 from lib.prompts import causal_prompt, cot_prompt, load_template, revision_prompt
 from lib.questions import ClaimEvidence, MCQuestion
-from lib.recorded import load_cose, load_palm_rationales
+from lib.recorded import (
+    HENDRIKS_MODEL,
+    HendriksRecord,
+    load_cose,
+    load_hendriks_outputs,
+    load_palm_rationales,
+    match_hendriks,
+    NEGATIVE,
+    REVISED,
+    UNREVISED,
+)
 from lib.response_cache import ResponseCache
 from lib.teacher_engine import Ask, CachedTeacher, LocalBackend, Validator
 
@@ -71,6 +84,8 @@ class Rationale:
     prompt_tokens: int
     completion_tokens: int
     responses: int = 1  # teacher responses used (1 + re-asks; 0 when none came back)
+    answer_given: bool = False  # the teacher was shown the gold answer and explained it: answer None, no prediction
+    source: str = ""  # replay: the recorded file (or shard) the row was read from; "" for generated rows
 
 
 def split_rationale(text: str) -> str:
@@ -178,9 +193,12 @@ def _replay_rationales(questions: dict[str, list[MCQuestion]], params: TeacherPa
     PaLM completions end with the teacher's answer, which is judged like any completion. CoS-E explanations
     are written by people for the gold answer, so their answer is the gold one.
     """
+    if params.replay_source == "hendriks":
+        return _hendriks_rationales(questions, hendriks_records(questions, params))
     folder = resolve_path(params.replay_dir or "")
     if params.replay_source == "cose":
-        recorded = {**load_cose(str(folder / "cose_train_v1.11.jsonl")), **load_cose(str(folder / "cose_dev_v1.11.jsonl"))}
+        recorded = {**load_cose(str(folder / "cose_train_v1.11.jsonl")),
+                    **load_cose(str(folder / "cose_dev_v1.11.jsonl"))}
         model, template = "CoS-E v1.11 (human)", "CoS-E open-ended explanation"
     else:
         recorded = {**load_palm_rationales(str(folder), "train"), **load_palm_rationales(str(folder), "test")}
@@ -210,6 +228,66 @@ def _replay_rationales(questions: dict[str, list[MCQuestion]], params: TeacherPa
     return rows
 
 
+def hendriks_records(questions: dict[str, list[MCQuestion]], params: TeacherParams) -> dict[str, HendriksRecord]:
+    """Hendriks et al.'s records of the questions (both splits of teacher.replay_dir), checked against them by id."""
+    return match_hendriks(load_hendriks_outputs(resolve_path(params.replay_dir or "")), questions)
+
+
+def _hendriks_rationales(questions: dict[str, list[MCQuestion]], records: dict[str, HendriksRecord]) -> list[Rationale]:
+    """The unrevised explanations (few_shot_positive_rationale): the gold answer was given, so `answer` is None.
+
+    A question without a record is a "not recorded" row; an empty explanation an "empty" one (kept, never trained on).
+    """
+    rows = []
+    for split, qs in questions.items():
+        for q in qs:
+            r = records.get(q.id)
+            raw = r.texts[UNREVISED] if r else ""
+            text = split_rationale(raw)
+            failure = "not recorded" if r is None else None if text else "empty"
+            rows.append(Rationale(id=q.id, split=split, view="cot", rationale=text, answer=None, correct=False,
+                                  failure=failure, raw=raw, backend="replay", model=HENDRIKS_MODEL,
+                                  template=f"Hendriks et al. {UNREVISED}", template_sha256="", prompt_tokens=0,
+                                  completion_tokens=len(raw.split()), answer_given=True, source=r.source if r else ""))
+    empty = sum(r.failure == "empty" for r in rows)
+    if empty:
+        log.warning("%s: %d empty of %d, kept as failures 'empty'", UNREVISED, empty, len(rows))
+    return rows
+
+
+def _hendriks_revisions(picked: list[MCQuestion], params: TeacherParams, split: str) -> list[Revision]:
+    """The recorded critique-revisions (few_shot_revision; the critiques themselves are not in the files)."""
+    records = hendriks_records({split: picked}, params)
+    rows = []
+    for q in picked:
+        r = records.get(q.id)
+        initial, revised = (r.texts[UNREVISED], r.texts[REVISED]) if r else ("", "")
+        failure = "not recorded" if r is None else "explain: empty" if not initial else "revise: empty" if not revised \
+            else None
+        rows.append(Revision(q.id, split, initial, "", revised, failure, "replay", HENDRIKS_MODEL, {},
+                             source=r.source if r else ""))
+    empty = sum(bool(r.failure) and r.failure.endswith("empty") for r in rows)
+    if empty:
+        log.warning("%s: %d of %d revisions have an empty text, kept as failures", REVISED, empty, len(rows))
+    return rows
+
+
+def hendriks_side_by_side(questions: list[MCQuestion], params: TeacherParams, n: int = 1) -> Any:
+    """Hendriks et al.'s unrevised, negative and revised explanation of the first `n` recorded questions, side by side.
+
+    Empty (with the columns) unless the teacher is the Hendriks replay.
+    """
+    import pandas as pd
+
+    cols = ["id", "question", "gold", "unrevised", "negative", "revised", "source"]
+    if params.backend != "replay" or params.replay_source != "hendriks":
+        return pd.DataFrame(columns=cols)
+    records = hendriks_records({"train": questions}, params)
+    picked = [records[q.id] for q in questions if q.id in records][:n]
+    return pd.DataFrame([[r.id, r.question, r.answer, r.texts[UNREVISED], r.texts[NEGATIVE], r.texts[REVISED],
+                          r.source] for r in picked], columns=cols)
+
+
 @dataclasses.dataclass
 class Revision:
     """Critique-revision of one training question's explanation (a row of 02_teacher/revisions.jsonl)."""
@@ -223,6 +301,7 @@ class Revision:
     backend: str
     model: str
     templates: dict[str, str]  # template name -> sha256
+    source: str = ""  # replay: the recorded file (or shard) the row was read from; "" for generated rows
 
 
 def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engine: CachedTeacher | None = None,
@@ -231,10 +310,13 @@ def critique_revisions(questions: list[MCQuestion], params: TeacherParams, engin
 
     A stage whose completion failed but is not empty (truncated at the token limit) still goes to the next stage, so
     a row keeps every text the teacher wrote; `failure` names the first stage that failed. An empty one ends the row.
+    The Hendriks replay gives the revisions it recorded, and asks no model.
     """
     picked = questions[: params.revise_max_questions] if params.revise_max_questions else questions
     names = ("explain", "critique", "revise")
     templates = {n: load_template(n).sha256 for n in names}
+    if params.backend == "replay" and params.replay_source == "hendriks":
+        return _hendriks_revisions(picked, params, split)
     if params.backend == "replay":
         return [Revision(q.id, split, "", "", "", REPLAY_ONLY, "replay", "", templates) for q in picked]
     engine = engine or make_teacher(params)
@@ -333,7 +415,11 @@ def causal_explanations(pairs: dict[str, list[ClaimEvidence]], params: TeacherPa
 
 
 def summarize(rows: list[Rationale]) -> dict[str, Any]:
-    """Teacher quality per split: accuracy against gold, failures by reason, lengths and tokens."""
+    """Teacher quality per split: accuracy against gold, failures by reason, lengths and tokens.
+
+    Rows whose answer was given to the teacher (`answer_given`) are no predictions: the accuracy is over the others,
+    None when there are none, and `answer_given` counts them.
+    """
     out: dict[str, Any] = {}
     for split in sorted({r.split for r in rows}):
         rs = [r for r in rows if r.split == split]
@@ -342,9 +428,11 @@ def summarize(rows: list[Rationale]) -> dict[str, Any]:
             if r.failure:
                 failures[r.failure] = failures.get(r.failure, 0) + 1
         words = sorted(len(r.rationale.split()) for r in rs)
+        predicted = [r for r in rs if not r.answer_given]
         out[split] = {
             "n": len(rs),
-            "accuracy": sum(r.correct for r in rs) / len(rs),
+            "accuracy": sum(r.correct for r in predicted) / len(predicted) if predicted else None,
+            "answer_given": len(rs) - len(predicted),
             "failures": failures,
             "median_rationale_words": words[len(words) // 2],
             "prompt_tokens": sum(r.prompt_tokens for r in rs),

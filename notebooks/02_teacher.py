@@ -5,7 +5,8 @@
 # 1. Show the few-shot chain-of-thought prompt the teacher answers, and where every prompt template lives.
 # 2. Produce one CoT rationale per training and in-distribution test question with the configured backend:
 #    `local` (an in-process model, Gemma 3 270M by default), `openai` (any OpenAI-compatible server: OpenAI, vLLM,
-#    Ollama, llama.cpp) or `replay` (the PaLM-540B rationales of *Distilling step-by-step*, or CoS-E explanations).
+#    Ollama, llama.cpp) or `replay` (the PaLM-540B rationales of *Distilling step-by-step*, CoS-E explanations, or
+#    the LLaMA-2-13B explanations, revisions and counterfactual rationales of Hendriks et al.'s *Honey, I Shrunk*).
 # 3. Critique–revision (seed 001): initial explanation → the teacher's critique → a revised explanation.
 # 4. Structured causal explanations (seed 000) of Climate-FEVER claim–evidence pairs: cause, mechanism, effect.
 # 5. Measure the teacher: accuracy against gold, rationale lengths, failures by reason, tokens and cost.
@@ -97,7 +98,8 @@ files.write_jsonl(ctx.out / "rationales.jsonl", rows)
 #
 # A weak teacher (a 270M model) makes many wrong or unparseable rationales; the recorded PaLM-540B teacher agrees with
 # gold on 74.3% of CommonsenseQA train and 77.2% of dev. The students in step 04 always learn the gold answer; the
-# rationale is the teacher's.
+# rationale is the teacher's. Hendriks et al.'s LLaMA-2-13B was shown the gold answer and asked to explain it: its rows
+# record no answer (`answer` null, `answer_given` true), so it has no accuracy here and is no predictor in step 05.
 
 # %%
 # teacher accuracy, failures and lengths per split
@@ -119,13 +121,23 @@ teacher.rationale_examples_frame(rows, n=3)
 # Three calls per question: the teacher explains the gold answer, critiques its own explanation (what is missing,
 # wrong or unclear; does it say why the other options are wrong?), then rewrites it to meet the critique. Both the
 # unrevised and the revised explanation are kept. Only the first `teacher.revise_max_questions` training questions
-# are critiqued. The replay backend has no model to critique with: its rows say *not available from replay*.
+# are critiqued. The replay backend has no model to critique with: its rows say *not available from replay*, except
+# with `replay_source: hendriks`, whose revisions (and unrevised explanations) were recorded; the critiques were not.
 
 # %%
 # initial explanation, critique and revision per training question
 revisions = teacher.critique_revisions(splits.train, ctx.params.teacher, engine)
 files.write_jsonl(ctx.out / "revisions.jsonl", revisions)
 teacher.revisions_frame(revisions, n=3)
+
+# %% [markdown]
+# Hendriks et al. also recorded a deliberately poor explanation per question (the examples their critique stage learnt
+# from). With their replay the table below puts one question's three explanations side by side: unrevised (what
+# `rationale_sources: unrevised` trains on), negative, and revised (`revised`); it is empty with any other teacher.
+
+# %%
+# one question's unrevised, negative and revised explanation (Hendriks et al.'s replay)
+teacher.hendriks_side_by_side(splits.train, ctx.params.teacher, n=1)
 
 # %% [markdown]
 # ## Causal explanations (seed 000)

@@ -351,3 +351,15 @@ def test_bf16_scores_and_generates_under_autocast_and_is_cached_apart_from_fp32(
     assert seen["generate"] == [False] and len(seen["score"]) == scored  # all from the cache
     run("bf16")
     assert seen["generate"] == [False, True] and len(seen["score"]) > scored and all(seen["score"][scored:])
+
+
+def test_a_teacher_that_was_shown_the_answer_has_no_teacher_row():
+    """Hendriks et al.'s LLaMA-2-13B rationalised the gold option: it is no predictor, so step 05 reports no TEACHER."""
+    from lib.evaluation import teacher_rows
+
+    row = {"view": "cot", "backend": "replay", "model": "LLaMA-2-13B (Hendriks et al., replayed)", "template": "t",
+           "template_sha256": "", "prompt_tokens": 0, "completion_tokens": 3, "id": "q1", "split": "test",
+           "rationale": "Because b.", "answer": None, "correct": False, "failure": None, "raw": "Because b.",
+           "answer_given": True}
+    assert teacher_rows([row], "csqa", [q(1, answer=1)]) == []
+    assert len(teacher_rows([dict(row, answer_given=False)], "csqa", [q(1, answer=1)])) == 1

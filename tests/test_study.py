@@ -96,6 +96,15 @@ def test_the_smoke_study_runs_every_notebook_in_bf16(tmp_path):
     assert all(set(manifest["steps"][s]["precision"].values()) == {"bf16"} for s in STEPS)
     losses = _logged_losses(run_dir)
     assert losses and min(losses) >= 0
+    for step in ("04_training", "05_evaluation"):  # the by-hand cells recomputed in bf16, as the library computed
+        shown = _cell_outputs(run_dir / f"{step}.ipynb")
+        assert "'format': 'bf16'" in shown and "'format': 'fp32'" not in shown, step
+
+
+def _cell_outputs(notebook: Path) -> str:
+    """The plain-text outputs of every cell of an executed notebook, joined."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n".join("".join(o.get("data", {}).get("text/plain", "")) for c in cells for o in c.get("outputs", []))
 
 
 def test_rerun_is_cached_and_a_changed_param_reruns_downstream(smoke_run):

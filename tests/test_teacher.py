@@ -12,24 +12,33 @@ from pathlib import Path
 
 import pytest
 
-from lib.files import PROJECT_ROOT
+from lib.counterfactual import build_cf_rationales, CounterfactualRationale
+from lib.examples import condition_examples, revised_rationales
+from lib.files import DataError, PROJECT_ROOT
 from lib.models import Completion
 from lib.openai_api import RateLimiter, retry_after_s
-from lib.params import load_params, TeacherParams
+from lib.params import CounterfactualParams, load_params, ParamsError, TeacherParams
 from lib.prompts import causal_prompt, causal_student_prompt, claim_evidence_text, cot_prompt, load_template, TEMPLATES
 from lib.questions import ClaimEvidence, MCQuestion
+from lib.recorded import hendriks_empty_counts, load_hendriks, match_hendriks
 from lib.response_cache import ResponseCache
 from lib.teacher import (
     causal_explanations,
     causal_failure,
     cot_rationales,
     critique_revisions,
+    hendriks_side_by_side,
     make_teacher,
     parse_causal,
+    passes_rationale_filter,
+    Rationale,
     REPLAY_ONLY,
+    Revision,
     split_rationale,
+    summarize,
 )
 from lib.teacher_engine import Answer, Ask
+from tests.conftest import SHARED_DATA
 from tests.fake_openai_server import FakeOpenAI
 
 SECRET = "sk-test-DO-NOT-WRITE-4f9a1c"
@@ -403,3 +412,194 @@ def test_a_long_teacher_task_notes_how_far_it_is_in_the_progress_log(server, sec
     engine.progress_every_s = 60.0
     engine.complete(["p1", "p2", "p3"], desc="votes")
     assert lines[-1].endswith("(3 from the cache, 0 generated, 0 failed)") and len(lines) == 5
+
+
+# ---------------------------------------------------------------- the Hendriks et al. replay (LLaMA-2-13B)
+
+HENDRIKS = SHARED_DATA / "hendriks_llm_outputs"
+OPTIONS = ["bed", "sea", "sky", "box", "car"]
+
+
+def csqa_questions(n: int, prefix: str = "h", answer: int = 2) -> list[MCQuestion]:
+    """Five-option questions as step 01 writes CommonsenseQA's."""
+    return [MCQuestion(id=f"{prefix}{i}", question=f"Where is {prefix}{i}?", choices=list(OPTIONS),
+                       labels=list("ABCDE"), answer=answer, source="csqa") for i in range(n)]
+
+
+def hendriks_row(q: MCQuestion, **texts: str) -> dict:
+    """One shard row in Hendriks et al.'s columns; a text not given is made up from the column."""
+    cols = {"few_shot_positive_rationale": f"{q.id} because {q.choices[q.answer]}.",
+            "few_shot_negative_rationale": f"{q.id} obviously.",
+            "few_shot_revision": f"{q.id} revised.\n\nI hope this helps!",
+            **{f"counterfactual_prompt_answer_{k}_rationale": f"{q.id} argues {c}."
+               for k, c in enumerate(q.choices, 1)}}
+    return {"id": q.id, "question": q.question, "choices": q.choices, "answer": q.choices[q.answer], **cols, **texts}
+
+
+def write_hendriks(root: Path, shards: dict[str, list[list[dict]]]) -> Path:
+    """A tiny replay folder: per split, its shards (lists of rows) saved with `save_to_disk`."""
+    import datasets
+
+    for split, parts in shards.items():
+        for k, rows in enumerate(parts):
+            columns = {c: [r[c] for r in rows] for c in rows[0]}
+            datasets.Dataset.from_dict(columns).save_to_disk(str(root / f"cqa-llama-{split}" / f"shard_{k}"))
+    return root
+
+
+@pytest.fixture()
+def hendriks(tmp_path) -> tuple[TeacherParams, dict[str, list[MCQuestion]]]:
+    """Three training questions in two shards (one revision empty) and one test question; plus one unrecorded."""
+    train, test = csqa_questions(3), csqa_questions(1, "d")
+    rows = [hendriks_row(train[0]), hendriks_row(train[1], few_shot_revision=""),
+            hendriks_row(train[2], counterfactual_prompt_answer_1_rationale=" ")]
+    folder = write_hendriks(tmp_path / "llm_outputs",
+                            {"train": [rows[:2], rows[2:]], "test": [[hendriks_row(test[0])]]})
+    p = TeacherParams(backend="replay", replay_dir=str(folder), replay_source="hendriks")
+    return p, {"train": train + csqa_questions(1, "unrecorded"), "test": test}
+
+
+def test_hendriks_shards_load_in_order_and_count_empty_texts_by_column(hendriks):
+    p, _ = hendriks
+    got = load_hendriks(p.replay_dir, "train")
+    assert list(got) == ["h0", "h1", "h2"] and got["h2"].source.endswith("cqa-llama-train/shard_1")
+    assert got["h0"].texts["few_shot_revision"] == "h0 revised."  # the first line, as upstream trains on
+    assert hendriks_empty_counts(got) == {"few_shot_revision": 1, "counterfactual_prompt_answer_1_rationale": 1}
+
+
+def test_hendriks_rationales_are_given_answers_and_no_predictions(hendriks):
+    p, qs = hendriks
+    rows = cot_rationales(qs, p)
+    assert [(r.id, r.split, r.failure) for r in rows] == [
+        ("h0", "train", None), ("h1", "train", None), ("h2", "train", None), ("unrecorded0", "train", "not recorded"),
+        ("d0", "test", None)]
+    r = rows[0]
+    assert r.rationale == "h0 because sky." and r.answer is None and not r.correct and r.answer_given
+    assert r.model == "LLaMA-2-13B (Hendriks et al., replayed)" and r.backend == "replay"
+    assert r.source.endswith("cqa-llama-train/shard_0") and rows[-1].source.endswith("cqa-llama-test/shard_0")
+    assert set(dataclasses.asdict(r)) == {f.name for f in dataclasses.fields(Rationale)}
+    assert summarize(rows)["train"]["accuracy"] is None and summarize(rows)["train"]["answer_given"] == 4
+    assert read_rationales_rows([dataclasses.asdict(x) for x in rows], "parsed") == ["h0", "h1", "h2", "d0"]
+
+
+def read_rationales_rows(rows: list[dict], rationale_filter: str) -> list[str]:
+    """The ids whose rationale rows pass the filter, as training and CEC read 02_teacher/rationales.jsonl."""
+    return [r["id"] for r in rows if passes_rationale_filter(r, rationale_filter)]
+
+
+def test_hendriks_revisions_have_the_schema_revised_runs_read(hendriks):
+    p, qs = hendriks
+    revs = critique_revisions(qs["train"], p)
+    assert [(r.id, r.failure) for r in revs] == [("h0", None), ("h1", "revise: empty"), ("h2", None),
+                                                 ("unrecorded0", "not recorded")]
+    assert revs[0].initial == "h0 because sky." and revs[0].revised == "h0 revised." and revs[0].critique == ""
+    assert revs[0].model == "LLaMA-2-13B (Hendriks et al., replayed)" and revs[0].source.endswith("shard_0")
+    rows = [dataclasses.asdict(r) for r in revs]
+    assert set(rows[0]) == {f.name for f in dataclasses.fields(Revision)}
+    assert revised_rationales(rows, "parsed") == {"h0": "h0 revised.", "h2": "h2 revised."}
+    assert revised_rationales(rows, "any") == {"h0": "h0 revised.", "h2": "h2 revised."}  # empty stays out
+    assert critique_revisions(qs["train"], p.model_copy(update={"revise_max_questions": 1}))[0].id == "h0"
+
+
+class ReplayTeacher:
+    """A teacher engine's face as step 03 sees it (name and params), that must not be asked anything."""
+
+    name = "gemma3-270m-gguf"
+
+    def __init__(self, params: TeacherParams):
+        self.params = params
+
+    def complete(self, *args, **kwargs):
+        raise AssertionError("the Hendriks replay asks no model for counterfactual rationales")
+
+
+def test_hendriks_counterfactual_rationales_feed_cf_training(hendriks):
+    import random
+
+    p, qs = hendriks
+    rows = build_cf_rationales(qs, ReplayTeacher(p), CounterfactualParams(), seed=3)
+    rng = random.Random(3)  # the wrong option build_cf_rationales draws for each question comes first
+    drawn = {q.id: rng.choice([i for i in range(5) if i != q.answer]) for q in qs["train"] + qs["test"]}
+    by_q = {qid: [r.option for r in rows if r.id == qid] for qid in ("h0", "h2", "d0")}
+    assert by_q["h0"][0] == drawn["h0"] and sorted(by_q["h0"]) == [0, 1, 3, 4]
+    assert sorted(by_q["h2"]) == [1, 3, 4]  # its option-A rationale is empty: dropped
+    assert not any(r.id == "unrecorded0" for r in rows) and all(r.option != 2 for r in rows)
+    r = next(r for r in rows if r.id == "h0" and r.option == 0)
+    assert (r.text, r.split, r.teacher_model) == ("h0 argues bed.", "train", "LLaMA-2-13B (Hendriks et al., replayed)")
+    assert r.source.endswith("cqa-llama-train/shard_0") and {x.split for x in rows} == {"train", "test"}
+    assert set(dataclasses.asdict(r)) == {f.name for f in dataclasses.fields(CounterfactualRationale)}
+    cf_rows = [dataclasses.asdict(x) for x in rows]
+    cf = condition_examples("CF", qs["train"], {"h0": "h0 because sky."}, cf_rationales=cf_rows, answer_format="text")
+    assert [e.task for e in cf].count("counterfactual") == 4 + 4 + 3  # h0, h1, h2: every recorded wrong option
+    assert cf[1].target == f" h0 argues {OPTIONS[drawn['h0']]}. So the answer is {OPTIONS[drawn['h0']]}."
+    capped = build_cf_rationales(qs, ReplayTeacher(p), CounterfactualParams(cf_rationale_questions=1), seed=3)
+    assert {r.id for r in capped} == {"h0", "d0"}
+
+
+def test_hendriks_side_by_side_shows_one_item(hendriks):
+    p, qs = hendriks
+    frame = hendriks_side_by_side(qs["train"], p)
+    assert frame[["unrevised", "negative", "revised"]].iloc[0].tolist() == ["h0 because sky.", "h0 obviously.",
+                                                                            "h0 revised."]
+    assert hendriks_side_by_side(qs["train"], TeacherParams()).empty
+
+
+def test_hendriks_answer_or_options_that_are_not_the_questions_are_refused(tmp_path):
+    q = csqa_questions(1)[0]
+    folder = write_hendriks(tmp_path / "wrong", {"train": [[hendriks_row(q, answer="sea")]],
+                                                 "test": [[hendriks_row(csqa_questions(1, "d")[0])]]})
+    p = TeacherParams(backend="replay", replay_dir=str(folder), replay_source="hendriks")
+    with pytest.raises(DataError, match=r"cqa-llama-train/shard_0: id 'h0': the recorded answer 'sea'.*gold 'sky'"):
+        cot_rationales({"train": [q]}, p)
+    shuffled = dataclasses.replace(q, choices=OPTIONS[::-1], answer=2)  # same gold text, other option order
+    with pytest.raises(DataError, match="id 'h0'.*point teacher.replay_dir"):
+        critique_revisions([shuffled], p.model_copy(update={"replay_dir": str(write_hendriks(
+            tmp_path / "ok", {"train": [[hendriks_row(q)]], "test": [[hendriks_row(csqa_questions(1, "d")[0])]]}))}))
+
+
+def test_hendriks_duplicate_ids_gaps_and_folders_are_refused(tmp_path):
+    q, d = csqa_questions(1)[0], csqa_questions(1, "d")[0]
+    twice = write_hendriks(tmp_path / "twice", {"train": [[hendriks_row(q)], [hendriks_row(q)]]})
+    with pytest.raises(DataError, match="shard_1 row 0: id 'h0' appears twice in train"):
+        load_hendriks(twice, "train")
+    gap = write_hendriks(tmp_path / "gap", {"train": [[hendriks_row(q)], [hendriks_row(d)]]})
+    (gap / "cqa-llama-train" / "shard_1").rename(gap / "cqa-llama-train" / "shard_2")
+    with pytest.raises(DataError, match=r"numbered \[0, 2\]"):
+        load_hendriks(gap, "train")
+    with pytest.raises(ValueError, match="lacks cqa-llama-test"):
+        TeacherParams(backend="replay", replay_dir=str(twice), replay_source="hendriks")
+
+
+def test_hendriks_replay_refuses_the_correct_filter(hendriks):
+    smoke = PROJECT_ROOT / "params" / "smoke.yaml"
+    replay = ["teacher.backend=replay", f"teacher.replay_dir={hendriks[0].replay_dir}", "teacher.replay_source=hendriks"]
+    assert load_params(smoke, replay + ["training.rationale_filter=parsed"]).teacher.replay_source == "hendriks"
+    with pytest.raises(ParamsError, match="rationale_filter is correct, but the Hendriks replay"):
+        load_params(smoke, replay + ["training.rationale_filter=correct"])
+
+
+@pytest.mark.skipif(not HENDRIKS.is_dir(), reason="shared Hendriks et al. outputs absent")
+def test_real_hendriks_outputs_match_commonsenseqa():
+    from lib.data import load_multiple_choice
+
+    train, test = load_hendriks(HENDRIKS, "train"), load_hendriks(HENDRIKS, "test")
+    assert (len(train), len(test)) == (9741, 1221)  # test = CommonsenseQA dev
+    assert hendriks_empty_counts(train) == {  # data/SOURCES.md section 6
+        "few_shot_negative_rationale": 1, "few_shot_revision": 5, "counterfactual_prompt_answer_2_rationale": 1,
+        "counterfactual_prompt_answer_3_rationale": 1, "counterfactual_prompt_answer_4_rationale": 2,
+        "counterfactual_prompt_answer_5_rationale": 3}
+    assert hendriks_empty_counts(test) == {"few_shot_revision": 2}
+    csqa = SHARED_DATA / "commonsenseqa"
+    qs = {"train": load_multiple_choice(str(csqa / "train_rand_split.jsonl"), "commonsenseqa"),
+          "test": load_multiple_choice(str(csqa / "dev_rand_split.jsonl"), "commonsenseqa")}
+    assert len(match_hendriks({**train, **test}, qs)) == 9741 + 1221  # every id and gold answer matches
+    p = TeacherParams(backend="replay", replay_dir=str(HENDRIKS), replay_source="hendriks")
+    few = {"train": qs["train"][:20], "test": qs["test"][:5]}
+    rows = cot_rationales(few, p)
+    assert all(r.rationale and r.answer is None and r.answer_given and r.failure is None for r in rows)
+    assert {r.source.rsplit("/", 2)[-2] for r in rows} == {"cqa-llama-train", "cqa-llama-test"}
+    revs = critique_revisions(few["train"], p)
+    assert sum(r.failure is None and bool(r.revised) for r in revs) >= 19
+    cf = build_cf_rationales(few, ReplayTeacher(p), CounterfactualParams(), seed=0)
+    assert len(cf) >= 4 * 25 - 5 and all(0 <= r.option < 5 and r.text for r in cf)
+    assert all(r.option != q.answer for q in few["train"] + few["test"] for r in cf if r.id == q.id)
