@@ -330,7 +330,8 @@ def build_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: Teacher
 def replay_cf_rationales(questions: dict[str, list[MCQuestion]], teacher: TeacherParams, params: CounterfactualParams,
                          seed: int) -> list[CounterfactualRationale]:
     """Hendriks et al.'s recorded rationale for every wrong option of each question (at most `cf_rationale_questions`
-    per split), as Hendriks et al. trained on all four.
+    per split). CF trains on the first row of each question (lib.examples), one counterfactual per factual example
+    as their collator pairs them; the other rows are kept for reading.
 
     A question's rows start with the wrong option drawn with `seed` as `build_cf_rationales` draws it (step 05's
     faithfulness probe feeds back the first row per question), then the others in option order. Empty rationales and

@@ -76,19 +76,27 @@ def _mt_examples(questions: list[MCQuestion], rationales: dict[str, str], fmt: s
 
 def _cf_examples(questions: list[MCQuestion], rationales: dict[str, str], cf_rationales: list[dict] | None,
                  fmt: str = "letter") -> list[Example]:
-    """CF (SCOTT): `[factual]` → gold rationale + gold answer; `[counterfactual]` → a wrong option's rationale + it."""
+    """CF (SCOTT, Hendriks et al.): `[factual]` question → gold rationale + gold answer; `[counterfactual]` question and
+    a wrong option's rationale → that option's answer sentence (the rationale is read, not written).
+
+    One counterfactual example per question, from its first usable row of cf_rationales.jsonl (step 03 writes the
+    seeded wrong option first), as Hendriks et al.'s collator pairs each factual example with one counterfactual one.
+    """
     if cf_rationales is None:
         raise ValueError("CF needs the counterfactual rationales of step 03 (03_counterfactuals/cf_rationales.jsonl)")
     by_id = {q.id: q for q in questions}
     ex = [_answer_example(qa_prompt(q, FACTUAL_PREFIX), rationales[q.id], answer_sentence(q, q.answer, fmt), "factual", q.id)
           for q in questions if rationales.get(q.id)]
+    used: set[str] = set()
     for r in cf_rationales:
         q = by_id.get(r["id"])
         if q is None or not r.get("text") or not 0 <= int(r["option"]) < len(q.choices) or int(r["option"]) == q.answer:
             continue  # a question outside the training set, or a row that does not argue for a wrong option
-        ex.append(_answer_example(qa_prompt(q, COUNTERFACTUAL_PREFIX), r["text"],
-                                  answer_sentence(q, int(r["option"]), fmt),
-                                  "counterfactual", q.id))
+        if q.id in used:
+            continue
+        used.add(q.id)
+        ex.append(_answer_example(f"{qa_prompt(q, COUNTERFACTUAL_PREFIX)} {r['text'].strip()}", "",
+                                  answer_sentence(q, int(r["option"]), fmt), "counterfactual", q.id))
     if not any(e.task == "counterfactual" for e in ex):
         raise ValueError("CF has no counterfactual examples: 03_counterfactuals/cf_rationales.jsonl has no usable row "
                          "for the training questions; rerun step 03 (03_counterfactuals)")

@@ -70,7 +70,11 @@ def test_cf_formats_follow_scott():
     assert len(fact) == 3 and len(counter) == 2  # q2's row argues for the gold option: dropped
     assert fact[0].prompt.startswith("[factual] Q:") and fact[0].target == " Things are kept in boxes. So the answer is (a) box."
     assert counter[0].prompt.startswith("[counterfactual] Q:")
-    assert counter[0].target == " Things float up to the sky. So the answer is (b) sky."
+    assert counter[0].prompt.endswith("\nA: Things float up to the sky.")  # the wrong option's rationale is read
+    assert counter[0].target == " So the answer is (b) sky." and counter[0].closing == "So the answer is (b) sky."
+    again = [dict(CF_RATIONALES[0], option=2, text="Things sink to the sea.")]  # a second row for q0
+    cf_two = condition_examples("CF", questions(), RATIONALES, cf_rationales=CF_RATIONALES + again)
+    assert [e.target for e in cf_two if e.task == "counterfactual" and e.qid == "q0"] == [" So the answer is (b) sky."]
     both = all_examples("MT+CF")
     assert {e.task for e in both} == {"answer", "rationale", "factual", "counterfactual"} and len(both) == 11
     assert eval_prompts("CF", questions()[0], "[Direct election]")["answer"].startswith("[factual] Q:")
@@ -229,7 +233,7 @@ def test_load_condition_examples_builds_each_condition_and_source(tmp_path, capl
     assert len(examples[("MT", "revised")]) == 2 and len(examples[("MT", "unrevised")]) == 6
     cf = examples[("CF", "revised")]
     assert [(e.task, e.target) for e in cf] == [("factual", " Boxes are made to keep things. So the answer is (a) box."),
-                                                ("counterfactual", " Things float up to the sky. So the answer is (b) sky.")]
+                                                ("counterfactual", " So the answer is (b) sky.")]
     assert "MT (revised): 1 of 3 training questions have a revised explanation; the other 2 are left out" in caplog.text
     assert examples[("CAUSAL", "unrevised")][0].prompt.endswith("Evidence label: SUPPORTS\nExplanation:")
 

@@ -530,8 +530,9 @@ def test_hendriks_counterfactual_rationales_feed_cf_training(hendriks):
     assert set(dataclasses.asdict(r)) == {f.name for f in dataclasses.fields(CounterfactualRationale)}
     cf_rows = [dataclasses.asdict(x) for x in rows]
     cf = condition_examples("CF", qs["train"], {"h0": "h0 because sky."}, cf_rationales=cf_rows, answer_format="text")
-    assert [e.task for e in cf].count("counterfactual") == 4 + 4 + 3  # h0, h1, h2: every recorded wrong option
-    assert cf[1].target == f" h0 argues {OPTIONS[drawn['h0']]}. So the answer is {OPTIONS[drawn['h0']]}."
+    assert [e.task for e in cf].count("counterfactual") == 3  # h0, h1, h2: one each, the seeded wrong option
+    assert cf[1].prompt.endswith(f"h0 argues {OPTIONS[drawn['h0']]}.")  # read, then the option's answer sentence
+    assert cf[1].target == f" So the answer is {OPTIONS[drawn['h0']]}."
     capped = build_cf_rationales(qs, ReplayTeacher(p), CounterfactualParams(cf_rationale_questions=1), seed=3)
     assert {r.id for r in capped} == {"h0", "d0"}
 
