@@ -54,13 +54,14 @@ def qa_prompt(q: MCQuestion, prefix: str = "") -> str:
 def eval_prompts(condition: str, q: MCQuestion, strategy_positive: str) -> dict[str, str]:
     """The prompts a student trained under `condition` is asked with at test time, by role (answer / rationale).
 
-    BASE (the untrained student) is asked like FT: the plain question and `A:`.
+    BASE (the untrained student) is asked like FT: the plain question and `A:`. MT+CF is asked like MT, its answer
+    from `[answer]` and its explanation from `[rationale]`, as Hendriks et al. read MT+CF (their `[predict]` task).
     """
-    if condition == "MT":
+    if condition in ("MT", "MT+CF"):
         return {"answer": qa_prompt(q, ANSWER_PREFIX), "rationale": qa_prompt(q, RATIONALE_PREFIX)}
     if condition == "CFD":
         return {"answer": qa_prompt(q, strategy_positive)}
-    if condition in ("CF", "MT+CF"):
+    if condition == "CF":
         return {"answer": qa_prompt(q, FACTUAL_PREFIX)}
     if condition == "CAUSAL":
         raise ValueError("CAUSAL students answer claim-evidence pairs, not questions: use "

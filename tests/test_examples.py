@@ -286,3 +286,12 @@ def test_text_answers_are_not_scored_with_a_lettered_sentence():
                                             "source": "data/sample/commonsenseqa_sample.jsonl"}},
                          "training": {"answer_format": "text"}, "evaluation": {"loglik_scoring": "answer_sentence"}},
                         "test")
+
+
+def test_mt_cf_is_asked_like_mt_and_cf_with_its_factual_prefix():
+    """Hendriks et al. read MT+CF through its multitask answer head ([predict]); CF through [factual]."""
+    from lib.conditions import eval_prompts
+
+    q = questions()[0]
+    assert eval_prompts("MT+CF", q, "[Direct election]") == eval_prompts("MT", q, "[Direct election]")
+    assert eval_prompts("CF", q, "[Direct election]")["answer"].startswith("[factual] Q:")
