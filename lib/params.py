@@ -283,8 +283,8 @@ class EvaluationParams(_Section):
     loglik: bool = True  # also pick the option by log-likelihood (second accuracy, causal LMs): loglik_pred (summed), loglik_norm_pred (per character)
     # what is scored per option after the prompt: option_text (' bed', as lm-evaluation-harness), answer_text
     # (' So the answer is' + ' bed.') or answer_sentence (' So the answer is (b) bed.', the old scoring: the letter
-    # decides, 84% of the untrained Gemma 3 270M's picks are (a); option_text per character: at most 39% one
-    # letter; benchmarks/loglik_bias.py). Faithfulness reads answers with it too (per character).
+    # decides which option wins; benchmarks/loglik_bias.py counts each letter's picks). Faithfulness reads answers
+    # with it too (per character).
     loglik_scoring: Literal["option_text", "answer_text", "answer_sentence"] = "option_text"
     # every student also read zero-shot as lm-evaluation-harness reads small models (lib.standard_readings): arc_easy's
     # cloze formulation (acc, acc_norm) and commonsense_qa's lettered one (acc); causal LMs, score_max_items items
