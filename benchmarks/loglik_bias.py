@@ -12,8 +12,21 @@ letter about as often as gold does.
 
 The model is the packaged `gemma3-270m-gguf` (converted once into .cache/models, about a minute).
 
-Measured (2026-11-29, 2-core AMD EPYC at 2.0 GHz (Zen 1, AVX2), torch 2.13.0 CPU, 2 threads, N = 300; the
-first scoring ran while other processes loaded the cores, the others on idle cores):
+Measured with <bos> (2026-12-02, 2-core Intel Xeon, AVX-512, torch 2.13.0 CPU, 2 threads, fp32, N = 100, cores idle):
+
+    scoring (pick)                acc %   (a)  (b)  (c)  (d)  (e)   max share
+    gold                                   17   20   17   23   23    23.0%
+    answer_sentence (sum)          22.0    20    9   16   24   31    31.0%   25 s
+    answer_sentence (per char)     23.0    20   13   17   28   22    28.0%
+    option_text (sum)              23.0    64   10   10    7    9    64.0%   15 s
+    option_text (per char)         21.0    44   12   15   19   10    44.0%
+    answer_text (sum)              25.0    34   14   13   17   22    34.0%   15 s
+    answer_text (per char)         22.0    26   16   17   22   19    26.0%
+
+With <bos> the letter no longer decides the answer-sentence scoring; the option's text after a prompt that lists the
+options leans to the first one. The table below, and what follows it, was measured WITHOUT <bos> (every input lacked
+it before 2026-12-02), on 2026-11-29, 2-core AMD EPYC at 2.0 GHz (Zen 1, AVX2), torch 2.13.0 CPU, 2 threads, N = 300;
+the first scoring ran while other processes loaded the cores, the others on idle cores:
 
     scoring (pick)                acc %   (a)  (b)  (c)  (d)  (e)   max share
     gold                                   57   55   59   58   71    23.7%

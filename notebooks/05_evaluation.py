@@ -86,9 +86,11 @@ f"{len(items)} item rows written to {ctx.out.name}/items.jsonl"
 # **Scored in the condition's own prompt** (`loglik_accuracy`, `loglik_norm_accuracy`): after the same prompt, each
 # option's text (`evaluation.loglik_scoring: option_text`) is scored by the student; the highest summed log-probability
 # is lm-evaluation-harness's `acc` rule, the highest per character its `acc_norm`, which does not favour short options.
-# Scoring the letter sentence ("So the answer is (b) …") instead lets the letter decide (multiple-choice symbol binding,
-# a known weakness of small models); the pick table below shows, per run, how the picks spread over the letters
-# against the gold answers.
+# A prompt that lists the options can bias these picks towards one letter: measured with `<bos>` on 100 CommonsenseQA
+# dev questions, the untrained Gemma 3 270M in FT's prompt picked option (a) for 64% of them by summed option text
+# (44% per character; gold is (a) for 17%), and 20% when the whole letter sentence was scored
+# (`benchmarks/loglik_bias.py`). The pick table below shows, per run, how the picks spread over the letters against
+# the gold answers; the standard cloze reading shows no options, so it has no such bias.
 #
 # **The standard readings** (`cloze_*`, `lettered_accuracy`): every student, BASE first, asked zero-shot the way
 # lm-evaluation-harness asks small models, whatever it was trained on: `arc_easy`'s cloze formulation
@@ -290,9 +292,9 @@ evaluation_tables.write_summary(ctx.out, items, judged)
 # --set KEY=VALUE --steps …` (unchanged steps are skipped; the teacher's cache travels with the copy).
 # `.venv/bin/python -m lib.report outputs/quickstart outputs/try -o compare.html` puts the two side by side.
 #
-# 1. `--set evaluation.loglik_scoring=answer_sentence --steps 05`: the pick table fills up with (a). Compare
-#    `loglik_accuracy` with the default `option_text` scoring, and read METHOD.md §5.2 on multiple-choice symbol
-#    binding.
+# 1. `--set evaluation.loglik_scoring=answer_sentence --steps 05`: does the pick table lean to one letter more or
+#    less than with the default `option_text` scoring? Compare both with the cloze reading, which shows no options,
+#    and read METHOD.md §5.2 on multiple-choice symbol binding.
 # 2. `--set evaluation.perturbation=shuffle --steps 05`, against the default `other_item`: which perturbation changes
 #    the answers more often (`faithfulness.csv`)? Does any condition never change its answer, whatever its rationale?
 # 3. `--set evaluation.max_new_tokens=16 --steps 05`: the unparseable share rises and items without a rationale pull
