@@ -15,6 +15,9 @@ emulates it, more slowly than float32. Weights stay float32 throughout: bf16 ope
   training 1.80x, scoring 2.08x, CEC 2.56x, decoding 1.98x faster in bf16 (issue 27); on a 2-core Intel Xeon with
   avx512_bf16 and no AMX exposed (family 6 model 207, 2026-12-02) training 0.60x, scoring 0.65x, CEC 0.64x, i.e.
   slower, and the probe agrees there (about 0.6x for every operation), so `auto` keeps float32 on that CPU;
+  on a 2-core Intel Xeon with avx512_bf16 and amx_bf16 (family 6 model 167, 2026-12-02) the probe measured training
+  4.0x, scoring 2.98x, embedding 3.05x, and benchmarks/train_throughput.py --steps 8 trained 1.64x faster end to end
+  in bf16 (15.5 vs 25.4 s), so `auto` takes bf16 there;
 - decoding (generation) stays float32 on every CPU. On that Xeon, greedy decoding of 8 short prompts x 32 tokens was
   1.55x faster in bf16 but changed 62% of the outputs; 2-shot chain-of-thought answers of the untrained Gemma 3 270M
   to 200 CommonsenseQA dev questions (48 tokens, prompts of about 300 tokens) took 285 s in float32 and 282 s in bf16
