@@ -10,7 +10,7 @@ What goes (everything else in outputs/ stays there):
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
   faithfulness.csv, summary.json and the ratings a run has; 06_statistics: every table, findings.md and report.html;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
-  `max_adapter_mb` (1 MB: git holds no large binaries); a larger one is listed in adapters/README.md with the
+  `max_adapter_mb` (10 MB: the project's limit per adapter in git); a larger one is listed in adapters/README.md with the
   command that retrains it.
 
 Because the layout is the run folder's, `python -m lib.report results/<run> -o report.html` rebuilds the report
@@ -47,7 +47,7 @@ RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_trainin
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
          "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)
 MAX_REPORT_MB = 2.0
-MAX_ADAPTER_MB = 1.0  # a larger adapter is listed with the command that retrains it (no large binaries in git)
+MAX_ADAPTER_MB = 10.0  # the project's limit per adapter in git; a larger adapter is listed with the command that retrains it (no large binaries in git)
 ITEMS_GZ = "05_evaluation/items.jsonl.gz"
 
 

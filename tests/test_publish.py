@@ -78,9 +78,14 @@ def test_an_adapter_the_size_of_the_reference_studys_stays_out_of_git_by_default
     weights = load_file(str(src))
     weights["lora_wide.weight"] = torch.zeros(3_780_000)  # 7.2 MB in bf16, as LoRA r 16 on Gemma 3 270M
     save_file(weights, str(src))
+    publish(run_dir, tmp_path / "results")  # within the 10 MB per adapter the project keeps in git: published
+    assert (tmp_path / "results" / "adapters" / row["run"] / "adapter_model.safetensors").exists()
+
+    weights["lora_wide.weight"] = torch.zeros(5_800_000)  # 11.1 MB in bf16: over the limit, listed instead
+    save_file(weights, str(src))
     publish(run_dir, tmp_path / "results")
     assert not (tmp_path / "results" / "adapters" / row["run"]).exists()
-    assert f"{row['run']}: 7.2 MB in bf16, over 1 MB" in (tmp_path / "results" / "adapters" / "README.md").read_text()
+    assert f"{row['run']}: 11.1 MB in bf16, over 10 MB" in (tmp_path / "results" / "adapters" / "README.md").read_text()
 
 
 def test_publishing_again_replaces_the_runs_files_and_keeps_notes_written_beside_them(tmp_path):
