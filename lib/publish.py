@@ -47,7 +47,7 @@ RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_trainin
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
          "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)
 MAX_REPORT_MB = 2.0
-MAX_ADAPTER_MB = 10.0  # the project's limit per adapter in git; a larger adapter is listed with the command that retrains it (no large binaries in git)
+MAX_ADAPTER_MB = 10.0  # the project's limit per adapter in git; a larger one is listed with the command that retrains it
 ITEMS_GZ = "05_evaluation/items.jsonl.gz"
 
 

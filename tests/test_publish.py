@@ -70,7 +70,7 @@ def test_an_adapter_over_the_size_limit_is_listed_with_the_command_that_retrains
     assert row["run"] in readme and "training.conditions=[CFD]" in readme
 
 
-def test_an_adapter_the_size_of_the_reference_studys_stays_out_of_git_by_default(tmp_path):
+def test_an_adapter_within_10_mb_is_published_and_a_larger_one_is_listed(tmp_path):
     from safetensors.torch import save_file
 
     run_dir, row = finished_run(tmp_path)
