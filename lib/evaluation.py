@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 from lib.conditions import eval_prompts, TEACHER
 from lib.files import read_json, write_jsonl
 from lib.metrics import cec_batch, extract_answer, extract_answer_lenient, rationale_length
+from lib.models import ADDED_TOKENS
 from lib.params import StudyParams
 from lib.precision import autocast
 from lib.questions import MCQuestion, NEXT_QUESTION
@@ -62,7 +63,6 @@ from lib.student_cache import (
 from lib.teacher import split_rationale
 
 log = logging.getLogger(__name__)
-ADDED_TOKENS = "added_tokens.json"  # a published adapter's tokens added to its base tokenizer (CFD strategy tokens)
 
 
 @dataclasses.dataclass

@@ -267,6 +267,34 @@ def load_tokenizer(spec: str, padding_side: str = "left") -> Any:
     return tok
 
 
+ADDED_TOKENS = "added_tokens.json"  # an adapter's tokens added to its base tokenizer (CFD strategy tokens)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", ADDED_TOKENS)  # what a LoRA student consists of
+
+
+def save_adapter(model: Any, folder: Path, added_tokens: list[str]) -> list[Path]:
+    """Save a LoRA student as it is measured and published: its weights in bf16, its config and its added tokens.
+
+    The trained float32 adapter is rounded to bf16 once, here, so that the student step 05 measures is the very
+    student `lib.publish` puts in git (at most 10 MB) and `python -m lib.published` or a later study reloads.
+    No tokenizer is saved: the base model's, plus `added_tokens` in training order, is the student's tokenizer.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lib.files import write_json
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    weights_file = folder / ADAPTER_FILES[0]
+    weights = load_file(str(weights_file))
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()},
+              str(weights_file), metadata={"format": "pt"})
+    write_json(folder / ADDED_TOKENS, list(added_tokens))
+    for extra in [p for p in folder.iterdir() if p.name not in ADAPTER_FILES]:  # peft's model card
+        extra.unlink()
+    return [folder / name for name in ADAPTER_FILES]
+
+
 def load_causal_lm(spec: str, device: str = "cpu", load_in_4bit: bool = False) -> Any:
     """A causal LM for a spec, in float32 on CPU (bf16 on GPUs that support it), optionally 4-bit NF4."""
     from transformers import AutoModelForCausalLM

@@ -8,7 +8,8 @@ What goes (everything else in outputs/ stays there):
   long steps wrote (each stage's and each trained or evaluated run's time, where a study ran in stages);
 - 03_counterfactuals/acceptance.json; 04_training/runs.jsonl and each run's losses.jsonl and config.json;
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
-  faithfulness.csv, summary.json and the ratings a run has; 06_statistics: every table, findings.md and report.html;
+  faithfulness.csv, summary.json and the ratings a run has; student_cache.jsonl.gz, every output and option score
+  of the run's student cache under its key, which `python -m lib.study PARAMS --reuse <published folder>` reuses; 06_statistics: every table, findings.md and report.html;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
   `max_adapter_mb` (10 MB: the project's limit per adapter in git); a larger one is listed in adapters/README.md with the
   command that retrains it.
@@ -30,10 +31,12 @@ from pathlib import Path
 import pandas as pd
 
 from lib.conditions import CONDITIONS, TEACHER
-from lib.evaluation import ADDED_TOKENS
 from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, write_json
+from lib.models import ADAPTER_FILES, ADDED_TOKENS
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
+from lib.reuse import export_student_cache, STUDENT_CACHE_EXPORT
 from lib.runs import PROGRESS_LOG
+from lib.student_cache import STUDENT_CACHE
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ def publish(run_dir: Path, dest: Path, max_adapter_mb: float = MAX_ADAPTER_MB) -
     items = run_dir / "05_evaluation" / "items.jsonl"
     if items.exists():  # every item's output: gzip keeps it small enough for git, and lib.files reads it as it is
         written.append(atomic_write_bytes(dest / ITEMS_GZ, gzip.compress(items.read_bytes(), mtime=0)))
+    exported = export_student_cache(run_dir / STUDENT_CACHE, dest / STUDENT_CACHE_EXPORT)
+    if exported is not None:  # what the students answered, by cache key: a later study reuses it (lib.reuse)
+        written.append(exported)
     for path in sorted((run_dir / "06_statistics").glob("*")):
         if path.suffix in (".csv", ".md", ".html"):
             written.append(_copy(path, dest / "06_statistics" / path.name))
@@ -108,6 +114,11 @@ def publish_adapters(run_dir: Path, dest: Path, runs: list[dict], max_mb: float)
             continue
         out = dest / "adapters" / row["run"]
         out.mkdir(parents=True, exist_ok=True)
+        if all(v.dtype == torch.bfloat16 for v in weights.values() if v.is_floating_point()) \
+                and (src / ADDED_TOKENS).exists():  # saved as measured (lib.models.save_adapter): the same bytes
+            written += [_copy(src / name, out / name) for name in ADAPTER_FILES]
+            continue
+        # a run saved in float32 (before training saved in bf16): published rounded, so it differs from the measured
         save_file(half, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
         written += [out / "adapter_model.safetensors", _copy(src / "adapter_config.json", out / "adapter_config.json"),
                     write_json(out / ADDED_TOKENS, list(row.get("added_tokens") or []))]

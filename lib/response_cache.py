@@ -96,6 +96,37 @@ class ResponseCache:
                 "COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()
         return {"responses": n, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost}
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every stored response with its key and request, oldest first (what `add_rows` takes back)."""
+        columns = ("key", "request", "text", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "created")
+        with self._lock:
+            found = self._db.execute(f"SELECT {', '.join(columns)} FROM responses ORDER BY created, key").fetchall()
+        return [{**dict(zip(columns, r)), "request": json.loads(r[1])} for r in found]
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Store responses exported by `rows` (another cache's) in one transaction; keys already here are kept.
+
+        Returns how many were new. A row's key is the hash of its request, so a row whose request was edited is refused.
+        """
+        bad = [r["key"] for r in rows if request_key(r["request"]) != r["key"]]
+        if bad:
+            raise ValueError(f"{len(bad)} cached response(s) do not match their request's hash (first: {bad[0]}); "
+                             "the export was edited or truncated: export it again from the run's cache")
+        with self._lock:
+            before = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r["key"], json.dumps(r["request"], sort_keys=True, ensure_ascii=False), r["text"],
+                      r["finish_reason"], int(r["prompt_tokens"]), int(r["completion_tokens"]),
+                      float(r.get("cost_usd", 0.0)), float(r.get("created", time.time()))) for r in rows])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] - before
+
     def requests(self) -> list[dict[str, Any]]:
         """Every stored request (for inspection and tests)."""
         with self._lock:

@@ -22,9 +22,12 @@ from lib.scoring import Scorer
 log = logging.getLogger(__name__)
 
 
+STUDENT_CACHE = "student_cache.sqlite"  # in the run folder
+
+
 def student_cache_path(ctx: Any) -> Path:
     """The run's student cache, outside the step folders so that cache hits never change a step's artifacts."""
-    return ctx.run_dir / "student_cache.sqlite"
+    return ctx.run_dir / STUDENT_CACHE
 
 
 def discard_student_cache(ctx: Any) -> bool:

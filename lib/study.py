@@ -1,12 +1,17 @@
 """Run a whole study: validate params, then execute notebooks 01-06 with papermill, skipping cached steps.
 
     python -m lib.study params/quickstart.yaml [--set section.key=value ...] [--steps 02,04-05] [--run-dir DIR]
+                                               [--reuse results/<study>/parts/<part> ...]
 
 Each step's executed notebook lands in the run folder beside its artifacts (`<run>/<step>.ipynb`, an HTML
 copy `<run>/<step>.html` to read without Jupyter, `<run>/<step>/`), and `<run>/manifest.json` records params, code, environment, input hashes and
 every step's status. A step is skipped when its fingerprint matches the manifest's record: every params
 key the step reads (STEP_PARAMS), the weights of the models it uses, the lib code, its notebook, the
 run's input files (data, replayed teacher files, human ratings for step 06) and every upstream artifact.
+
+A study too long for one sitting runs in parts: each part (a few conditions or seeds) is published with
+`python -m lib.publish`, and the next session starts its run folder from the parts with `--reuse` (lib.reuse): their
+trained adapters and their students' outputs are used wherever this code and these params ask for exactly them.
 """
 
 from __future__ import annotations
@@ -328,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="run folder (default: outputs/<run.name>)")
     parser.add_argument("--force", action="store_true",
                         help="re-execute steps even when cached, retraining and regenerating what they would reuse")
+    parser.add_argument("--reuse", action="append", default=[], metavar="PUBLISHED",
+                        help="seed the run folder with a published part's trained runs and student outputs, each used "
+                             "only where this code and these params ask for exactly it (lib.reuse); repeatable")
     parser.add_argument("--check", action="store_true", help="validate params and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -342,6 +350,19 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: params are valid", args.params)
         return 0
     run_dir = Path(args.run_dir).resolve() if args.run_dir else PROJECT_ROOT / "outputs" / params.run.name
+    if args.reuse and args.force:
+        log.error("--reuse and --force contradict each other: --force retrains and regenerates everything a reused "
+                  "part would give; use one of them")
+        return 2
+    missing = [p for p in args.reuse if not (Path(p) / "04_training" / "runs.jsonl").exists()]
+    if missing:
+        log.error("--reuse %s: not a published run folder (no 04_training/runs.jsonl); give a folder written by "
+                  "python -m lib.publish, e.g. results/reference-csqa/parts/<part>", missing[0])
+        return 2
+    from lib.reuse import reuse_published
+
+    for part in args.reuse:
+        reuse_published(Path(part), run_dir)
     t0 = time.perf_counter()
     try:
         run_study(params, run_dir, steps, params_file=str(args.params), overrides=args.overrides, force=args.force)

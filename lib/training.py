@@ -370,7 +370,7 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
         return untrained_result(run, params)
     from transformers import set_seed
 
-    from lib.models import load_student_lm, load_tokenizer
+    from lib.models import load_student_lm, load_tokenizer, save_adapter
 
     params = params.for_condition(run.condition)
     if run.condition == "CFD" and not strategy_tokens:
@@ -437,8 +437,11 @@ def train_run(run: StudentRun, examples: list[Example], params: TrainingParams, 
         "adapter": f"{out_dir.name}/adapter", "training": config["training"],
     }
     if trainer.is_world_process_zero():  # under `accelerate launch` every process holds the same trained weights
-        model.save_pretrained(out_dir / "adapter")
-        tokenizer.save_pretrained(out_dir / "adapter")
+        if params.finetune == "full":  # the whole model in float32, with its tokenizer
+            model.save_pretrained(out_dir / "adapter")
+            tokenizer.save_pretrained(out_dir / "adapter")
+        else:  # LoRA / QLoRA: the adapter in bf16, as it is measured and published
+            save_adapter(model, out_dir / "adapter", result["added_tokens"])
         write_jsonl(out_dir / "losses.jsonl", [{"run": run.name, **r} for r in trainer.term_log])
         write_json(out_dir / "config.json", config)
         write_json(done, result)

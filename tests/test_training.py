@@ -14,6 +14,7 @@ from lib.conditions import eval_prompts, task_weights
 from lib.examples import collate, condition_examples, Example, tokenize_examples
 from lib.files import PROJECT_ROOT, read_json, read_jsonl, sha256_file, write_json, write_jsonl
 from lib.models import (
+    ADAPTER_FILES,
     generate_texts,
     load_causal_lm,
     load_seq2seq_lm,
@@ -154,7 +155,10 @@ def test_every_condition_trains_and_logs_its_loss_terms(condition, student, tmp_
     tokens = list(STRATEGY.values())  # already special tokens of the tiny tokenizer: nothing is added
     result = train_run(StudentRun(condition, student, 0), examples, params, tmp_path / condition, "cpu", tokens)
     assert result["added_tokens"] == []
-    assert result["steps"] == 2 and (tmp_path / condition / "adapter" / "adapter_config.json").exists()
+    assert result["steps"] == 2
+    saved = tmp_path / condition / "adapter"  # as measured and as published: bf16 weights, config, added tokens
+    assert sorted(p.name for p in saved.iterdir()) == sorted(ADAPTER_FILES)
+    assert {t.dtype for t in _adapter_weights(tmp_path / condition).values()} == {torch.bfloat16}
     assert result["task"] == ("causal" if condition == "CAUSAL" else "mc")
     assert result["architecture"] == ("encoder-decoder" if student == TINY_T5 else "decoder-only")
     assert result["adapter"] == f"{condition}/adapter" and result["finetune"] == "lora"
@@ -340,7 +344,9 @@ def test_trained_seq2seq_student_generates_with_its_adapter(tmp_path):
     train_run(StudentRun("FT", TINY_T5, 0), all_examples("FT"), params, tmp_path / "FT", "cpu")
     from peft import PeftModel
 
-    tok = load_tokenizer(str(tmp_path / "FT" / "adapter"))
+    from lib.evaluation import adapter_tokenizer
+
+    tok = adapter_tokenizer(TINY_T5, tmp_path / "FT" / "adapter")
     model = PeftModel.from_pretrained(load_seq2seq_lm(TINY_T5), str(tmp_path / "FT" / "adapter"))
     out = generate_texts(model, tok, [e.prompt for e in all_examples("FT")], max_new_tokens=5, progress=False)
     assert len(out) == 3 and all(c[0].completion_tokens <= 5 for c in out)
@@ -400,7 +406,7 @@ def test_cfd_run_adds_and_trains_its_strategy_tokens(student, finetune, untied_g
     # examples were tokenised with the new ids, so that case also checks the order of adding and tokenising.
     from safetensors import safe_open
 
-    from lib.evaluation import load_student
+    from lib.evaluation import adapter_tokenizer, load_student
 
     if finetune == "qlora":
         pytest.importorskip("bitsandbytes")
@@ -414,7 +420,7 @@ def test_cfd_run_adds_and_trains_its_strategy_tokens(student, finetune, untied_g
     assert result["steps"] == 3 and result["added_tokens"] == strings
     adapter = tmp_path / "CFD" / "adapter"
 
-    tok = load_tokenizer(str(adapter))  # the saved tokenizer knows each strategy string as one special token
+    tok = adapter_tokenizer(student, adapter)  # the student's tokenizer knows each strategy string as one special token
     ids = [tok(s, add_special_tokens=False)["input_ids"] for s in strings]
     assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 2
     ids = [i[0] for i in ids]

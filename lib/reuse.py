@@ -1,0 +1,115 @@
+"""Reusing published runs in a new run folder: a study built over several sessions, without stale numbers.
+
+    python -m lib.study params/reference-csqa.yaml --reuse results/reference-csqa/parts/base-mt-seed0
+
+A study too long for one sitting (days of CPU for the reference study) is run in parts, each published by lib.publish
+with what it trained (`adapters/<run>/`, exactly the measured student: lib.models.save_adapter) and what its students
+answered (`05_evaluation/student_cache.jsonl.gz`: every generated output and option score, under its cache key).
+Reusing a part seeds a run folder with both; then the study runs as ever, and nothing is taken on trust:
+
+- a reused run counts as trained only where step 04 computes the same run config (params, examples, training code,
+  student weights, number format) as the part's `config_sha256`; otherwise it is trained again over the seed;
+- a reused output is read only where step 05 asks exactly the same request (student weights hash, loading and
+  scoring code, device, number format, prompt, item); everything else is computed.
+
+So the finished study equals what one uninterrupted run on this code would have written, and a part made by other
+code or on a machine of another number format costs its recomputation, never a mixed result.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib.files import atomic_write_bytes, read_jsonl, write_json
+from lib.models import ADAPTER_FILES
+from lib.response_cache import ResponseCache
+from lib.runs import note_progress
+
+log = logging.getLogger(__name__)
+
+STUDENT_CACHE_EXPORT = "05_evaluation/student_cache.jsonl.gz"  # a published run's student outputs, by cache key
+RUN_FILES = ("losses.jsonl", "config.json")  # kept with a reused run, as training wrote them
+
+
+@dataclass
+class Reused:
+    """What one published part gave a run folder."""
+
+    source: Path
+    runs: list[str]  # trained runs seeded (adapter and done.json)
+    kept: list[str]  # runs the folder already had (never overwritten)
+    outputs: int  # cached outputs added to the run's student cache
+    outputs_in_part: int
+
+    def summary(self) -> str:
+        """One line for the log."""
+        kept = f"; {len(self.kept)} already in the run folder, kept: {', '.join(self.kept)}" if self.kept else ""
+        return (f"reused from {self.source}: {len(self.runs)} trained run(s) ({', '.join(self.runs) or 'none'}){kept}; "
+                f"{self.outputs} of its {self.outputs_in_part} cached student outputs were new to the run's cache. "
+                "Each is used only where this code and these params ask for exactly it (lib.reuse)")
+
+
+def export_student_cache(cache_path: Path, dest: Path) -> Path | None:
+    """Write every response of a run's student cache to `dest` (gzip jsonl, key and request kept); None if none."""
+    if not Path(cache_path).exists():
+        return None
+    cache = ResponseCache(cache_path)
+    try:
+        rows = cache.rows()
+    finally:
+        cache.close()
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    return atomic_write_bytes(dest, gzip.compress(text.encode("utf-8"), mtime=0))
+
+
+def reuse_published(part: Path, run_dir: Path) -> Reused:
+    """Seed `run_dir` with a published part's trained adapters (as finished runs) and its students' cached outputs."""
+    from lib.student_cache import STUDENT_CACHE
+
+    part, run_dir = Path(part), Path(run_dir)
+    runs_file = part / "04_training" / "runs.jsonl"
+    if not runs_file.exists():
+        raise FileNotFoundError(f"--reuse {part}: no 04_training/runs.jsonl there; give a folder written by "
+                                "python -m lib.publish (results/<study>/...)")
+    seeded, kept = [], []
+    for row in read_jsonl(runs_file):
+        adapter = part / "adapters" / row["run"]
+        if not row.get("adapter"):
+            continue  # BASE: nothing trained
+        if not all((adapter / name).exists() for name in ADAPTER_FILES):
+            log.warning("--reuse %s: %s has no published adapter (%s); it will be trained", part, row["run"], adapter)
+            continue
+        out = run_dir / "04_training" / row["run"]
+        if (out / "done.json").exists():
+            kept.append(row["run"])
+            continue
+        shutil.rmtree(out / "adapter", ignore_errors=True)
+        for name in ADAPTER_FILES:
+            (out / "adapter").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(adapter / name, out / "adapter" / name)
+        for name in RUN_FILES:
+            if (part / "04_training" / row["run"] / name).exists():
+                shutil.copyfile(part / "04_training" / row["run"] / name, out / name)
+        write_json(out / "done.json", {**row, "reused_from": str(part)})
+        seeded.append(row["run"])
+    added = in_part = 0
+    export = part / STUDENT_CACHE_EXPORT
+    if export.exists():
+        rows = read_jsonl(export)
+        in_part = len(rows)
+        cache = ResponseCache(run_dir / STUDENT_CACHE)
+        try:
+            added = cache.add_rows(rows)
+        finally:
+            cache.close()
+    result = Reused(part, seeded, kept, added, in_part)
+    log.info("%s", result.summary())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    note_progress(run_dir, "reuse", result.summary())
+    return result
+

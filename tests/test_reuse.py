@@ -1,0 +1,98 @@
+"""Reusing a published part: its trained runs and cached outputs count only where exactly the same is asked."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import pytest
+
+from lib.evaluation import load_student
+from lib.files import read_jsonl
+from lib.models import TINY_GEMMA
+from lib.params import TrainingParams
+from lib.publish import publish
+from lib.response_cache import ResponseCache
+from lib.reuse import reuse_published, STUDENT_CACHE_EXPORT
+from lib.student_cache import generate_cached, STUDENT_CACHE, student_weights_hash
+from lib.study import main as study_main
+from lib.training import StudentRun, train_run
+from tests.test_examples import all_examples
+from tests.test_publish import finished_run, STRATEGY
+
+PROMPTS, ITEMS = ["Q: Where do you keep a boat? A:", "Q: What holds water? A:"], ["q0", "q1"]
+
+
+def answers(adapter, cache, load):
+    """The student's cached greedy answers to PROMPTS, keyed as step 05 keys them (weights hash, device, format)."""
+    settings = {"weights": student_weights_hash(TINY_GEMMA, adapter), "finetune": "lora", "device": "cpu",
+                "precision": "fp32", "max_new_tokens": 4, "stop": None}
+    texts, _ = generate_cached(load, PROMPTS, ITEMS, settings, batch_size=2, cache=cache, desc="test")
+    return texts
+
+
+def published_part(tmp_path):
+    """A run with one trained CFD run whose answers are in its student cache, published to tmp_path/part."""
+    run_dir, row = finished_run(tmp_path)
+    adapter = run_dir / "04_training" / row["adapter"]
+    cache = ResponseCache(run_dir / STUDENT_CACHE)
+    texts = answers(adapter, cache, lambda: load_student(TINY_GEMMA, adapter, "cpu", "lora"))
+    cache.close()
+    publish(run_dir, tmp_path / "part")
+    return tmp_path / "part", row, texts
+
+
+def never_loaded():
+    raise AssertionError("the student was loaded: an output the part holds was generated again")
+
+
+def test_a_reused_run_is_neither_trained_nor_asked_again(tmp_path, caplog):
+    part, row, texts = published_part(tmp_path)
+    assert len(read_jsonl(part / STUDENT_CACHE_EXPORT)) == len(PROMPTS)
+    fresh = tmp_path / "fresh"
+    reused = reuse_published(part, fresh)
+    assert reused.runs == [row["run"]] and reused.outputs == len(PROMPTS)
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["CFD"], max_steps=1, batch_size=2, save_steps=0)
+    with caplog.at_level(logging.INFO, logger="lib.training"):
+        again = train_run(StudentRun("CFD", TINY_GEMMA, 0), all_examples("CFD"), params,
+                          fresh / "04_training" / row["run"], "cpu", strategy_tokens=STRATEGY)
+    assert "finished earlier with the same config, skipped" in caplog.text
+    assert again["config_sha256"] == row["config_sha256"] and again["reused_from"] == str(part)
+    cache = ResponseCache(fresh / STUDENT_CACHE)
+    assert answers(fresh / "04_training" / row["adapter"], cache, never_loaded) == texts
+    cache.close()
+    assert reuse_published(part, fresh).outputs == 0  # a second reuse adds nothing and keeps the seeded run
+    assert "reuse reused from" in (fresh / "progress.log").read_text()
+
+
+def test_a_reused_run_of_another_config_is_trained_again(tmp_path, caplog):
+    part, row, _ = published_part(tmp_path)
+    fresh = tmp_path / "fresh"
+    reuse_published(part, fresh)
+    params = TrainingParams(students=[TINY_GEMMA], conditions=["CFD"], max_steps=1, batch_size=2, save_steps=0,
+                            lr=1e-3)  # not the part's learning rate
+    with caplog.at_level(logging.INFO, logger="lib.training"):
+        again = train_run(StudentRun("CFD", TINY_GEMMA, 0), all_examples("CFD"), params,
+                          fresh / "04_training" / row["run"], "cpu", strategy_tokens=STRATEGY)
+    assert "written under another config" in caplog.text and "reused_from" not in again
+    assert again["config_sha256"] != row["config_sha256"]
+
+
+def test_an_edited_export_is_refused(tmp_path):
+    part, _, _ = published_part(tmp_path)
+    rows = read_jsonl(part / STUDENT_CACHE_EXPORT)
+    rows[0]["request"]["prompt"] = "Q: something else? A:"  # the stored answer would now be another question's
+    (part / STUDENT_CACHE_EXPORT).write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(ValueError, match="do not match their request's hash"):
+        reuse_published(part, tmp_path / "fresh")
+
+
+def test_the_study_refuses_a_folder_that_is_not_published_and_reuse_with_force(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="lib.study"):
+        assert study_main(["params/smoke.yaml", "--reuse", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "not a published run folder" in caplog.text
+    part, _, _ = published_part(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="lib.study"):
+        assert study_main(["params/smoke.yaml", "--reuse", str(part), "--force", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "contradict" in caplog.text and not (tmp_path / "r").exists()
