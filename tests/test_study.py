@@ -117,12 +117,13 @@ def test_rerun_is_cached_and_a_changed_param_reruns_downstream(smoke_run):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("cached") == 6
     assert {s: (run_dir / f"{s}.ipynb").stat().st_mtime_ns for s in STEPS} == before
-    changed = run_study("--run-dir", str(run_dir), "--set", "evaluation.max_new_tokens=10")
+    # a key step 05 reads that asks the students nothing new: 05 and 06 run again, every output from the student cache
+    changed = run_study("--run-dir", str(run_dir), "--set", "evaluation.human_sheet_items=3")
     assert changed.returncode == 0, changed.stderr[-3000:]
     manifest = read_json(run_dir / "manifest.json")
     statuses = [manifest["steps"][s]["status"] for s in STEPS]
     assert statuses == ["cached"] * 4 + ["ok"] * 2
-    assert manifest["params"]["evaluation"]["max_new_tokens"] == 10
+    assert manifest["params"]["evaluation"]["human_sheet_items"] == 3
 
 
 def _adapter_hashes(run_dir: Path) -> dict[str, str]:
@@ -141,14 +142,16 @@ def test_a_changed_lr_retrains_every_run_and_a_dropped_ood_set_is_not_evaluated(
     assert first.returncode == 0
     run_dir = tmp_path / "run"  # a copy: the smoke run keeps its adapters, which the tests below reuse
     shutil.copytree(first_dir, run_dir)
-    before = _adapter_hashes(run_dir)
-    retrained = run_study("--run-dir", str(run_dir), "--steps", "04", "--set", "training.lr=0.001")
+    # FT and MT of both students (one task, two tasks; decoder, encoder-decoder): retraining is decided per run
+    grid = ["--set", "training.conditions=[BASE,FT,MT]", "--set", "training.rationale_sources=[unrevised]"]
+    before = {r: h for r, h in _adapter_hashes(run_dir).items() if r.startswith(("FT__", "MT__unrevised"))}
+    retrained = run_study("--run-dir", str(run_dir), "--steps", "04", "--set", "training.lr=0.001", *grid)
     assert retrained.returncode == 0, retrained.stderr[-3000:]
     after = _adapter_hashes(run_dir)
-    assert set(after) == set(before) and all(after[r] != before[r] for r in before)  # no weights file unchanged
+    assert len(before) == 4 and set(after) == set(before) and all(after[r] != before[r] for r in before)
     assert not any(r.get("resumed_from") for r in read_jsonl_rows(run_dir / "04_training" / "runs.jsonl"))
     no_ood = run_study("--run-dir", str(run_dir), "--steps", "01-06", "--set", "training.lr=0.001",
-                       "--set", "data.ood=[]")
+                       "--set", "data.ood=[]", *grid)
     assert no_ood.returncode == 0, no_ood.stderr[-3000:]
     assert _adapter_hashes(run_dir) == after  # same examples, same config: the trained runs are reused
     items = read_jsonl_rows(run_dir / "05_evaluation" / "items.jsonl")
