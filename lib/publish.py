@@ -9,7 +9,8 @@ What goes (everything else in outputs/ stays there):
 - 03_counterfactuals/acceptance.json; 04_training/runs.jsonl and each run's losses.jsonl and config.json;
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
   faithfulness.csv, summary.json and the ratings a run has; student_cache.jsonl.gz, every output and option score
-  of the run's student cache under its key, which `python -m lib.study PARAMS --reuse <published folder>` reuses; 06_statistics: every table, findings.md and report.html;
+  of the run's student cache under its key, which `python -m lib.study PARAMS --reuse <published folder>` reuses
+  (megabytes: .gitignore keeps it out of git, so it serves where the published folder is copied whole); 06_statistics: every table, findings.md and report.html;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
   `max_adapter_mb` (10 MB: the project's limit per adapter in git); a larger one is listed in adapters/README.md with the
   command that retrains it.
@@ -34,7 +35,7 @@ from lib.conditions import CONDITIONS, TEACHER
 from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, write_json
 from lib.models import ADAPTER_FILES, ADDED_TOKENS
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
-from lib.reuse import export_student_cache, STUDENT_CACHE_EXPORT
+from lib.reuse import export_student_cache, RUN_FILES, STUDENT_CACHE_EXPORT
 from lib.runs import PROGRESS_LOG
 from lib.student_cache import STUDENT_CACHE
 
@@ -45,7 +46,6 @@ FILES = ("manifest.json", "params.json", HUMAN_RATINGS, PROGRESS_LOG, "01_data/s
          "05_evaluation/summary.json", "05_evaluation/ood_matrix.csv", "05_evaluation/picks.csv",
          "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
          "05_evaluation/causal_items.jsonl")
-RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/
 # what publish writes in dest, and replaces on the next publish
 OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
          "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)

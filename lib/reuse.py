@@ -4,7 +4,8 @@
 
 A study too long for one sitting (days of CPU for the reference study) is run in parts, each published by lib.publish
 with what it trained (`adapters/<run>/`, exactly the measured student: lib.models.save_adapter) and what its students
-answered (`05_evaluation/student_cache.jsonl.gz`: every generated output and option score, under its cache key).
+answered (`05_evaluation/student_cache.jsonl.gz`: every generated output and option score, under its cache key; megabytes,
+so kept out of git: a part reused from git brings its trained runs, and step 05 asks its students again).
 Reusing a part seeds a run folder with both; then the study runs as ever, and nothing is taken on trust:
 
 - a reused run counts as trained only where step 04 computes the same run config (params, examples, training code,
@@ -33,7 +34,7 @@ from lib.runs import note_progress
 log = logging.getLogger(__name__)
 
 STUDENT_CACHE_EXPORT = "05_evaluation/student_cache.jsonl.gz"  # a published run's student outputs, by cache key
-RUN_FILES = ("losses.jsonl", "config.json")  # kept with a reused run, as training wrote them
+RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/: published and reused
 
 
 @dataclass
