@@ -8,9 +8,9 @@ What goes (everything else in outputs/ stays there):
   long steps wrote (each stage's and each trained or evaluated run's time, where a study ran in stages);
 - 03_counterfactuals/acceptance.json; 04_training/runs.jsonl and each run's losses.jsonl and config.json;
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
-  faithfulness.csv, summary.json and the ratings a run has; student_cache.jsonl.gz, every output and option score
-  of the run's student cache under its key, which `python -m lib.study PARAMS --reuse <published folder>` reuses
-  (megabytes: .gitignore keeps it out of git, so it serves where the published folder is copied whole); 06_statistics: every table, findings.md and report.html;
+  faithfulness.csv, summary.json and the ratings a run has; student_answers.jsonl.gz, every output and option score
+  step 05 computed in this run folder under its cache key's prefix, which `python -m lib.study PARAMS --reuse
+  <published folder>` reuses (lib.reuse); 06_statistics: every table, findings.md and report.html;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
   `max_adapter_mb` (10 MB: the project's limit per adapter in git); a larger one is listed in adapters/README.md with the
   command that retrains it.
@@ -35,7 +35,7 @@ from lib.conditions import CONDITIONS, TEACHER
 from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, write_json
 from lib.models import ADAPTER_FILES, ADDED_TOKENS
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
-from lib.reuse import export_student_cache, RUN_FILES, STUDENT_CACHE_EXPORT
+from lib.reuse import export_student_answers, RUN_FILES, STUDENT_ANSWERS
 from lib.runs import PROGRESS_LOG
 from lib.student_cache import STUDENT_CACHE
 
@@ -69,7 +69,7 @@ def publish(run_dir: Path, dest: Path, max_adapter_mb: float = MAX_ADAPTER_MB) -
     items = run_dir / "05_evaluation" / "items.jsonl"
     if items.exists():  # every item's output: gzip keeps it small enough for git, and lib.files reads it as it is
         written.append(atomic_write_bytes(dest / ITEMS_GZ, gzip.compress(items.read_bytes(), mtime=0)))
-    exported = export_student_cache(run_dir / STUDENT_CACHE, dest / STUDENT_CACHE_EXPORT)
+    exported = export_student_answers(run_dir / STUDENT_CACHE, dest / STUDENT_ANSWERS)
     if exported is not None:  # what the students answered, by cache key: a later study reuses it (lib.reuse)
         written.append(exported)
     for path in sorted((run_dir / "06_statistics").glob("*")):

@@ -31,7 +31,17 @@ CREATE TABLE IF NOT EXISTS responses (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS published (
+    prefix TEXT PRIMARY KEY,         -- the first PUBLISHED_KEY_CHARS of a request's key (lib.reuse)
+    text TEXT NOT NULL,
+    finish_reason TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    source TEXT NOT NULL             -- the published folder it came from
+);
 """
+PUBLISHED_KEY_CHARS = 20  # 80 bits of the sha256: a false hit among a study's ~10^6 answers has odds of about 10^-12
+ANSWER_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens")
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -53,11 +63,15 @@ class ResponseCache:
         self._db.executescript(SCHEMA)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored response for `key`, or None."""
+        """The stored response for `key` (asked here, else a published one under its key's prefix), or None."""
         with self._lock:
             row = self._db.execute(
                 "SELECT text, finish_reason, prompt_tokens, completion_tokens, cost_usd FROM responses WHERE key = ?",
                 (key,)).fetchone()
+            if row is None:
+                row = self._db.execute(
+                    "SELECT text, finish_reason, prompt_tokens, completion_tokens, 0.0 FROM published WHERE prefix = ?",
+                    (key[:PUBLISHED_KEY_CHARS],)).fetchone()
         if row is None:
             return None
         return dict(zip(("text", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd"), row))
@@ -96,36 +110,34 @@ class ResponseCache:
                 "COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()
         return {"responses": n, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost}
 
-    def rows(self) -> list[dict[str, Any]]:
-        """Every stored response with its key and request, oldest first (what `add_rows` takes back)."""
-        columns = ("key", "request", "text", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd", "created")
+    def answers(self) -> list[list[Any]]:
+        """Every response asked here (not those published elsewhere), compact: [key prefix, text, finish_reason,
+        prompt_tokens, completion_tokens], by key; what `add_published` takes back."""
         with self._lock:
-            found = self._db.execute(f"SELECT {', '.join(columns)} FROM responses ORDER BY created, key").fetchall()
-        return [{**dict(zip(columns, r)), "request": json.loads(r[1])} for r in found]
+            found = self._db.execute(f"SELECT key, {', '.join(ANSWER_FIELDS)} FROM responses ORDER BY key").fetchall()
+        return [[key[:PUBLISHED_KEY_CHARS], *rest] for key, *rest in found]
 
-    def add_rows(self, rows: list[dict[str, Any]]) -> int:
-        """Store responses exported by `rows` (another cache's) in one transaction; keys already here are kept.
-
-        Returns how many were new. A row's key is the hash of its request, so a row whose request was edited is refused.
-        """
-        bad = [r["key"] for r in rows if request_key(r["request"]) != r["key"]]
-        if bad:
-            raise ValueError(f"{len(bad)} cached response(s) do not match their request's hash (first: {bad[0]}); "
-                             "the export was edited or truncated: export it again from the run's cache")
+    def add_published(self, answers: list[list[Any]], source: str) -> int:
+        """Store answers exported by `answers` (a published run's), answered by `get` under their key's prefix; keys
+        already here are kept. Returns how many were new; a malformed answer is refused before any is stored."""
+        for n, a in enumerate(answers, 1):
+            if (not isinstance(a, list) or len(a) != 1 + len(ANSWER_FIELDS) or not isinstance(a[0], str)
+                    or len(a[0]) != PUBLISHED_KEY_CHARS or any(c not in "0123456789abcdef" for c in a[0])
+                    or not isinstance(a[1], str)):
+                raise ValueError(f"{source}: answer {n} is not [key prefix of {PUBLISHED_KEY_CHARS} hex digits, text, "
+                                 f"finish_reason, prompt_tokens, completion_tokens]: {str(a)[:120]}; the file was "
+                                 "edited or truncated: publish the run again (python -m lib.publish)")
         with self._lock:
-            before = self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            before = self._db.execute("SELECT COUNT(*) FROM published").fetchone()[0]
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r["key"], json.dumps(r["request"], sort_keys=True, ensure_ascii=False), r["text"],
-                      r["finish_reason"], int(r["prompt_tokens"]), int(r["completion_tokens"]),
-                      float(r.get("cost_usd", 0.0)), float(r.get("created", time.time()))) for r in rows])
+                self._db.executemany("INSERT OR IGNORE INTO published VALUES (?, ?, ?, ?, ?, ?)",
+                                     [(a[0], a[1], str(a[2]), int(a[3]), int(a[4]), source) for a in answers])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] - before
+            return self._db.execute("SELECT COUNT(*) FROM published").fetchone()[0] - before
 
     def requests(self) -> list[dict[str, Any]]:
         """Every stored request (for inspection and tests)."""

@@ -4,14 +4,14 @@
 
 A study too long for one sitting (days of CPU for the reference study) is run in parts, each published by lib.publish
 with what it trained (`adapters/<run>/`, exactly the measured student: lib.models.save_adapter) and what its students
-answered (`05_evaluation/student_cache.jsonl.gz`: every generated output and option score, under its cache key; megabytes,
-so kept out of git: a part reused from git brings its trained runs, and step 05 asks its students again).
+answered (`05_evaluation/student_answers.jsonl.gz`: every output and option score step 05 computed in that run folder,
+each under the first 80 bits of its cache key, without the request: a few hundred kB a student, so parts travel in git).
 Reusing a part seeds a run folder with both; then the study runs as ever, and nothing is taken on trust:
 
 - a reused run counts as trained only where step 04 computes the same run config (params, examples, training code,
   student weights, number format) as the part's `config_sha256`; otherwise it is trained again over the seed;
 - a reused output is read only where step 05 asks exactly the same request (student weights hash, loading and
-  scoring code, device, number format, prompt, item); everything else is computed.
+  scoring code, device, number format, prompt, item: the key is their sha256); everything else is computed.
 
 So the finished study equals what one uninterrupted run on this code would have written, and a part made by other
 code or on a machine of another number format costs its recomputation, never a mixed result.
@@ -33,7 +33,7 @@ from lib.runs import note_progress
 
 log = logging.getLogger(__name__)
 
-STUDENT_CACHE_EXPORT = "05_evaluation/student_cache.jsonl.gz"  # a published run's student outputs, by cache key
+STUDENT_ANSWERS = "05_evaluation/student_answers.jsonl.gz"  # a published run's student outputs, by cache key prefix
 RUN_FILES = ("losses.jsonl", "config.json")  # per trained run, under 04_training/<run>/: published and reused
 
 
@@ -55,16 +55,17 @@ class Reused:
                 "Each is used only where this code and these params ask for exactly it (lib.reuse)")
 
 
-def export_student_cache(cache_path: Path, dest: Path) -> Path | None:
-    """Write every response of a run's student cache to `dest` (gzip jsonl, key and request kept); None if none."""
+def export_student_answers(cache_path: Path, dest: Path) -> Path | None:
+    """Write what a run's students were asked in its own cache to `dest` (gzip jsonl, one compact answer a line:
+    ResponseCache.answers); None if the run has no student cache."""
     if not Path(cache_path).exists():
         return None
     cache = ResponseCache(cache_path)
     try:
-        rows = cache.rows()
+        answers = cache.answers()
     finally:
         cache.close()
-    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(json.dumps(a, ensure_ascii=False, separators=(",", ":")) + "\n" for a in answers)
     return atomic_write_bytes(dest, gzip.compress(text.encode("utf-8"), mtime=0))
 
 
@@ -99,13 +100,13 @@ def reuse_published(part: Path, run_dir: Path) -> Reused:
         write_json(out / "done.json", {**row, "reused_from": str(part)})
         seeded.append(row["run"])
     added = in_part = 0
-    export = part / STUDENT_CACHE_EXPORT
+    export = part / STUDENT_ANSWERS
     if export.exists():
-        rows = read_jsonl(export)
-        in_part = len(rows)
+        answers = read_jsonl(export)
+        in_part = len(answers)
         cache = ResponseCache(run_dir / STUDENT_CACHE)
         try:
-            added = cache.add_rows(rows)
+            added = cache.add_published(answers, str(export))
         finally:
             cache.close()
     result = Reused(part, seeded, kept, added, in_part)

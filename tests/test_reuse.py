@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import sqlite3
 
 import pytest
 
@@ -13,8 +14,8 @@ from lib.files import read_jsonl
 from lib.models import TINY_GEMMA
 from lib.params import TrainingParams
 from lib.publish import publish
-from lib.response_cache import ResponseCache
-from lib.reuse import reuse_published, STUDENT_CACHE_EXPORT
+from lib.response_cache import PUBLISHED_KEY_CHARS, request_key, ResponseCache
+from lib.reuse import reuse_published, STUDENT_ANSWERS
 from lib.student_cache import generate_cached, STUDENT_CACHE, student_weights_hash
 from lib.study import main as study_main
 from lib.training import StudentRun, train_run
@@ -49,7 +50,7 @@ def never_loaded():
 
 def test_a_reused_run_is_neither_trained_nor_asked_again(tmp_path, caplog):
     part, row, texts = published_part(tmp_path)
-    assert len(read_jsonl(part / STUDENT_CACHE_EXPORT)) == len(PROMPTS)
+    assert len(read_jsonl(part / STUDENT_ANSWERS)) == len(PROMPTS)
     fresh = tmp_path / "fresh"
     reused = reuse_published(part, fresh)
     assert reused.runs == [row["run"]] and reused.outputs == len(PROMPTS)
@@ -79,13 +80,35 @@ def test_a_reused_run_of_another_config_is_trained_again(tmp_path, caplog):
     assert again["config_sha256"] != row["config_sha256"]
 
 
+def test_published_answers_hold_key_prefixes_and_outputs_not_requests(tmp_path):
+    part, _, texts = published_part(tmp_path)
+    answers = read_jsonl(part / STUDENT_ANSWERS)
+    assert sorted(a[1] for a in answers) == sorted(texts)
+    assert all(len(a[0]) == PUBLISHED_KEY_CHARS for a in answers)
+    assert not any(p in (part / STUDENT_ANSWERS).read_bytes().decode("latin-1") for p in PROMPTS)  # gzip: never plain
+
+
+def test_only_answers_asked_in_the_run_are_published_and_another_request_misses(tmp_path):
+    part, row, texts = published_part(tmp_path)
+    fresh = tmp_path / "fresh"
+    reuse_published(part, fresh)
+    cache = ResponseCache(fresh / STUDENT_CACHE)
+    other = {"kind": "student_generation", "prompt": PROMPTS[0], "item": "q9"}  # same prompt, another item
+    assert cache.get(request_key(other)) is None
+    cache.put(request_key(other), other, "new", "stop", 1, 1)
+    assert cache.answers() == [[request_key(other)[:PUBLISHED_KEY_CHARS], "new", "stop", 1, 1]]
+    cache.close()
+
+
 def test_an_edited_export_is_refused(tmp_path):
     part, _, _ = published_part(tmp_path)
-    rows = read_jsonl(part / STUDENT_CACHE_EXPORT)
-    rows[0]["request"]["prompt"] = "Q: something else? A:"  # the stored answer would now be another question's
-    (part / STUDENT_CACHE_EXPORT).write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    with pytest.raises(ValueError, match="do not match their request's hash"):
+    answers = read_jsonl(part / STUDENT_ANSWERS)
+    answers[0] = answers[0][:2]  # a truncated line: no finish reason or token counts
+    (part / STUDENT_ANSWERS).write_bytes(gzip.compress("".join(json.dumps(a) + "\n" for a in answers).encode()))
+    with pytest.raises(ValueError, match="answer 1 is not"):
         reuse_published(part, tmp_path / "fresh")
+    with sqlite3.connect(tmp_path / "fresh" / STUDENT_CACHE) as db:  # refused before any answer was stored
+        assert db.execute("SELECT COUNT(*) FROM published").fetchone()[0] == 0
 
 
 def test_the_study_refuses_a_folder_that_is_not_published_and_reuse_with_force(tmp_path, caplog):
