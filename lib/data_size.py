@@ -23,37 +23,24 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from lib import run_tables
 from lib.figures import plot_data_size
 from lib.files import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
-FREE_KEYS = {("run", "name"), ("data", "max_train"), ("training", "conditions")}  # what may differ along the curve
+FREE_KEYS = {"run.name", "data.max_train", "training.conditions"}  # what may differ along the curve
 FREE_SECTIONS = {"counterfactual"}  # step 03 feeds CFD only, which the curve does not plot
 COLUMNS = ["train_questions", "test_set", "student", "condition", "n", "accuracy", "ci_low", "ci_high",
            "loglik_norm_accuracy", "run"]
 
 
-def _flat(params: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    """(section, key) -> value of a params.json, without the sections and keys free to differ."""
-    return {(section, key): value for section, block in params.items() if section not in FREE_SECTIONS
-            for key, value in (block or {}).items() if (section, key) not in FREE_KEYS}
-
-
 def check_same_study(run_dirs: list[Path]) -> None:
     """Raise unless every folder's params equal the first's outside FREE_KEYS and FREE_SECTIONS."""
-    first = _flat(read_json(run_dirs[0] / "params.json"))
-    for other in run_dirs[1:]:
-        flat = _flat(read_json(other / "params.json"))
-        for key in sorted(set(first) | set(flat)):
-            if first.get(key) != flat.get(key):
-                raise ValueError(f"{other}/params.json differs from {run_dirs[0]}/params.json at "
-                                 f"{'.'.join(key)} ({flat.get(key)!r} vs {first.get(key)!r}): a data-size curve "
-                                 f"compares runs that differ only in data.max_train")
+    run_tables.check_same_study(run_dirs, FREE_KEYS, FREE_SECTIONS, "a data-size curve")
 
 
 def run_points(run_dir: Path) -> pd.DataFrame:

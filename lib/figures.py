@@ -1,4 +1,5 @@
-"""Figures of the study: accuracy, CEC, ratings, loss curves, counterfactual acceptance, rationale lengths, data size.
+"""Figures of the study: accuracy, CEC, ratings, loss curves, counterfactual acceptance, rationale lengths,
+data size and teachers.
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot), so they render the same in a notebook, a script
 or a headless job and never pile up in pyplot's figure registry. Each function returns the Figure; given `path`, it
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -120,6 +122,41 @@ def plot_data_size(curve: pd.DataFrame, path: str | Path | None = None) -> Figur
     axes[0].set_ylabel("Accuracy (% of test items correct)")
     axes[-1].legend(title="Condition", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("Accuracy by training-set size (error bars: 95% CI over test items)")
+    return _finish(fig, path)
+
+
+def plot_teachers(table: pd.DataFrame, reading: str = "cloze_norm_correct", path: str | Path | None = None) -> Figure:
+    """Accuracy (%) of one `reading` by teacher with 95% CI bars, a panel per test set (the table of
+    lib.teacher_comparison); BASE, untrained, is a dashed line."""
+    _require(table, ["teacher", "condition", "test_set", "reading", "accuracy", "ci_low", "ci_high"], "plot_teachers")
+    rows = table[table["reading"] == reading]
+    if rows.empty:
+        raise ValueError(f"plot_teachers: the table has no rows of reading {reading!r}; it has "
+                         f"{', '.join(sorted(table['reading'].astype(str).unique()))}: pass one of them")
+    test_sets = sorted(rows["test_set"].astype(str).unique())
+    teachers = list(dict.fromkeys(rows.loc[rows["condition"] != "BASE", "teacher"].astype(str)))
+    fig = _new_figure(max(4.5, 1.6 * len(teachers) + 1.0) * len(test_sets), 4.5)
+    axes = fig.subplots(1, len(test_sets), squeeze=False, sharey=True)[0]
+    colours = sns.color_palette(n_colors=len(teachers))
+    for ax, test_set in zip(axes, test_sets):
+        panel = rows[rows["test_set"].astype(str) == test_set]
+        for x, (teacher, colour) in enumerate(zip(teachers, colours)):
+            point = panel[panel["teacher"].astype(str) == teacher]
+            if point.empty:
+                continue
+            acc = point["accuracy"].to_numpy() * 100
+            err = np.vstack([acc - point["ci_low"].to_numpy() * 100, point["ci_high"].to_numpy() * 100 - acc])
+            ax.errorbar([x], acc, yerr=np.nan_to_num(err), marker="o", capsize=4, color=colour, linestyle="none")
+        for base in panel.loc[panel["condition"] == "BASE", "accuracy"].to_numpy() * 100:
+            ax.axhline(base, color="0.4", linestyle="--", label="BASE (untrained)")
+        labels = [textwrap.fill(t, 18, break_on_hyphens=False) for t in teachers]
+        ax.set_xticks(range(len(teachers)), labels, fontsize=8)
+        ax.set(title=test_set, xlabel="Teacher of the rationales", ylim=(0, 100), xlim=(-0.5, len(teachers) - 0.5))
+    axes[0].set_ylabel(f"Accuracy (% of test items correct; {reading})")
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    condition = ", ".join(sorted(set(rows["condition"].astype(str)) - {"BASE"}))
+    fig.suptitle(f"{condition} accuracy by teacher (error bars: 95% CI over test items)")
     return _finish(fig, path)
 
 

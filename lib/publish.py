@@ -11,6 +11,8 @@ What goes (everything else in outputs/ stays there):
   faithfulness.csv, summary.json and the ratings a run has; student_answers.jsonl.gz, every output and option score
   step 05 computed in this run folder under its cache key's prefix, which `python -m lib.study PARAMS --reuse
   <published folder>` reuses (lib.reuse); 06_statistics: every table, findings.md and report.html;
+- notebooks/<step>.html: the executed notebooks of the run as HTML handouts (what lib.study wrote beside them), so a
+  class can read the real study step by step without running it;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
   `max_adapter_mb` (10 MB: the project's limit per adapter in git); a larger one is listed in adapters/README.md with the
   command that retrains it.
@@ -29,14 +31,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from lib.conditions import CONDITIONS, TEACHER
 from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jsonl, write_json
 from lib.models import ADAPTER_FILES, ADDED_TOKENS
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
+from lib.results_table import results_table
 from lib.reuse import export_student_answers, RUN_FILES, STUDENT_ANSWERS
-from lib.runs import PROGRESS_LOG
+from lib.runs import PROGRESS_LOG, STEPS
 from lib.student_cache import STUDENT_CACHE
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ FILES = ("manifest.json", "params.json", HUMAN_RATINGS, PROGRESS_LOG, "01_data/s
          "05_evaluation/faithfulness.csv", "05_evaluation/correlations.csv", f"05_evaluation/{JUDGE_RATINGS}",
          "05_evaluation/causal_items.jsonl")
 # what publish writes in dest, and replaces on the next publish
-OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", "manifest.json",
+HANDOUTS = "notebooks"  # the executed notebooks as HTML, to read the real study step by step without running it
+OWNED = ("01_data", "03_counterfactuals", "04_training", "05_evaluation", "06_statistics", "adapters", HANDOUTS, "manifest.json",
          "params.json", HUMAN_RATINGS, "timings.csv", PROGRESS_LOG)
 MAX_REPORT_MB = 2.0
 MAX_ADAPTER_MB = 10.0  # the project's limit per adapter in git; a larger one is listed with the command that retrains it
@@ -75,9 +76,11 @@ def publish(run_dir: Path, dest: Path, max_adapter_mb: float = MAX_ADAPTER_MB) -
     for path in sorted((run_dir / "06_statistics").glob("*")):
         if path.suffix in (".csv", ".md", ".html"):
             written.append(_copy(path, dest / "06_statistics" / path.name))
-    report = dest / "06_statistics" / "report.html"
-    if report.exists() and report.stat().st_size > MAX_REPORT_MB * 2**20:
-        log.warning("%s is %.1f MB, over the %.0f MB meant for git", report, report.stat().st_size / 2**20, MAX_REPORT_MB)
+    written += [_copy(run_dir / f"{step}.html", dest / HANDOUTS / f"{step}.html") for step in STEPS
+                if (run_dir / f"{step}.html").exists()]
+    for page in [dest / "06_statistics" / "report.html", *sorted((dest / HANDOUTS).glob("*.html"))]:
+        if page.exists() and page.stat().st_size > MAX_REPORT_MB * 2**20:
+            log.warning("%s is %.1f MB, over the %.0f MB meant for git", page, page.stat().st_size / 2**20, MAX_REPORT_MB)
     runs = read_jsonl(run_dir / "04_training" / "runs.jsonl") if (run_dir / "04_training" / "runs.jsonl").exists() else []
     for row in runs:
         for name in RUN_FILES:
@@ -140,58 +143,6 @@ def write_timings(manifest: dict, path: Path) -> Path:
         formats = ";".join(f"{k}={v}" for k, v in (rec.get("precision") or {}).items())
         rows.append(f"{step},{rec.get('status', '')},{rec.get('wall_s', '')},{rec.get('finished', '')},{formats}")
     return atomic_write_text(path, "\n".join(rows) + "\n")
-
-
-def _cell(row: pd.Series, column: str) -> str:
-    """`33.0 (27.0–39.5)`: a proportion in percent with its 95% interval, or `–` where it was not measured."""
-    value = row.get(column)
-    if value is None or pd.isna(value):
-        return "–"
-    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
-    if low is None or pd.isna(low):
-        return f"{100 * value:.1f}"
-    return f"{100 * value:.1f} ({100 * low:.1f}–{100 * high:.1f})"
-
-
-def results_table(dest: Path) -> str:
-    """The README's results table from a published run: accuracy (generated and scored) per condition and test set
-    (the teacher's, in distribution, first), with 95% intervals, and CEC against the teacher; values from
-    05_evaluation/summary.csv, intervals from 06_statistics/accuracy.csv (which must agree with it)."""
-    summary = pd.read_csv(dest / "05_evaluation" / "summary.csv")
-    table = pd.read_csv(dest / "06_statistics" / "accuracy.csv").rename(
-        columns={"ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high"})
-    merged = summary.merge(table, on=["test_set", "student", "condition"], suffixes=("", "_stats"), validate="1:1")
-    for column in ("accuracy", "loglik_norm_accuracy"):
-        differ = (merged[column] - merged[f"{column}_stats"]).abs() > 1e-9
-        if differ.any():
-            raise ValueError(f"{dest}: {column} in 05_evaluation/summary.csv and 06_statistics/accuracy.csv differ for "
-                             f"{merged.loc[differ, 'condition'].tolist()}: step 06 ran on other items; rerun it")
-    teacher_sets = set(merged.loc[merged["condition"] == TEACHER, "test_set"])
-    test_sets = sorted(set(merged["test_set"]), key=lambda t: (t not in teacher_sets, t))  # in distribution first
-    head = ["condition", "student"] + [f"{t} {kind}" for t in test_sets for kind in ("generated", "scored")]
-    head += [f"CEC vs teacher ({test_sets[0]})"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = {c: i for i, c in enumerate(CONDITIONS)}
-    keys = merged[["condition", "student"]].drop_duplicates()
-    keys = keys.assign(rank=keys["condition"].map(lambda c: order.get(c, len(order)))).sort_values(["rank", "student"])
-    for condition, student in zip(keys["condition"], keys["student"]):
-        rows = merged[(merged["condition"] == condition) & (merged["student"] == student)].set_index("test_set")
-        cells = [condition, student]
-        for t in test_sets:
-            cells += [_cell(rows.loc[t], "accuracy"), _cell(rows.loc[t], "loglik_norm_accuracy")] if t in rows.index \
-                else ["–", "–"]
-        first = rows.loc[test_sets[0]] if test_sets[0] in rows.index else pd.Series(dtype=float)
-        cec = first.get("cec")
-        wrote = first.get("rationale_words", 1)  # FT writes no rationale: its CEC of 0 is by definition, not shown
-        cells.append("–" if cec is None or pd.isna(cec) or not wrote else f"{cec:.3f} ({first['cec_ci_low']:.3f}–{first['cec_ci_high']:.3f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    n = sorted(set(merged["n"].astype(int)))
-    lines += ["", f"Accuracy in % of n = {', '.join(map(str, n))} items per cell, 95% interval in parentheses (cluster "
-              "bootstrap over items). *generated*: the option the student's own output names; *scored*: the option "
-              "whose text it finds most likely (log-likelihood per character). CEC: how much of the teacher's rationale the "
-              "student's covers and the reverse (sentence embeddings, 0–1), over every item of a student that writes "
-              "rationales (an empty one counts 0); – for one that writes none."]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

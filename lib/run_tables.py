@@ -11,7 +11,9 @@ which pair within one seed, see them beside every seed (`beside_every_seed`). A 
 (FT, BASE) has no CEC to compare, so the tests of a rationale's scores leave it out (`without_silent`). When the
 students were trained on both unrevised and critique-revised teacher rationales (`rationale_source`), each condition
 is compared per source (`with_arms`: "MT:revised"), and the condition x revision design keeps the conditions trained
-on both (`crossed`).
+on both (`crossed`). Analyses across run folders (lib.data_size, lib.teacher_comparison) read each folder's items
+(`read_items`) and first check that the folders are runs of one study, differing only where the comparison allows
+(`check_same_study`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,6 +75,19 @@ def read_table(path: Path) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
+def read_items(run_dir: str | Path) -> pd.DataFrame:
+    """A run folder's per-item results (05_evaluation/items.jsonl, or items.jsonl.gz in a published folder), the
+    NUMERIC_COLUMNS read as numbers (NaN where missing); the ITEM_COLUMNS without rows when the file has none."""
+    items_path = Path(run_dir) / "05_evaluation" / "items.jsonl"
+    if not items_path.exists() and items_path.with_suffix(".jsonl.gz").exists():
+        items_path = items_path.with_suffix(".jsonl.gz")  # a published run (lib.publish)
+    if not items_path.exists():
+        raise FileNotFoundError(f"{items_path} is missing: step 05_evaluation makes it; run it first")
+    items = read_table(items_path)
+    items = pd.DataFrame(columns=list(ITEM_COLUMNS)) if items is None else items
+    return items.assign(**{c: pd.to_numeric(items[c], errors="coerce") for c in NUMERIC_COLUMNS if c in items})
+
+
 def load_run_tables(run_dir: str | Path) -> RunTables:
     """Read what steps 03-05 wrote and the run's human ratings; every input but items.jsonl may be absent or empty.
 
@@ -80,16 +95,8 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
     run folder, outside every step folder so that no rerun erases them), concatenated.
     """
     run_dir = Path(run_dir)
-    items_path = run_dir / "05_evaluation" / "items.jsonl"
-    if not items_path.exists() and items_path.with_suffix(".jsonl.gz").exists():
-        items_path = items_path.with_suffix(".jsonl.gz")  # a published run (lib.publish)
-    if not items_path.exists():
-        raise FileNotFoundError(f"{items_path} is missing: step 05_evaluation makes it; run it first")
-    items = read_table(items_path)
-    items = pd.DataFrame(columns=list(ITEM_COLUMNS)) if items is None else items
-    items = items.assign(**{c: pd.to_numeric(items[c], errors="coerce") for c in NUMERIC_COLUMNS if c in items})
     runs = read_table(run_dir / "04_training" / "runs.jsonl")
-    items = with_student_size(items, runs)
+    items = with_student_size(read_items(run_dir), runs)
     rated = [t for t in (read_table(run_dir / "05_evaluation" / JUDGE_RATINGS), read_table(run_dir / HUMAN_RATINGS))
              if t is not None]
     ratings = join_ratings(pd.concat(rated, ignore_index=True), items) if rated else None
@@ -99,6 +106,31 @@ def load_run_tables(run_dir: str | Path) -> RunTables:
                      losses=pd.concat(losses, ignore_index=True) if losses else None,
                      acceptance=read_json(acc_path) if acc_path.exists() else None,
                      causal=read_table(run_dir / "05_evaluation" / "causal_items.jsonl"))
+
+
+def _study_params(run_dir: Path, free_keys: Collection[str], free_sections: Collection[str]) -> dict[str, Any]:
+    """A folder's params.json as dotted key ("training.lr") -> value, without the keys and sections free to differ."""
+    path = run_dir / "params.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: give run folders (or published ones), which keep the params "
+                                "they ran with in params.json")
+    return {f"{section}.{key}": value for section, block in read_json(path).items() if section not in free_sections
+            for key, value in (block or {}).items() if f"{section}.{key}" not in free_keys}
+
+
+def check_same_study(run_dirs: Sequence[Path], free_keys: Collection[str], free_sections: Collection[str],
+                     what: str) -> None:
+    """Raise unless every folder's params equal the first's outside `free_keys` (dotted: "data.max_train") and
+    `free_sections`; the error names the first differing key and `what` the comparison is ("a data-size curve")."""
+    free = ", ".join([*sorted(free_keys), *(f"the {s} section" for s in sorted(free_sections))])
+    first = _study_params(Path(run_dirs[0]), free_keys, free_sections)
+    for other in map(Path, run_dirs[1:]):
+        params = _study_params(other, free_keys, free_sections)
+        for key in sorted(set(first) | set(params)):
+            if first.get(key) != params.get(key):
+                raise ValueError(f"{other}/params.json differs from {run_dirs[0]}/params.json at {key} "
+                                 f"({params.get(key)!r} vs {first.get(key)!r}): {what} compares runs of one study, "
+                                 f"whose params differ only in {free}; give folders that agree on {key}")
 
 
 def with_student_size(items: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ LAYERS: dict[str, list[str]] = {
     "foundation": ["conditions", "params", "runs", "response_cache", "models", "prompts", "ratings"],
     "stage": ["question_checks", "data", "recorded", "teacher_engine", "openai_api", "teacher", "counterfactual", "multiview", "examples", "training", "training_tables",
               "scoring", "standard_readings", "student_cache", "evaluation", "evaluation_tables"],
-    "analysis": ["stats", "run_tables", "findings", "figures", "data_size", "report", "reuse", "publish", "published"],
+    "analysis": ["stats", "run_tables", "results_table", "findings", "figures", "data_size", "teacher_comparison", "report", "reuse", "publish", "published"],
     "runner": ["study"],
 }
 ORDER = [m for layer in LAYERS.values() for m in layer]

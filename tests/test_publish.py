@@ -37,6 +37,7 @@ def finished_run(tmp_path):
     write_json(run_dir / "manifest.json", {"steps": {"04_training": {"status": "ok", "wall_s": 12.5,
                                                                      "precision": {"training": "fp32"}}}})
     (run_dir / "progress.log").write_text("2026-11-30 04:52:14 04_training CFD: step 1/1\n")
+    (run_dir / "04_training.html").write_text("<html>the executed notebook</html>")
     return run_dir, row
 
 
@@ -51,6 +52,8 @@ def test_a_published_run_keeps_its_layout_and_its_adapters_load_as_trained(tmp_p
     assert (dest / "04_training" / row["run"] / "losses.jsonl").exists()
     assert "04_training,ok,12.5" in (dest / "timings.csv").read_text()
     assert (dest / "progress.log").read_text() == (run_dir / "progress.log").read_text()  # every stage's times
+    assert (dest / "notebooks" / "04_training.html").read_text() == "<html>the executed notebook</html>"  # handout
+    assert sorted(p.name for p in (dest / "notebooks").iterdir()) == ["04_training.html"]
     adapter = dest / "adapters" / row["run"]
     assert {t.dtype for t in load_file(str(adapter / "adapter_model.safetensors")).values()} == {torch.bfloat16}
     assert read_json(adapter / "added_tokens.json") == row["added_tokens"] and row["added_tokens"]
@@ -106,39 +109,69 @@ def test_publishing_again_replaces_the_runs_files_and_keeps_notes_written_beside
 
 
 def published_tables(dest, ft_accuracy: float = 0.33):
-    """A published run's summary.csv and 06 accuracy table: BASE, FT and TEACHER on two test sets."""
-    rows, stats = [], []
+    """A published study's summary.csv (per seed), 06 accuracy table (pooled) and mcnemar.csv: BASE, FT (two seeds)
+    and TEACHER on two test sets; BASE is at its best in cloze norm on csqa and in cloze on arc."""
+    readings = {"BASE": (0.08, 0.225, 0.40, 0.44), "FT": (0.33, 0.33, 0.45, 0.48), "TEACHER": (0.765, None, None, None)}
+    columns = ("accuracy", "loglik_norm_accuracy", "cloze_accuracy", "cloze_norm_accuracy")
+    rows, stats, tests = [], [], []
     for test_set in ("arc", "csqa"):
-        for condition, student, acc, scored, words in (("TEACHER", "PaLM", 0.765, None, 24.0),
-                                                       ("FT", "gemma", 0.33, 0.33, 0.0), ("BASE", "gemma", 0.08, 0.225, 32.0)):
+        for condition, student, seeds in (("TEACHER", "PaLM", [0]), ("FT", "gemma", [0, 1]), ("BASE", "gemma", [0])):
             if condition == "TEACHER" and test_set == "arc":
                 continue  # the teacher answered the in-distribution questions only
-            rows.append({"condition": condition, "student": student, "test_set": test_set, "n": 500, "accuracy": acc,
-                         "loglik_norm_accuracy": scored, "cec": None if scored is None else 0.39 * bool(words),
-                         "rationale_words": words})
-            stats.append({"test_set": test_set, "student": student, "condition": condition, "n": 500,
-                          "accuracy": ft_accuracy if condition == "FT" else acc, "ci_low": acc - 0.05,
-                          "ci_high": acc + 0.05, "loglik_norm_accuracy": scored,
-                          "loglik_norm_accuracy_ci_low": None if scored is None else scored - 0.04,
-                          "loglik_norm_accuracy_ci_high": None if scored is None else scored + 0.04,
-                          "cec": 0.39, "cec_ci_low": 0.36, "cec_ci_high": 0.42})
+            values = dict(zip(columns, readings[condition]))
+            if test_set == "arc" and condition == "BASE":
+                values["cloze_accuracy"] = 0.60
+            for seed in seeds:  # FT's seeds: 2 points either side of its pooled value on the cloze readings
+                shift = 0.0 if len(seeds) == 1 else (-0.02 if seed == 0 else 0.02)
+                rows.append({"condition": condition, "student": student, "seed": seed, "test_set": test_set, "n": 500,
+                             **{c: None if v is None else v + shift * (c.startswith("cloze")) for c, v in values.items()},
+                             "parse_rate": 0.97})
+            stats.append({"test_set": test_set, "student": student, "condition": condition, "n": 500 * len(seeds),
+                          "n_items": 500, "n_seeds": len(seeds), "parse_rate": 0.97,
+                          **{c: v for c, v in values.items()},
+                          **{f"{c}_ci_low": None if v is None else v - 0.05 for c, v in values.items()},
+                          **{f"{c}_ci_high": None if v is None else v + 0.05 for c, v in values.items()}})
+            stats[-1]["accuracy"] = ft_accuracy if condition == "FT" else values["accuracy"]
+            if condition == "FT":
+                for seed in seeds:
+                    for reading in ("correct", "cloze_correct", "cloze_norm_correct"):
+                        tests.append({"test_set": test_set, "student": student, "seed": seed, "group1": "BASE",
+                                      "group2": "FT", "only1": 21, "only2": 43 + seed, "p": 0.0081 / (seed + 1),
+                                      "reading": reading})
     (dest / "05_evaluation").mkdir(parents=True)
     (dest / "06_statistics").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(dest / "05_evaluation" / "summary.csv", index=False)
     pd.DataFrame(stats).to_csv(dest / "06_statistics" / "accuracy.csv", index=False)
+    pd.DataFrame(tests).to_csv(dest / "06_statistics" / "mcnemar.csv", index=False)
 
 
-def test_the_results_table_lists_conditions_in_study_order_the_teachers_test_set_first_and_no_cec_without_a_rationale(
-        tmp_path):
+def test_the_results_table_shows_every_reading_and_each_condition_against_base_at_its_best(tmp_path):
     published_tables(tmp_path)
     lines = results_table(tmp_path).splitlines()
-    assert lines[0] == ("| condition | student | csqa generated | csqa scored | arc generated | arc scored "
-                        "| CEC vs teacher (csqa) |")
-    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| BASE", "| FT", "| TEACHER"]
-    assert lines[2] == ("| BASE | gemma | 8.0 (3.0–13.0) | 22.5 (18.5–26.5) | 8.0 (3.0–13.0) | 22.5 (18.5–26.5) "
-                        "| 0.390 (0.360–0.420) |")
-    assert lines[3].endswith("| – |") and lines[4] == "| TEACHER | PaLM | 76.5 (71.5–81.5) | – | – | – | – |"
-    assert "n = 500 items" in results_table(tmp_path)
+    assert lines[0] == ("| condition | student | seeds | test set | generated | parse | answer text | cloze | cloze norm "
+                        "| vs BASE at its best |")
+    assert [line.split(" | ")[0] for line in lines[2:7]] == ["| BASE", "| BASE", "| FT", "| FT", "| TEACHER"]
+    assert lines[2] == ("| BASE | gemma | – | csqa | 8.0 (3.0–13.0) | 97% | 22.5 (17.5–27.5) | 40.0 (35.0–45.0) "
+                        "| **44.0** (39.0–49.0) | – |")  # the teacher's test set first; BASE's best in bold
+    assert "| **60.0** (55.0–65.0) | 44.0 (39.0–49.0) |" in lines[3]  # on arc BASE is at its best in cloze
+    assert lines[4].startswith("| FT | gemma | 2 | csqa |")
+    assert lines[4].endswith("| cloze norm +4.0 [+2.0, +6.0]; p = 0.0081; p = 0.004 |")  # per seed
+    assert lines[5].endswith("| cloze -15.0 [-17.0, -13.0]; p = 0.0081; p = 0.004 |")
+    assert lines[6] == "| TEACHER | PaLM | – | csqa | 76.5 (71.5–81.5) | 97% | – | – | – | – |"
+    assert "n = 500 items per test set" in results_table(tmp_path)
+
+
+def test_one_seed_against_base_shows_the_discordant_items(tmp_path):
+    published_tables(tmp_path)
+    summary = pd.read_csv(tmp_path / "05_evaluation" / "summary.csv")
+    summary[summary["seed"] == 0].to_csv(tmp_path / "05_evaluation" / "summary.csv", index=False)
+    tests = pd.read_csv(tmp_path / "06_statistics" / "mcnemar.csv")
+    tests[tests["seed"] == 0].to_csv(tmp_path / "06_statistics" / "mcnemar.csv", index=False)
+    stats = pd.read_csv(tmp_path / "06_statistics" / "accuracy.csv")
+    stats.loc[stats["condition"] == "FT", "n_seeds"] = 1
+    stats.to_csv(tmp_path / "06_statistics" / "accuracy.csv", index=False)
+    ft = [line for line in results_table(tmp_path).splitlines() if line.startswith("| FT | gemma | 1 | csqa")]
+    assert ft[0].endswith("| cloze norm +2.0; 43 vs 21, p = 0.0081 |")  # right where BASE is wrong vs the reverse
 
 
 def test_the_results_table_refuses_statistics_computed_on_other_items(tmp_path):
