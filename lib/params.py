@@ -129,8 +129,7 @@ class TeacherParams(_Section):
                                  "the CoS-E v1.11 folder with replay_source: cose, or the folder holding "
                                  "cqa-llama-train and cqa-llama-test with replay_source: hendriks)")
             check_local_source(self.replay_dir, must_exist=True)
-            if self.replay_source == "hendriks":
-                _check_hendriks_dir(self.replay_dir)
+            _check_replay_dir(self.replay_dir, self.replay_source)
         if self.max_cost_usd is not None and (self.price_input_usd_per_mtok is None or self.price_output_usd_per_mtok is None):
             raise ValueError("teacher.max_cost_usd needs teacher.price_input_usd_per_mtok and "
                              "teacher.price_output_usd_per_mtok (dollars per million tokens) to count cost")
@@ -140,14 +139,22 @@ class TeacherParams(_Section):
         return self
 
 
-def _check_hendriks_dir(replay_dir: str) -> None:
-    """The Hendriks replay folder holds both splits' shard folders."""
+# what each replay source reads in teacher.replay_dir, and an example of such a folder
+REPLAY_FILES = {"palm": (("cqa_train.json", "llm"),
+                         "../shared/data/teacher_rationales/distilling_step_by_step_cqa"),
+                "cose": (("cose_train_v1.11.jsonl", "cose_dev_v1.11.jsonl"), "../shared/data/cos_e/v1.11"),
+                "hendriks": (tuple(f"{name}/shard_0" for name in HENDRIKS_FOLDERS), "../shared/data/hendriks_llm_outputs")}
+
+
+def _check_replay_dir(replay_dir: str, source: str) -> None:
+    """The replay folder holds what `source` reads (REPLAY_FILES), so a wrong folder is refused before any step runs."""
     folder = resolve_path(replay_dir)
-    missing = [name for name in HENDRIKS_FOLDERS if not (folder / name / "shard_0").is_dir()]
+    needed, example = REPLAY_FILES[source]
+    missing = [name for name in needed if not (folder / name).exists()]
     if missing:
-        raise ValueError(f"teacher.replay_dir {replay_dir} (resolved to {folder}) lacks {', '.join(missing)} with its "
-                         "shard_<k> folders; with replay_source: hendriks point it at the folder holding "
-                         f"{' and '.join(HENDRIKS_FOLDERS)} (e.g. ../shared/data/hendriks_llm_outputs)")
+        raise ValueError(f"teacher.replay_dir {replay_dir} (resolved to {folder}) lacks {', '.join(missing)}; with "
+                         f"replay_source: {source} point it at the folder holding {', '.join(needed)} "
+                         f"(e.g. {example})")
 
 
 class StrategyTokens(_Section):

@@ -74,6 +74,17 @@ def test_replay_backend_needs_a_folder(tmp_path):
         load_params(write(tmp_path, BASE + "teacher: {backend: replay}\n"))
 
 
+def test_a_replay_folder_without_its_sources_files_is_refused_before_any_step(tmp_path):
+    (tmp_path / "cos_e" / "v1.11").mkdir(parents=True)
+    (tmp_path / "cos_e" / "v1.11" / "cose_train_v1.11.jsonl").write_text("")
+    (tmp_path / "cos_e" / "v1.11" / "cose_dev_v1.11.jsonl").write_text("")
+    wrong = f"teacher: {{backend: replay, replay_source: cose, replay_dir: {tmp_path / 'cos_e'}}}\n"  # one level up
+    with pytest.raises(ParamsError, match=r"lacks cose_train_v1.11.jsonl, cose_dev_v1.11.jsonl.*v1.11"):
+        load_params(write(tmp_path, BASE + wrong))
+    right = f"teacher: {{backend: replay, replay_source: cose, replay_dir: {tmp_path / 'cos_e' / 'v1.11'}}}\n"
+    assert load_params(write(tmp_path, BASE + right)).teacher.replay_source == "cose"
+
+
 def test_overrides_apply_and_are_named_in_errors():
     params = load_params(QUICKSTART, ["teacher.max_new_tokens=12", "training.conditions=[FT, MT]"])
     assert params.teacher.max_new_tokens == 12 and params.training.conditions == ["FT", "MT"]

@@ -262,6 +262,8 @@ def test_causal_validation():
 
 
 def test_replay_records_generative_tasks_as_failures(tmp_path):
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "cqa_train.json").write_text("[]")
     p = TeacherParams(backend="replay", replay_dir=str(tmp_path))
     revs = critique_revisions(questions(2), p)
     assert [r.failure for r in revs] == [REPLAY_ONLY] * 2
