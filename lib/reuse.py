@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib.files import atomic_write_bytes, read_jsonl, write_json
+from lib.files import atomic_write_bytes, read_json, read_jsonl, write_json
 from lib.models import ADAPTER_FILES
 from lib.response_cache import ResponseCache
 from lib.runs import note_progress
@@ -46,9 +46,12 @@ class Reused:
     kept: list[str]  # runs the folder already had (never overwritten)
     outputs: int  # cached outputs added to the run's student cache
     outputs_in_part: int
+    skipped: str = ""  # why the part was not used at all (another number format), or ""
 
     def summary(self) -> str:
         """One line for the log."""
+        if self.skipped:
+            return f"not reused: {self.source}: {self.skipped}"
         kept = f"; {len(self.kept)} already in the run folder, kept: {', '.join(self.kept)}" if self.kept else ""
         return (f"reused from {self.source}: {len(self.runs)} trained run(s) ({', '.join(self.runs) or 'none'}){kept}; "
                 f"{self.outputs} of its {self.outputs_in_part} cached student outputs were new to the run's cache. "
@@ -69,8 +72,20 @@ def export_student_answers(cache_path: Path, dest: Path) -> Path | None:
     return atomic_write_bytes(dest, gzip.compress(text.encode("utf-8"), mtime=0))
 
 
-def reuse_published(part: Path, run_dir: Path) -> Reused:
-    """Seed `run_dir` with a published part's trained adapters (as finished runs) and its students' cached outputs."""
+def part_training_format(part: Path) -> str | None:
+    """The number format a published part trained in (its manifest's record of step 04), or None if unrecorded."""
+    manifest = Path(part) / "manifest.json"
+    steps = read_json(manifest).get("steps", {}) if manifest.exists() else {}
+    return ((steps.get("04_training") or {}).get("precision") or {}).get("training")
+
+
+def reuse_published(part: Path, run_dir: Path, training_format: str | None = None) -> Reused:
+    """Seed `run_dir` with a published part's trained adapters (as finished runs) and its students' cached outputs.
+
+    A part trained in another number format than `training_format` (this study's, lib.models.number_formats) is not
+    used at all: its runs would be trained again, and seeding them would keep another part's runs of that name out.
+    Of two parts holding the same run, the first given is used (a warning names both when their configs differ).
+    """
     from lib.student_cache import STUDENT_CACHE
 
     part, run_dir = Path(part), Path(run_dir)
@@ -78,6 +93,15 @@ def reuse_published(part: Path, run_dir: Path) -> Reused:
     if not runs_file.exists():
         raise FileNotFoundError(f"--reuse {part}: no 04_training/runs.jsonl there; give a folder written by "
                                 "python -m lib.publish (results/<study>/...)")
+    trained_in = part_training_format(part)
+    if training_format is not None and trained_in is not None and trained_in != training_format:
+        result = Reused(part, [], [], 0, 0, skipped=f"trained in {trained_in}, and this study trains in "
+                        f"{training_format} (run.precision): its runs would be trained again and its answers never "
+                        "asked for")
+        log.warning("%s", result.summary())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        note_progress(run_dir, "reuse", result.summary())
+        return result
     seeded, kept = [], []
     for row in read_jsonl(runs_file):
         adapter = part / "adapters" / row["run"]
@@ -89,6 +113,11 @@ def reuse_published(part: Path, run_dir: Path) -> Reused:
         out = run_dir / "04_training" / row["run"]
         if (out / "done.json").exists():
             kept.append(row["run"])
+            held = read_json(out / "done.json")
+            if held.get("config_sha256") != row.get("config_sha256"):
+                log.warning("--reuse %s: %s is already in %s from %s under another config; that one is kept (give "
+                            "the parts in the order to prefer)", part, row["run"], run_dir,
+                            held.get("reused_from", "this run folder"))
             continue
         shutil.rmtree(out / "adapter", ignore_errors=True)
         for name in ADAPTER_FILES:

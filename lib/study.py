@@ -359,10 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--reuse %s: not a published run folder (no 04_training/runs.jsonl); give a folder written by "
                   "python -m lib.publish, e.g. results/reference-csqa/parts/<part>", missing[0])
         return 2
-    from lib.reuse import reuse_published
+    if args.reuse:
+        from lib.models import number_formats
+        from lib.reuse import reuse_published
 
-    for part in args.reuse:
-        reuse_published(Path(part), run_dir)
+        training_format = number_formats(params.run)["training"]
+        for part in args.reuse:
+            reuse_published(Path(part), run_dir, training_format)
     t0 = time.perf_counter()
     try:
         run_study(params, run_dir, steps, params_file=str(args.params), overrides=args.overrides, force=args.force)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
 import sqlite3
 
 import pytest
 
 from lib.evaluation import load_student
-from lib.files import read_jsonl
+from lib.files import read_json, read_jsonl, write_json
 from lib.models import TINY_GEMMA
 from lib.params import TrainingParams
 from lib.publish import publish
@@ -119,3 +120,26 @@ def test_the_study_refuses_a_folder_that_is_not_published_and_reuse_with_force(t
     with caplog.at_level(logging.ERROR, logger="lib.study"):
         assert study_main(["params/smoke.yaml", "--reuse", str(part), "--force", "--run-dir", str(tmp_path / "r")]) == 2
     assert "contradict" in caplog.text and not (tmp_path / "r").exists()
+
+
+def test_a_part_trained_in_another_number_format_is_not_used_and_the_first_of_two_parts_wins(tmp_path, caplog):
+    part, row, _ = published_part(tmp_path)
+    manifest = read_json(part / "manifest.json")
+    manifest["steps"]["04_training"]["precision"] = {"training": "bf16"}
+    write_json(part / "manifest.json", manifest)
+    fresh = tmp_path / "fresh"
+    with caplog.at_level(logging.WARNING, logger="lib.reuse"):
+        skipped = reuse_published(part, fresh, training_format="fp32")
+    assert skipped.runs == [] and skipped.outputs == 0 and "trained in bf16" in caplog.text
+    assert not (fresh / "04_training").exists() and not (fresh / STUDENT_CACHE).exists()
+    assert reuse_published(part, fresh, training_format="bf16").runs == [row["run"]]  # its own format: used
+
+    other = tmp_path / "other"  # a second part holding the same run under another config
+    shutil.copytree(part, other)
+    runs = read_jsonl(other / "04_training" / "runs.jsonl")
+    runs[-1]["config_sha256"] = "another"
+    (other / "04_training" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    with caplog.at_level(logging.WARNING, logger="lib.reuse"):
+        second = reuse_published(other, fresh, training_format="bf16")
+    assert second.kept == [row["run"]] and "under another config; that one is kept" in caplog.text
+    assert read_json(fresh / "04_training" / row["run"] / "done.json")["reused_from"] == str(part)
