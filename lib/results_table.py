@@ -56,7 +56,8 @@ def best_reading(base: pd.Series) -> tuple[str, str, str] | None:
 
 def versus_base(summary: pd.DataFrame, tests: pd.DataFrame, test_set: str, student: str, condition: str,
                 reading: tuple[str, str, str]) -> str:
-    """`cloze norm +4.4 [+3.8, +5.0]; 43 vs 21, p = 0.0081`: a trained condition against BASE at BASE's best reading."""
+    """A trained condition against BASE at BASE's best reading: `cloze norm +4.4; 43 vs 21, p = 0.0081` (one seed),
+    `cloze norm +4.4 [+3.8, +5.0]; seed 0 +5.0, p = 0.004; seed 1 +3.8, p = 0.02` (each seed's difference and test)."""
     label, column, name = reading
     rows = summary[(summary["test_set"] == test_set) & (summary["student"] == student)]
     base = rows.loc[rows["condition"] == "BASE", column].mean()
@@ -70,10 +71,14 @@ def versus_base(summary: pd.DataFrame, tests: pd.DataFrame, test_set: str, stude
                  & (tests[["group1", "group2"]].isin(["BASE", condition]).all(axis=1))]
     if mine.empty:
         return text
+    by_seed = dict(zip(per_seed["seed"], diffs))
     parts = []
     for _, t in mine.sort_values("seed").iterrows():
         wins, losses = (t["only2"], t["only1"]) if t["group1"] == "BASE" else (t["only1"], t["only2"])
-        parts.append(f"{int(wins)} vs {int(losses)}, p = {t['p']:.2g}" if len(mine) == 1 else f"p = {t['p']:.2g}")
+        diff = by_seed.get(t["seed"])
+        seed = f"seed {int(t['seed'])}" + (f" {diff:+.1f}" if diff is not None else "")
+        parts.append(f"{int(wins)} vs {int(losses)}, p = {t['p']:.2g}" if len(mine) == 1
+                     else f"{seed}, p = {t['p']:.2g}")
     return f"{text}; {'; '.join(parts)}"
 
 
@@ -139,7 +144,7 @@ def results_table(dest: Path) -> str:
               "whose text after \"So the answer is\" the student finds most likely per character (the trained format); "
               "*cloze*, *cloze norm*: lm-evaluation-harness's `arc_easy` formulation, acc and acc_norm. Bold: BASE at "
               "its best on that test set. *vs BASE at its best*: the trained condition at that reading, points above "
-              "BASE (range over seeds in brackets), and McNemar's test on the same items, one p per seed, unadjusted "
+              "BASE (range over seeds in brackets), and McNemar's test on the same items, each seed's difference and p, unadjusted "
               "(exact binomial under 25 discordant items, else chi-square with continuity correction; for one seed, "
               "the items right where BASE is wrong vs the reverse)."]
     return "\n".join(lines) + "\n"

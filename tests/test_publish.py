@@ -155,8 +155,9 @@ def test_the_results_table_shows_every_reading_and_each_condition_against_base_a
                         "| **44.0** (39.0–49.0) | – |")  # the teacher's test set first; BASE's best in bold
     assert "| **60.0** (55.0–65.0) | 44.0 (39.0–49.0) |" in lines[3]  # on arc BASE is at its best in cloze
     assert lines[4].startswith("| FT | gemma | 2 | csqa |")
-    assert lines[4].endswith("| cloze norm +4.0 [+2.0, +6.0]; p = 0.0081; p = 0.004 |")  # per seed
-    assert lines[5].endswith("| cloze -15.0 [-17.0, -13.0]; p = 0.0081; p = 0.004 |")
+    # each seed's difference beside its own test: the range alone is sorted, the tests are in seed order
+    assert lines[4].endswith("| cloze norm +4.0 [+2.0, +6.0]; seed 0 +2.0, p = 0.0081; seed 1 +6.0, p = 0.004 |")
+    assert lines[5].endswith("| cloze -15.0 [-17.0, -13.0]; seed 0 -17.0, p = 0.0081; seed 1 -13.0, p = 0.004 |")
     assert lines[6] == "| TEACHER | PaLM | – | csqa | 76.5 (71.5–81.5) | 97% | – | – | – | – |"
     assert "n = 500 items per test set" in results_table(tmp_path)
 
