@@ -12,9 +12,16 @@ the run's name, the training-set size, the conditions and step 03 are refused, n
 would not be one study's. Written atomically in the output folder:
 
 - `data_size.csv`: one row per (run folder, test set, student, condition): `train_questions`, `test_set`,
-  `student`, `condition`, `n` (item-seed pairs), `accuracy`, `ci_low`, `ci_high` (cluster bootstrap over items),
-  `loglik_norm_accuracy` (when the run scored options), `run` (the folder's name);
-- `data_size.png`: accuracy against training questions, one line per condition, a panel per test set.
+  `student`, `condition`, `n` (item-seed pairs), `n_seeds`, `accuracy`, `ci_low`, `ci_high` (the generated answer,
+  read strictly; cluster bootstrap over items), `parse_rate`, and each option-scoring reading the run has with its
+  interval (`loglik_norm_accuracy`: the trained format, the option's text after "So the answer is";
+  `cloze_accuracy`, `cloze_norm_accuracy`: lm-evaluation-harness's cloze acc and acc_norm; each with `_ci_low`,
+  `_ci_high`; empty where the run did not score options), `run` (the folder's name);
+- `data_size.png`: accuracy against training questions, one line per condition, a panel per test set and reading
+  (the generated answer and lm-eval's cloze acc_norm).
+
+A point may pool any number of seeds (`n_seeds`), and whether the faithfulness probe ran changes no reading, so
+`training.seeds` and `evaluation.faithfulness` may differ along the curve too.
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ from lib.files import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
-FREE_KEYS = {"run.name", "data.max_train", "training.conditions"}  # what may differ along the curve
+# what may differ along the curve: the size, the run's name, which conditions and seeds ran, and the faithfulness
+# probe (a table of its own: no reading of the curve depends on it)
+FREE_KEYS = {"run.name", "data.max_train", "training.conditions", "training.seeds", "evaluation.faithfulness"}
 FREE_SECTIONS = {"counterfactual"}  # step 03 feeds CFD only, which the curve does not plot
-COLUMNS = ["train_questions", "test_set", "student", "condition", "n", "accuracy", "ci_low", "ci_high",
-           "loglik_norm_accuracy", "run"]
+SCORED_READINGS = ("loglik_norm_accuracy", "cloze_accuracy", "cloze_norm_accuracy")  # option scores, when present
+COLUMNS = ["train_questions", "test_set", "student", "condition", "n", "n_seeds", "accuracy", "ci_low", "ci_high",
+           "parse_rate", *[f"{r}{end}" for r in SCORED_READINGS for end in ("", "_ci_low", "_ci_high")], "run"]
 
 
 def check_same_study(run_dirs: list[Path]) -> None:
@@ -53,8 +63,9 @@ def run_points(run_dir: Path) -> pd.DataFrame:
     table = table[table["condition"] != "TEACHER"].copy()
     table["train_questions"] = int(read_json(run_dir / "01_data" / "summary.json")["train"])
     table["run"] = run_dir.name
-    if "loglik_norm_accuracy" not in table:
-        table["loglik_norm_accuracy"] = float("nan")
+    for column in COLUMNS:
+        if column not in table:  # a run without option scores, or from before a reading existed
+            table[column] = float("nan")
     return table[COLUMNS]
 
 

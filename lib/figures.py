@@ -95,32 +95,43 @@ def plot_accuracy(items: pd.DataFrame, path: str | Path | None = None, n_boot: i
     return _finish(fig, path)
 
 
-def plot_data_size(curve: pd.DataFrame, path: str | Path | None = None) -> Figure:
+DATA_SIZE_READINGS = {"accuracy": "generated answer", "cloze_norm_accuracy": "lm-eval cloze acc_norm"}
+
+
+def plot_data_size(curve: pd.DataFrame, path: str | Path | None = None,
+                   readings: dict[str, str] = DATA_SIZE_READINGS) -> Figure:
     """Accuracy (%) against training questions (log axis), a line per condition with 95% CI bars, a panel per test
-    set (the table of lib.data_size); BASE, untrained, is a dashed line at its first size's accuracy."""
+    set (columns) and reading (rows: `readings`, column to label, those the table has values of; the table of
+    lib.data_size); BASE, untrained, is a dashed line at its first size's accuracy."""
     _require(curve, ["train_questions", "test_set", "condition", "accuracy", "ci_low", "ci_high"], "plot_data_size")
     test_sets = sorted(curve["test_set"].astype(str).unique())
-    fig = _new_figure(4.5 * len(test_sets) + 1.5, 4.0)
-    axes = fig.subplots(1, len(test_sets), squeeze=False, sharey=True)[0]
+    shown = {col: label for col, label in readings.items() if col in curve and curve[col].notna().any()}
+    if not shown:
+        raise ValueError(f"plot_data_size: the table has no values of {', '.join(readings)}")
+    fig = _new_figure(4.5 * len(test_sets) + 1.5, 3.6 * len(shown) + 0.4)
+    grid = fig.subplots(len(shown), len(test_sets), squeeze=False, sharey=True, sharex=True)
     conditions = sorted(curve["condition"].astype(str).unique())
     colours = dict(zip(conditions, sns.color_palette(n_colors=len(conditions))))
-    for ax, test_set in zip(axes, test_sets):
-        for condition in conditions:
-            rows = curve[(curve["test_set"].astype(str) == test_set) & (curve["condition"] == condition)]
-            rows = rows.sort_values("train_questions")
-            if rows.empty:
-                continue
-            acc = rows["accuracy"].to_numpy() * 100
-            if condition == "BASE":
-                ax.axhline(acc[0], color=colours[condition], linestyle="--", label="BASE (untrained)")
-                continue
-            err = np.vstack([acc - rows["ci_low"].to_numpy() * 100, rows["ci_high"].to_numpy() * 100 - acc])
-            ax.errorbar(rows["train_questions"], acc, yerr=np.nan_to_num(err), marker="o", capsize=3,
-                        color=colours[condition], label=condition)
-        ax.set_xscale("log")
-        ax.set(title=test_set, xlabel="Training questions (log scale)", ylim=(0, 100))
-    axes[0].set_ylabel("Accuracy (% of test items correct)")
-    axes[-1].legend(title="Condition", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for axes, (column, label) in zip(grid, shown.items()):
+        low, high = ("ci_low", "ci_high") if column == "accuracy" else (f"{column}_ci_low", f"{column}_ci_high")
+        for ax, test_set in zip(axes, test_sets):
+            for condition in conditions:
+                rows = curve[(curve["test_set"].astype(str) == test_set) & (curve["condition"] == condition)]
+                rows = rows.dropna(subset=[column]).sort_values("train_questions")
+                if rows.empty:
+                    continue
+                acc = rows[column].to_numpy() * 100
+                if condition == "BASE":
+                    ax.axhline(acc[0], color=colours[condition], linestyle="--", label="BASE (untrained)")
+                    continue
+                bounds = rows.reindex(columns=[low, high]).to_numpy(dtype=float) * 100
+                err = np.vstack([acc - bounds[:, 0], bounds[:, 1] - acc])
+                ax.errorbar(rows["train_questions"], acc, yerr=np.nan_to_num(err), marker="o", capsize=3,
+                            color=colours[condition], label=condition)
+            ax.set_xscale("log")
+            ax.set(title=f"{test_set}: {label}", xlabel="Training questions (log scale)", ylim=(0, 100))
+        axes[0].set_ylabel("Accuracy (% of test items correct)")
+    grid[0][-1].legend(title="Condition", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("Accuracy by training-set size (error bars: 95% CI over test items)")
     return _finish(fig, path)
 
