@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS published (
     completion_tokens INTEGER NOT NULL,
     source TEXT NOT NULL             -- the published folder it came from
 );
+CREATE TABLE IF NOT EXISTS published_used (prefix TEXT PRIMARY KEY);  -- published answers `get` has served here
 """
 PUBLISHED_KEY_CHARS = 20  # 80 bits of the sha256: a false hit among a study's ~10^6 answers has odds of about 10^-12
 ANSWER_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens")
@@ -72,6 +73,8 @@ class ResponseCache:
                 row = self._db.execute(
                     "SELECT text, finish_reason, prompt_tokens, completion_tokens, 0.0 FROM published WHERE prefix = ?",
                     (key[:PUBLISHED_KEY_CHARS],)).fetchone()
+                if row is not None:  # asked here too: `answers` exports it with this run's own
+                    self._db.execute("INSERT OR IGNORE INTO published_used VALUES (?)", (key[:PUBLISHED_KEY_CHARS],))
         if row is None:
             return None
         return dict(zip(("text", "finish_reason", "prompt_tokens", "completion_tokens", "cost_usd"), row))
@@ -111,11 +114,17 @@ class ResponseCache:
         return {"responses": n, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": cost}
 
     def answers(self) -> list[list[Any]]:
-        """Every response asked here (not those published elsewhere), compact: [key prefix, text, finish_reason,
-        prompt_tokens, completion_tokens], by key; what `add_published` takes back."""
+        """Every response asked here, computed here or served from a published part (not the part's answers nobody
+        asked for), compact: [key prefix, text, finish_reason, prompt_tokens, completion_tokens], by prefix; what
+        `add_published` takes back. So a part made with `--reuse` holds all its own students' answers."""
+        fields = ", ".join(ANSWER_FIELDS)
         with self._lock:
-            found = self._db.execute(f"SELECT key, {', '.join(ANSWER_FIELDS)} FROM responses ORDER BY key").fetchall()
-        return [[key[:PUBLISHED_KEY_CHARS], *rest] for key, *rest in found]
+            own = self._db.execute(f"SELECT key, {fields} FROM responses").fetchall()
+            served = self._db.execute(f"SELECT p.prefix, {', '.join('p.' + f for f in ANSWER_FIELDS)} FROM published p "
+                                      "JOIN published_used u ON p.prefix = u.prefix").fetchall()
+        found = {key[:PUBLISHED_KEY_CHARS]: rest for key, *rest in served}
+        found.update({key[:PUBLISHED_KEY_CHARS]: rest for key, *rest in own})
+        return [[prefix, *found[prefix]] for prefix in sorted(found)]
 
     def add_published(self, answers: list[list[Any]], source: str) -> int:
         """Store answers exported by `answers` (a published run's), answered by `get` under their key's prefix; keys

@@ -4,8 +4,9 @@
 
 A study too long for one sitting (days of CPU for the reference study) is run in parts, each published by lib.publish
 with what it trained (`adapters/<run>/`, exactly the measured student: lib.models.save_adapter) and what its students
-answered (`05_evaluation/student_answers.jsonl.gz`: every output and option score step 05 computed in that run folder,
-each under the first 80 bits of its cache key, without the request: a few hundred kB a student, so parts travel in git).
+answered (`05_evaluation/student_answers.jsonl.gz`: every output and option score step 05 asked for in that run
+folder, computed there or served from a part it reused, each under the first 80 bits of its cache key, without the
+request: a few hundred kB a student, so parts travel in git; a part made with `--reuse` stands on its own).
 Reusing a part seeds a run folder with both; then the study runs as ever, and nothing is taken on trust:
 
 - a reused run counts as trained only where step 04 computes the same run config (params, examples, training code,

@@ -16,7 +16,7 @@ from lib.models import TINY_GEMMA
 from lib.params import TrainingParams
 from lib.publish import publish
 from lib.response_cache import PUBLISHED_KEY_CHARS, request_key, ResponseCache
-from lib.reuse import reuse_published, STUDENT_ANSWERS
+from lib.reuse import export_student_answers, reuse_published, STUDENT_ANSWERS
 from lib.student_cache import generate_cached, STUDENT_CACHE, student_weights_hash
 from lib.study import main as study_main
 from lib.training import StudentRun, train_run
@@ -99,6 +99,24 @@ def test_only_answers_asked_in_the_run_are_published_and_another_request_misses(
     cache.put(request_key(other), other, "new", "stop", 1, 1)
     assert cache.answers() == [[request_key(other)[:PUBLISHED_KEY_CHARS], "new", "stop", 1, 1]]
     cache.close()
+
+
+def test_a_part_made_with_reuse_exports_the_reused_answers_it_asked_for(tmp_path):
+    """A part's export holds every answer its students gave, those served from an earlier part included, so a later
+    study can reuse that part alone; the earlier part's answers nobody asked for stay out."""
+    part, _, _ = published_part(tmp_path)
+    exported = sorted(read_jsonl(part / STUDENT_ANSWERS))
+    fresh = tmp_path / "fresh"
+    reuse_published(part, fresh)
+    cache = ResponseCache(fresh / STUDENT_CACHE)
+    asked = exported[0]
+    assert cache.get(asked[0] + "0" * 44)["text"] == asked[1]  # served by its key's prefix
+    other = {"kind": "student_generation", "prompt": PROMPTS[0], "item": "q9"}
+    cache.put(request_key(other), other, "new", "stop", 1, 1)
+    cache.close()
+    again = tmp_path / "again.jsonl.gz"
+    export_student_answers(fresh / STUDENT_CACHE, again)
+    assert sorted(read_jsonl(again)) == sorted([asked, [request_key(other)[:PUBLISHED_KEY_CHARS], "new", "stop", 1, 1]])
 
 
 def test_an_edited_export_is_refused(tmp_path):
