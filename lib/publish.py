@@ -10,7 +10,8 @@ What goes (everything else in outputs/ stays there):
 - 05_evaluation: items.jsonl.gz (every item's output and scores, gzip), summary.csv, ood_matrix.csv, picks.csv,
   faithfulness.csv, summary.json and the ratings a run has; student_answers.jsonl.gz, every output and option score
   step 05 computed in this run folder under its cache key's prefix, which `python -m lib.study PARAMS --reuse
-  <published folder>` reuses (lib.reuse); 06_statistics: every table, findings.md and report.html;
+  <published folder>` reuses (lib.reuse), and 02_teacher/teacher_answers.jsonl.gz, the generative teacher's responses
+  of steps 02 and 03 alike; 06_statistics: every table, findings.md and report.html;
 - notebooks/<step>.html: the executed notebooks of the run as HTML handouts (what lib.study wrote beside them), so a
   class can read the real study step by step without running it;
 - adapters/<run>/: each trained LoRA adapter with its weights in bf16 ("16-bit"), where that file is at most
@@ -35,9 +36,10 @@ from lib.files import atomic_write_bytes, atomic_write_text, read_json, read_jso
 from lib.models import ADAPTER_FILES, ADDED_TOKENS
 from lib.ratings import HUMAN_RATINGS, JUDGE_RATINGS
 from lib.results_table import results_table
-from lib.reuse import export_student_answers, RUN_FILES, STUDENT_ANSWERS
+from lib.reuse import export_answers, RUN_FILES, STUDENT_ANSWERS, TEACHER_ANSWERS
 from lib.runs import PROGRESS_LOG, STEPS
 from lib.student_cache import STUDENT_CACHE
+from lib.teacher import teacher_cache_path
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,10 @@ def publish(run_dir: Path, dest: Path, max_adapter_mb: float = MAX_ADAPTER_MB) -
     items = run_dir / "05_evaluation" / "items.jsonl"
     if items.exists():  # every item's output: gzip keeps it small enough for git, and lib.files reads it as it is
         written.append(atomic_write_bytes(dest / ITEMS_GZ, gzip.compress(items.read_bytes(), mtime=0)))
-    exported = export_student_answers(run_dir / STUDENT_CACHE, dest / STUDENT_ANSWERS)
-    if exported is not None:  # what the students answered, by cache key: a later study reuses it (lib.reuse)
-        written.append(exported)
+    for cache, export in ((run_dir / STUDENT_CACHE, STUDENT_ANSWERS), (_teacher_cache(run_dir), TEACHER_ANSWERS)):
+        exported = export_answers(cache, dest / export)
+        if exported is not None:  # what the students and the teacher answered, by cache key: reused by lib.reuse
+            written.append(exported)
     for path in sorted((run_dir / "06_statistics").glob("*")):
         if path.suffix in (".csv", ".md", ".html"):
             written.append(_copy(path, dest / "06_statistics" / path.name))
@@ -90,6 +93,12 @@ def publish(run_dir: Path, dest: Path, max_adapter_mb: float = MAX_ADAPTER_MB) -
     written += publish_adapters(run_dir, dest, runs, max_adapter_mb)
     written.append(write_timings(read_json(run_dir / "manifest.json"), dest / "timings.csv"))
     return written
+
+
+def _teacher_cache(run_dir: Path) -> Path:
+    """The teacher response cache a run used (its params.json's `teacher.cache`, else the run folder's)."""
+    params = read_json(run_dir / "params.json") if (run_dir / "params.json").exists() else {}
+    return teacher_cache_path((params.get("teacher") or {}).get("cache"), run_dir)
 
 
 def _copy(src: Path, dst: Path) -> Path:

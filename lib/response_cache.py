@@ -1,9 +1,10 @@
 """The teacher's response cache: every response ever received, in one SQLite file a run owns.
 
 A response is stored under the sha256 of its request (backend, model, template hash, rendered messages,
-sampling params, sample index and re-ask number), in its own committed transaction, in WAL mode. So a
-rerun makes no calls, and a process killed at any moment (kill -9 included) loses at most the responses
-that were still in flight: on restart every request whose response was stored is answered from here.
+sampling params, sample index and re-ask number; for the local model also the device, cpu or cuda), in its own
+committed transaction, in WAL mode. So a rerun makes no calls, and a process killed at any moment (kill -9 included)
+loses at most the responses that were still in flight: on restart every request whose response was stored is answered
+from here.
 Only received responses are stored; a request that never got one (retries exhausted, budget) is asked
 again by the next run. The file also keeps the running totals that the budget is checked against.
 """

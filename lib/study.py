@@ -362,10 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.reuse:
         from lib.models import number_formats
         from lib.reuse import reuse_published
+        from lib.teacher import teacher_cache_path
 
         training_format = number_formats(params.run)["training"]
         for part in args.reuse:
-            reuse_published(Path(part), run_dir, training_format)
+            reuse_published(Path(part), run_dir, training_format, teacher_cache_path(params.teacher.cache, run_dir))
     t0 = time.perf_counter()
     try:
         run_study(params, run_dir, steps, params_file=str(args.params), overrides=args.overrides, force=args.force)

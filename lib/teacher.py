@@ -123,6 +123,14 @@ class Teacher(Protocol):
 
 
 REPLAY_ONLY = "not available from replay"
+TEACHER_CACHE = "teacher_cache.sqlite"  # a run folder's teacher response cache, outside the step folders
+
+
+def teacher_cache_path(cache: str | None, run_dir: str | Path | None) -> Path:
+    """The teacher's response cache: params `teacher.cache`, else the run folder's, else the shared cache's."""
+    if cache:
+        return resolve_path(cache)
+    return Path(run_dir) / TEACHER_CACHE if run_dir else cache_dir() / TEACHER_CACHE
 
 
 def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Path | None = None,
@@ -134,10 +142,7 @@ def make_teacher(params: TeacherParams, device: str = "auto", run_dir: str | Pat
     run.seed) seeds sampled requests and is part of their cache key. `progress` (a step's `ctx.progress`) gets a line
     per minute of a long task and one when it ends, for the run's progress.log.
     """
-    if params.cache:
-        path = resolve_path(params.cache)
-    else:
-        path = Path(run_dir) / "teacher_cache.sqlite" if run_dir else cache_dir() / "teacher_cache.sqlite"
+    path = teacher_cache_path(params.cache, run_dir)
     if params.backend == "replay":
         log.info("backend replay has no generative model; generative steps use the local model %s", params.model)
     backend = OpenAIBackend(params) if params.backend == "openai" else LocalBackend(params, device)

@@ -153,8 +153,9 @@ class LocalBackend:
         self.cache: ResponseCache | None = None
 
     def request(self, prompt: str, max_tokens: int, temperature: float, stop: str = NEXT_QUESTION) -> dict[str, Any]:
-        """The generation settings of one request."""
-        return {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "stop": [stop]}
+        """The generation settings of one request; the device is in them, since a GPU decodes in bf16 (lib.models)."""
+        return {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "stop": [stop],
+                "device": pick_device(self.device)}
 
     def load(self) -> tuple[Any, Any]:
         """The model and tokenizer (loaded once)."""

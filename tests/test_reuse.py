@@ -13,12 +13,13 @@ import pytest
 from lib.evaluation import load_student
 from lib.files import read_json, read_jsonl, write_json
 from lib.models import TINY_GEMMA
-from lib.params import TrainingParams
+from lib.params import TeacherParams, TrainingParams
 from lib.publish import publish
 from lib.response_cache import PUBLISHED_KEY_CHARS, request_key, ResponseCache
-from lib.reuse import export_student_answers, reuse_published, STUDENT_ANSWERS
+from lib.reuse import export_answers, reuse_published, STUDENT_ANSWERS, TEACHER_ANSWERS
 from lib.student_cache import generate_cached, STUDENT_CACHE, student_weights_hash
 from lib.study import main as study_main
+from lib.teacher import make_teacher, TEACHER_CACHE
 from lib.training import StudentRun, train_run
 from tests.test_examples import all_examples
 from tests.test_publish import finished_run, STRATEGY
@@ -115,7 +116,7 @@ def test_a_part_made_with_reuse_exports_the_reused_answers_it_asked_for(tmp_path
     cache.put(request_key(other), other, "new", "stop", 1, 1)
     cache.close()
     again = tmp_path / "again.jsonl.gz"
-    export_student_answers(fresh / STUDENT_CACHE, again)
+    export_answers(fresh / STUDENT_CACHE, again)
     assert sorted(read_jsonl(again)) == sorted([asked, [request_key(other)[:PUBLISHED_KEY_CHARS], "new", "stop", 1, 1]])
 
 
@@ -161,3 +162,25 @@ def test_a_part_trained_in_another_number_format_is_not_used_and_the_first_of_tw
         second = reuse_published(other, fresh, training_format="bf16")
     assert second.kept == [row["run"]] and "under another config; that one is kept" in caplog.text
     assert read_json(fresh / "04_training" / row["run"] / "done.json")["reused_from"] == str(part)
+
+
+def test_a_reused_part_gives_step_03_its_teachers_responses_on_any_machine(tmp_path):
+    """The local model's counterfactuals are CFD's training data: published with the part and served to a study that
+    reuses it, they make the same CFD examples there without loading the model; another request is generated."""
+    run_dir, _ = finished_run(tmp_path)
+    p = TeacherParams(model=TINY_GEMMA, max_new_tokens=8, max_reasks=0)
+    prompts = ["Question: Where is a boat kept?\nAnother option:", "Question: What holds water?\nAnother option:"]
+    votes = make_teacher(p, "cpu", run_dir, seed=0).complete(prompts, temperature=0.8, n=2, desc="votes")
+    publish(run_dir, tmp_path / "part")
+    assert len(read_jsonl(tmp_path / "part" / TEACHER_ANSWERS)) == 4
+    fresh = tmp_path / "fresh"
+    assert reuse_published(tmp_path / "part", fresh).teacher_outputs == 4
+    engine = make_teacher(p, "cpu", fresh, seed=0)
+    again = engine.complete(prompts, temperature=0.8, n=2, desc="votes")
+    assert [[c.text for c in cs] for cs in again] == [[c.text for c in cs] for cs in votes]
+    assert engine.backend._loaded is None  # every response came from the part
+    engine.complete(["Question: Why?\nAnother option:"], temperature=0.0, desc="another")
+    assert engine.backend._loaded is not None
+    engine.cache.close()
+    export_answers(fresh / TEACHER_CACHE, tmp_path / "again.jsonl.gz")  # a part made with reuse holds them too
+    assert len(read_jsonl(tmp_path / "again.jsonl.gz")) == 5

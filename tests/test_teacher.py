@@ -21,7 +21,7 @@ from lib.params import CounterfactualParams, load_params, ParamsError, TeacherPa
 from lib.prompts import causal_prompt, causal_student_prompt, claim_evidence_text, cot_prompt, load_template, TEMPLATES
 from lib.questions import ClaimEvidence, MCQuestion
 from lib.recorded import hendriks_empty_counts, load_hendriks, match_hendriks
-from lib.response_cache import ResponseCache
+from lib.response_cache import request_key, ResponseCache
 from lib.teacher import (
     causal_explanations,
     causal_failure,
@@ -37,7 +37,7 @@ from lib.teacher import (
     split_rationale,
     summarize,
 )
-from lib.teacher_engine import Answer, Ask
+from lib.teacher_engine import Answer, Ask, CachedTeacher, LocalBackend
 from tests.conftest import SHARED_DATA
 from tests.fake_openai_server import FakeOpenAI
 
@@ -290,6 +290,15 @@ def test_local_backend_is_cached_and_not_loaded_on_a_cached_rerun(tmp_path):
     engine = make_teacher(p, "cpu", tmp_path)
     again = cot_rationales({"train": questions(3)}, p, engine=engine)
     assert engine.backend._loaded is None and [r.raw for r in again] == [r.raw for r in rows]
+
+
+def test_the_local_teachers_cache_key_holds_its_device(tmp_path):
+    """A GPU loads the local model in bf16 (lib.models), so its texts are not the CPU's: the device is in the key."""
+    p = TeacherParams(model="tiny-random-gemma3")
+    engine = CachedTeacher(LocalBackend(p, "cpu"), ResponseCache(tmp_path / "teacher_cache.sqlite"), p)
+    request = engine.request_for(Ask("a prompt", max_new_tokens=8), reask=0)
+    assert request["device"] == "cpu"
+    assert request_key(request) != request_key({**request, "device": "cuda"})
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "cos_e").exists(),
